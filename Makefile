@@ -1,0 +1,28 @@
+# cmk_storage — PGXS build.
+#
+# Every .c file under src/ is part of the server module; sub-makefiles under
+# mk/ add frontend tools and their tests without editing this file.
+
+EXTENSION = cmk_storage
+MODULE_big = cmk_storage
+DATA = cmk_storage--0.1.sql
+PGFILEDESC = "cmk_storage - encryption at rest with a customer-managed key"
+
+SRCS := $(sort $(wildcard src/*.c src/*/*.c))
+OBJS = $(SRCS:.c=.o)
+
+PG_CONFIG ?= pg_config
+PG_CPPFLAGS = -I$(srcdir)/src $(shell pkg-config --cflags openssl libcurl jansson 2>/dev/null)
+PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare -Werror=implicit-function-declaration
+SHLIB_LINK = $(shell pkg-config --libs openssl libcurl jansson 2>/dev/null || echo -lssl -lcrypto -lcurl -ljansson)
+
+# pg_regress suites run against a temporary cluster with the library preloaded
+# (see test/regress.conf); TAP tests live in t/.
+REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
+REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(srcdir)/test/regress.conf
+TAP_TESTS = 1
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+-include $(wildcard mk/*.mk)

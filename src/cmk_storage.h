@@ -1,0 +1,17 @@
+/*-------------------------------------------------------------------------
+ *
+ * cmk_storage.h
+ *		Settings shared by the subsystems of cmk_storage.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef CMK_STORAGE_H
+#define CMK_STORAGE_H
+
+extern char *cmk_key_uri;
+extern int	cmk_wrap_algorithm;
+extern int	cmk_key_wait_timeout_ms;
+
+extern void cmk_key_worker_register(void);
+
+#endif							/* CMK_STORAGE_H */

@@ -1,0 +1,319 @@
+/*-------------------------------------------------------------------------
+ *
+ * control_file.c
+ *		Serialise, check and durably write $PGDATA/cmk_storage/control.
+ *
+ * The file is fixed-size, big-endian, and ends with a SHA-256 of the rest,
+ * so truncation and bit flips are caught before any field is trusted.  It is
+ * bound to its cluster by the system identifier.  This code never creates a
+ * DEK and never overwrites a control file it could not parse: a damaged file
+ * stays as it is for the operator to restore.
+ *
+ * First creation builds cmk_storage.new/ and renames it to cmk_storage/, so a
+ * crash leaves either no key directory (the DEK was never used) or a complete
+ * one.  Replacement (rotation) writes control.tmp and renames it over control.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/file_perm.h"
+#include "common/string.h"
+#include "storage/fd.h"
+
+#include "keys/control_file.h"
+
+static const char magic[8] = {'C', 'M', 'K', 'C', 'T', 'R', 'L', '\0'};
+
+/* Field offsets; see docs/control-file.md. */
+#define OFF_MAGIC		0
+#define OFF_VERSION		8
+#define OFF_GENERATION	12
+#define OFF_SYSID		16
+#define OFF_CREATED		24
+#define OFF_WRAPPED_AT	32
+#define OFF_DEK_ID		40
+#define OFF_ALG			56
+#define OFF_WRAPPED_LEN 58
+#define OFF_KID_LEN		60
+#define OFF_URI_LEN		62
+#define OFF_WRAPPED		64
+#define OFF_KID			(OFF_WRAPPED + CMK_MAX_WRAPPED)		/* 576 */
+#define OFF_URI			(OFF_KID + CMK_CONTROL_TEXT_MAX)	/* 1088 */
+#define OFF_CHECKSUM	(CMK_CONTROL_SIZE - 32)				/* 2016 */
+
+StaticAssertDecl(OFF_URI + CMK_CONTROL_TEXT_MAX <= OFF_CHECKSUM,
+				 "control file fields overlap the checksum");
+
+static void
+put16(uint8 *p, uint16 v)
+{
+	p[0] = v >> 8;
+	p[1] = v;
+}
+
+static void
+put32(uint8 *p, uint32 v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = v >> (24 - 8 * i);
+}
+
+static void
+put64(uint8 *p, uint64 v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = v >> (56 - 8 * i);
+}
+
+static uint16
+get16(const uint8 *p)
+{
+	return (uint16) ((p[0] << 8) | p[1]);
+}
+
+static uint32
+get32(const uint8 *p)
+{
+	uint32		v = 0;
+
+	for (int i = 0; i < 4; i++)
+		v = (v << 8) | p[i];
+	return v;
+}
+
+static uint64
+get64(const uint8 *p)
+{
+	uint64		v = 0;
+
+	for (int i = 0; i < 8; i++)
+		v = (v << 8) | p[i];
+	return v;
+}
+
+void
+cmk_control_serialize(const CmkControl *ctl, uint8 *buf)
+{
+	size_t		kid_len = strlen(ctl->kid);
+	size_t		uri_len = strlen(ctl->key_uri);
+
+	Assert(kid_len <= CMK_CONTROL_TEXT_MAX && uri_len <= CMK_CONTROL_TEXT_MAX);
+	Assert(ctl->wrapped_len <= CMK_MAX_WRAPPED);
+
+	memset(buf, 0, CMK_CONTROL_SIZE);
+	memcpy(buf + OFF_MAGIC, magic, sizeof(magic));
+	put32(buf + OFF_VERSION, CMK_CONTROL_VERSION);
+	put32(buf + OFF_GENERATION, ctl->generation);
+	put64(buf + OFF_SYSID, ctl->system_identifier);
+	put64(buf + OFF_CREATED, (uint64) ctl->created_at);
+	put64(buf + OFF_WRAPPED_AT, (uint64) ctl->wrapped_at);
+	memcpy(buf + OFF_DEK_ID, ctl->dek_id, CMK_DEK_ID_LEN);
+	put16(buf + OFF_ALG, (uint16) ctl->wrap_alg);
+	put16(buf + OFF_WRAPPED_LEN, ctl->wrapped_len);
+	put16(buf + OFF_KID_LEN, (uint16) kid_len);
+	put16(buf + OFF_URI_LEN, (uint16) uri_len);
+	memcpy(buf + OFF_WRAPPED, ctl->wrapped, ctl->wrapped_len);
+	memcpy(buf + OFF_KID, ctl->kid, kid_len);
+	memcpy(buf + OFF_URI, ctl->key_uri, uri_len);
+	cmk_sha256(buf, OFF_CHECKSUM, buf + OFF_CHECKSUM);
+}
+
+bool
+cmk_control_parse(const uint8 *buf, size_t len, CmkControl *ctl, CmkError *err)
+{
+	uint8		digest[32];
+	uint16		kid_len,
+				uri_len,
+				alg;
+
+	memset(ctl, 0, sizeof(*ctl));
+	if (len != CMK_CONTROL_SIZE)
+	{
+		cmk_error_set(err, CMK_ERR_CONFIG, "ControlFileSize", NULL,
+					  "cmk_storage control file has %zu bytes, expected %d (truncated or not a control file)",
+					  len, CMK_CONTROL_SIZE);
+		return false;
+	}
+	if (memcmp(buf + OFF_MAGIC, magic, sizeof(magic)) != 0)
+	{
+		cmk_error_set(err, CMK_ERR_CONFIG, "ControlFileMagic", NULL,
+					  "cmk_storage control file does not start with the cmk_storage signature");
+		return false;
+	}
+	if (!cmk_sha256(buf, OFF_CHECKSUM, digest) ||
+		memcmp(digest, buf + OFF_CHECKSUM, sizeof(digest)) != 0)
+	{
+		cmk_error_set(err, CMK_ERR_CONFIG, "ControlFileChecksum", NULL,
+					  "cmk_storage control file checksum mismatch (the file is corrupt)");
+		return false;
+	}
+	ctl->version = get32(buf + OFF_VERSION);
+	if (ctl->version != CMK_CONTROL_VERSION)
+	{
+		cmk_error_set(err, CMK_ERR_CONFIG, "ControlFileVersion",
+					  "Install the cmk_storage version that wrote this file.",
+					  "cmk_storage control file has format version %u, this build reads version %d",
+					  ctl->version, CMK_CONTROL_VERSION);
+		return false;
+	}
+	ctl->generation = get32(buf + OFF_GENERATION);
+	ctl->system_identifier = get64(buf + OFF_SYSID);
+	ctl->created_at = (int64) get64(buf + OFF_CREATED);
+	ctl->wrapped_at = (int64) get64(buf + OFF_WRAPPED_AT);
+	memcpy(ctl->dek_id, buf + OFF_DEK_ID, CMK_DEK_ID_LEN);
+	alg = get16(buf + OFF_ALG);
+	ctl->wrapped_len = get16(buf + OFF_WRAPPED_LEN);
+	kid_len = get16(buf + OFF_KID_LEN);
+	uri_len = get16(buf + OFF_URI_LEN);
+	if ((alg != CMK_WRAP_RSA_OAEP_256 && alg != CMK_WRAP_RSA_OAEP) ||
+		ctl->wrapped_len == 0 || ctl->wrapped_len > CMK_MAX_WRAPPED ||
+		kid_len == 0 || kid_len > CMK_CONTROL_TEXT_MAX ||
+		uri_len > CMK_CONTROL_TEXT_MAX)
+	{
+		cmk_error_set(err, CMK_ERR_CONFIG, "ControlFileField", NULL,
+					  "cmk_storage control file has an invalid field");
+		return false;
+	}
+	ctl->wrap_alg = (CmkWrapAlg) alg;
+	memcpy(ctl->wrapped, buf + OFF_WRAPPED, ctl->wrapped_len);
+	memcpy(ctl->kid, buf + OFF_KID, kid_len);
+	memcpy(ctl->key_uri, buf + OFF_URI, uri_len);
+	return true;
+}
+
+static void
+set_io_error(CmkError *err, const char *what, const char *path)
+{
+	cmk_error_set(err, CMK_ERR_INTERNAL, NULL,
+				  "Check the permissions and free space of the data directory.",
+				  "could not %s \"%s\": %m", what, path);
+}
+
+CmkControlStatus
+cmk_control_read(CmkControl *ctl, CmkError *err)
+{
+	struct stat st;
+	uint8		buf[CMK_CONTROL_SIZE + 1];
+	ssize_t		len;
+	int			fd;
+
+	if (stat(CMK_CONTROL_DIR, &st) != 0)
+	{
+		if (errno == ENOENT)
+			return CMK_CONTROL_ABSENT;
+		set_io_error(err, "stat", CMK_CONTROL_DIR);
+		return CMK_CONTROL_INVALID;
+	}
+	fd = OpenTransientFile(CMK_CONTROL_FILE, O_RDONLY | PG_BINARY);
+	if (fd < 0)
+	{
+		if (errno == ENOENT)
+			cmk_error_set(err, CMK_ERR_CONFIG, "ControlFileMissing",
+						  "Restore $PGDATA/cmk_storage/control from a backup of this cluster; without it the encrypted data cannot be read. Do not delete the directory: that would create a new key that cannot read existing data.",
+						  "cmk_storage control file \"%s\" is missing although its directory exists",
+						  CMK_CONTROL_FILE);
+		else
+			set_io_error(err, "open", CMK_CONTROL_FILE);
+		return CMK_CONTROL_INVALID;
+	}
+	len = read(fd, buf, sizeof(buf));
+	if (len < 0)
+	{
+		set_io_error(err, "read", CMK_CONTROL_FILE);
+		CloseTransientFile(fd);
+		return CMK_CONTROL_INVALID;
+	}
+	CloseTransientFile(fd);
+	if (!cmk_control_parse(buf, (size_t) len, ctl, err))
+	{
+		strlcpy(err->hint,
+				"Restore $PGDATA/cmk_storage/control from a backup of this cluster. The file was left untouched.",
+				sizeof(err->hint));
+		return CMK_CONTROL_INVALID;
+	}
+	return CMK_CONTROL_PRESENT;
+}
+
+static bool
+write_file(const char *path, const CmkControl *ctl, CmkError *err)
+{
+	uint8		buf[CMK_CONTROL_SIZE];
+	int			fd;
+
+	cmk_control_serialize(ctl, buf);
+	fd = OpenTransientFile(path, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY);
+	if (fd < 0)
+	{
+		set_io_error(err, "create", path);
+		return false;
+	}
+	errno = 0;
+	if (write(fd, buf, sizeof(buf)) != sizeof(buf))
+	{
+		if (errno == 0)
+			errno = ENOSPC;
+		set_io_error(err, "write", path);
+		CloseTransientFile(fd);
+		return false;
+	}
+	if (pg_fsync(fd) != 0)
+	{
+		set_io_error(err, "fsync", path);
+		CloseTransientFile(fd);
+		return false;
+	}
+	CloseTransientFile(fd);
+	return true;
+}
+
+bool
+cmk_control_create(const CmkControl *ctl, CmkError *err)
+{
+	char		path[MAXPGPATH];
+	struct stat st;
+
+	/* A leftover from a crash during an earlier first start: never used. */
+	if (stat(CMK_CONTROL_NEW_DIR, &st) == 0 && !rmtree(CMK_CONTROL_NEW_DIR, true))
+	{
+		set_io_error(err, "remove", CMK_CONTROL_NEW_DIR);
+		return false;
+	}
+	if (MakePGDirectory(CMK_CONTROL_NEW_DIR) != 0)
+	{
+		set_io_error(err, "create directory", CMK_CONTROL_NEW_DIR);
+		return false;
+	}
+	snprintf(path, sizeof(path), "%s/control", CMK_CONTROL_NEW_DIR);
+	if (!write_file(path, ctl, err))
+		return false;
+	/* durable_rename() handles files only: rename, then sync both levels. */
+	if (fsync_fname_ext(CMK_CONTROL_NEW_DIR, true, false, LOG) != 0 ||
+		rename(CMK_CONTROL_NEW_DIR, CMK_CONTROL_DIR) != 0 ||
+		fsync_fname_ext(CMK_CONTROL_DIR, true, false, LOG) != 0 ||
+		fsync_fname_ext(".", true, false, LOG) != 0)
+	{
+		set_io_error(err, "install", CMK_CONTROL_DIR);
+		return false;
+	}
+	return true;
+}
+
+bool
+cmk_control_replace(const CmkControl *ctl, CmkError *err)
+{
+	const char *tmp = CMK_CONTROL_FILE ".tmp";
+
+	if (!write_file(tmp, ctl, err))
+		return false;
+	if (durable_rename(tmp, CMK_CONTROL_FILE, LOG) != 0)
+	{
+		set_io_error(err, "rename into place", CMK_CONTROL_FILE);
+		return false;
+	}
+	return true;
+}

@@ -1,0 +1,101 @@
+/*-------------------------------------------------------------------------
+ *
+ * key_sql.c
+ *		SQL functions that show the key's state and run the self-tests.
+ *
+ * They return identifiers, states and reasons, never key bytes: the key
+ * store does not even hand key bytes to this file.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "keys/key_store.h"
+
+PG_FUNCTION_INFO_V1(cmk_key_status);
+PG_FUNCTION_INFO_V1(cmk_self_test);
+
+static Datum
+text_or_null(const char *s, bool *isnull)
+{
+	*isnull = (s == NULL || s[0] == '\0');
+	return *isnull ? (Datum) 0 : CStringGetTextDatum(s);
+}
+
+Datum
+cmk_key_status(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	CmkKeyStatus st;
+	Datum		values[11];
+	bool		nulls[11];
+	char		hex[2 * CMK_DEK_ID_LEN + 1];
+	int			i = 0;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+
+	cmk_key_store_status(&st);
+	memset(nulls, 0, sizeof(nulls));
+
+	values[i] = CStringGetTextDatum(cmk_key_state_name(st.state));
+	i++;
+	values[i] = text_or_null(st.reason, &nulls[i]);
+	i++;
+	values[i] = text_or_null(st.hint, &nulls[i]);
+	i++;
+	values[i] = text_or_null(st.provider, &nulls[i]);
+	i++;
+	values[i] = text_or_null(st.key_uri, &nulls[i]);
+	i++;
+	values[i] = text_or_null(st.have_control ? st.kid : NULL, &nulls[i]);
+	i++;
+	values[i] = text_or_null(st.have_control ? cmk_wrap_alg_name(st.wrap_alg) : NULL, &nulls[i]);
+	i++;
+	cmk_hex(st.dek_id, CMK_DEK_ID_LEN, hex);
+	values[i] = text_or_null(st.have_control ? hex : NULL, &nulls[i]);
+	i++;
+	nulls[i] = !st.have_control;
+	values[i] = TimestampTzGetDatum(time_t_to_timestamptz((pg_time_t) st.created_at));
+	i++;
+	values[i] = TimestampTzGetDatum(st.state_since);
+	i++;
+	values[i] = BoolGetDatum(st.memory_locked);
+	i++;
+	Assert(i == lengthof(values));
+
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+typedef struct SelfTestRows
+{
+	ReturnSetInfo *rsinfo;
+} SelfTestRows;
+
+static void
+add_selftest_row(void *arg, const char *name, bool ok)
+{
+	SelfTestRows *rows = (SelfTestRows *) arg;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = BoolGetDatum(ok);
+	tuplestore_putvalues(rows->rsinfo->setResult, rows->rsinfo->setDesc, values, nulls);
+}
+
+Datum
+cmk_self_test(PG_FUNCTION_ARGS)
+{
+	SelfTestRows rows;
+
+	InitMaterializedSRF(fcinfo, 0);
+	rows.rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	(void) cmk_crypto_selftest(add_selftest_row, &rows);
+	return (Datum) 0;
+}

@@ -1,0 +1,320 @@
+/*-------------------------------------------------------------------------
+ *
+ * key_store.c
+ *		Custody of the DEK at run time.
+ *
+ * The postmaster maps one page of anonymous shared memory before any child
+ * exists, locks it (mlock) and excludes it from core dumps
+ * (MADV_DONTDUMP); every backend, background, parallel and autovacuum
+ * worker inherits the mapping through fork.  Only the key worker writes key
+ * bytes into it, and only key_store.c reads them.  When the key becomes
+ * unavailable the bytes are wiped with OPENSSL_cleanse and the generation
+ * counter moves, so every backend drops its cipher context before its next
+ * use of encrypted data.
+ *
+ * Key bytes must never leave this page except into OpenSSL cipher contexts
+ * (which OpenSSL wipes on free) and the brief stack copy made to create one.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <sys/mman.h>
+
+#include <openssl/crypto.h>
+
+#include "miscadmin.h"
+#include "port/atomics.h"
+#include "storage/spin.h"
+#include "utils/timestamp.h"
+
+#include "cmk_storage.h"
+#include "keys/key_store.h"
+
+typedef struct CmkKeyStore
+{
+	slock_t		mutex;
+	pg_atomic_uint64 generation;	/* moves on every change of keys or state */
+	CmkKeyStatus status;		/* protected by mutex */
+	uint8		subkeys[CMK_NUM_PURPOSES][CMK_SUBKEY_LEN];	/* mutex */
+	uint8		dek[CMK_DEK_LEN];	/* mutex */
+	uint8		scratch[CMK_DEK_LEN];	/* key worker only */
+	uint8		scratch_sub[CMK_NUM_PURPOSES][CMK_SUBKEY_LEN];	/* key worker */
+} CmkKeyStore;
+
+static CmkKeyStore *store = NULL;
+static size_t store_size = 0;
+
+/* Per-backend cipher context for tuples, valid for local_generation. */
+static CmkKeystream tuple_ks;
+static uint64 local_generation = 0;
+static uint32 local_dek_tag = 0;
+
+void
+cmk_key_store_create(void)
+{
+	long		pagesize = sysconf(_SC_PAGESIZE);
+	void	   *p;
+	bool		locked;
+
+	store_size = TYPEALIGN(pagesize, sizeof(CmkKeyStore));
+	p = mmap(NULL, store_size, PROT_READ | PROT_WRITE,
+			 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		ereport(FATAL,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("cmk_storage: could not map key memory: %m")));
+	/* Keep key pages out of core dumps and out of swap. */
+	(void) madvise(p, store_size, MADV_DONTDUMP);
+	locked = mlock(p, store_size) == 0;
+
+	store = (CmkKeyStore *) p;
+	memset(store, 0, sizeof(CmkKeyStore));
+	SpinLockInit(&store->mutex);
+	pg_atomic_init_u64(&store->generation, 1);
+	store->status.memory_locked = locked;
+	store->status.state_since = GetCurrentTimestamp();
+	store->status.state = (cmk_key_uri && cmk_key_uri[0]) ?
+		CMK_KEY_LOADING : CMK_KEY_NOT_CONFIGURED;
+	if (!locked)
+	{
+		/* Fail closed: no key will be placed in swappable memory. */
+		store->status.state = CMK_KEY_UNAVAILABLE;
+		store->status.err_kind = CMK_ERR_CONFIG;
+		snprintf(store->status.reason, sizeof(store->status.reason),
+				 "could not lock key memory: %m");
+		strlcpy(store->status.hint,
+				"Allow the server's operating system user to lock at least one page of memory (ulimit -l, LimitMEMLOCK= in systemd).",
+				sizeof(store->status.hint));
+		ereport(WARNING,
+				(errmsg("cmk_storage: %s", store->status.reason),
+				 errhint("%s", store->status.hint)));
+	}
+}
+
+bool
+cmk_key_store_exists(void)
+{
+	return store != NULL;
+}
+
+uint8 *
+cmk_key_store_scratch(void)
+{
+	Assert(store != NULL);
+	return store->scratch;
+}
+
+static void
+set_control_fields(CmkKeyStatus *st, const CmkControl *ctl)
+{
+	st->have_control = ctl != NULL;
+	if (ctl == NULL)
+		return;
+	strlcpy(st->kid, ctl->kid, sizeof(st->kid));
+	st->wrap_alg = ctl->wrap_alg;
+	memcpy(st->dek_id, ctl->dek_id, CMK_DEK_ID_LEN);
+	st->created_at = ctl->created_at;
+	st->wrapped_at = ctl->wrapped_at;
+	st->control_generation = ctl->generation;
+}
+
+/*
+ * Make the DEK in scratch the live key.  The worker checked it against the
+ * control file's DEK identifier before calling this.
+ */
+void
+cmk_key_store_publish(const CmkControl *ctl, const char *provider)
+{
+	bool		derived = true;
+
+	Assert(store != NULL);
+	for (int p = 0; p < CMK_NUM_PURPOSES; p++)
+		derived = derived && cmk_derive_subkey(store->scratch, p, store->scratch_sub[p]);
+	if (!derived || !store->status.memory_locked)
+	{
+		CmkError	err;
+
+		if (!store->status.memory_locked)
+			return;				/* stays unavailable, reason already set */
+		cmk_error_set(&err, CMK_ERR_INTERNAL, NULL, NULL, "key derivation failed");
+		cmk_key_store_unavailable(CMK_KEY_UNAVAILABLE, &err, ctl);
+		return;
+	}
+
+	SpinLockAcquire(&store->mutex);
+	memcpy(store->dek, store->scratch, CMK_DEK_LEN);
+	memcpy(store->subkeys, store->scratch_sub, sizeof(store->subkeys));
+	store->status.state = CMK_KEY_AVAILABLE;
+	store->status.state_since = GetCurrentTimestamp();
+	store->status.err_kind = CMK_ERR_NONE;
+	store->status.reason[0] = store->status.detail[0] = store->status.hint[0] = '\0';
+	strlcpy(store->status.provider, provider, sizeof(store->status.provider));
+	strlcpy(store->status.key_uri, cmk_key_uri, sizeof(store->status.key_uri));
+	set_control_fields(&store->status, ctl);
+	pg_atomic_fetch_add_u64(&store->generation, 1);
+	SpinLockRelease(&store->mutex);
+
+	OPENSSL_cleanse(store->scratch, sizeof(store->scratch));
+	OPENSSL_cleanse(store->scratch_sub, sizeof(store->scratch_sub));
+}
+
+void
+cmk_key_store_unavailable(CmkKeyState state, const CmkError *err,
+						  const CmkControl *ctl)
+{
+	Assert(store != NULL);
+	SpinLockAcquire(&store->mutex);
+	OPENSSL_cleanse(store->dek, sizeof(store->dek));
+	OPENSSL_cleanse(store->subkeys, sizeof(store->subkeys));
+	if (state != store->status.state)
+		store->status.state_since = GetCurrentTimestamp();
+	store->status.state = state;
+	store->status.err_kind = err ? err->kind : CMK_ERR_NONE;
+	strlcpy(store->status.reason, err ? err->message : "", sizeof(store->status.reason));
+	strlcpy(store->status.detail, err ? err->detail : "", sizeof(store->status.detail));
+	strlcpy(store->status.hint, err ? err->hint : "", sizeof(store->status.hint));
+	strlcpy(store->status.key_uri, cmk_key_uri ? cmk_key_uri : "", sizeof(store->status.key_uri));
+	if (ctl)
+		set_control_fields(&store->status, ctl);
+	pg_atomic_fetch_add_u64(&store->generation, 1);
+	SpinLockRelease(&store->mutex);
+	OPENSSL_cleanse(store->scratch, sizeof(store->scratch));
+	OPENSSL_cleanse(store->scratch_sub, sizeof(store->scratch_sub));
+}
+
+void
+cmk_key_store_status(CmkKeyStatus *out)
+{
+	if (store == NULL)
+	{
+		memset(out, 0, sizeof(*out));
+		out->state = CMK_KEY_UNAVAILABLE;
+		strlcpy(out->reason, "cmk_storage is not loaded through shared_preload_libraries",
+				sizeof(out->reason));
+		strlcpy(out->hint, "Add cmk_storage to shared_preload_libraries and restart the server.",
+				sizeof(out->hint));
+		return;
+	}
+	SpinLockAcquire(&store->mutex);
+	memcpy(out, &store->status, sizeof(*out));
+	SpinLockRelease(&store->mutex);
+}
+
+const char *
+cmk_key_state_name(CmkKeyState state)
+{
+	switch (state)
+	{
+		case CMK_KEY_NOT_CONFIGURED:
+			return "not configured";
+		case CMK_KEY_LOADING:
+			return "loading";
+		case CMK_KEY_AVAILABLE:
+			return "available";
+		case CMK_KEY_UNAVAILABLE:
+			return "unavailable";
+	}
+	return "unknown";
+}
+
+/*
+ * ERROR out with the reason the key cannot be used.  relname, when given,
+ * names the relation whose data was wanted.
+ */
+void
+cmk_report_key_unavailable(const char *relname)
+{
+	CmkKeyStatus st;
+
+	cmk_key_store_status(&st);
+	if (st.state == CMK_KEY_NOT_CONFIGURED)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 relname ?
+				 errmsg("cannot access encrypted relation \"%s\": no customer-managed key is configured", relname) :
+				 errmsg("no customer-managed key is configured"),
+				 errhint("Set cmk_storage.key_uri in postgresql.conf and restart the server.")));
+	if (st.state == CMK_KEY_LOADING)
+		ereport(ERROR,
+				(errcode(ERRCODE_CANNOT_CONNECT_NOW),
+				 relname ?
+				 errmsg("cannot access encrypted relation \"%s\": the data encryption key is still being loaded", relname) :
+				 errmsg("the data encryption key is still being loaded"),
+				 errhint("Retry shortly; see cmk_storage.status for progress.")));
+	ereport(ERROR,
+			(errcode(st.err_kind == CMK_ERR_DENIED ? ERRCODE_INSUFFICIENT_PRIVILEGE :
+					 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 relname ?
+			 errmsg("cannot access encrypted relation \"%s\": the data encryption key is unavailable: %s",
+					relname, st.reason) :
+			 errmsg("the data encryption key is unavailable: %s", st.reason),
+			 st.detail[0] ? errdetail("%s", st.detail) : 0,
+			 st.hint[0] ? errhint("%s", st.hint) : 0));
+}
+
+static void
+drop_local_context(void)
+{
+	cmk_keystream_free(&tuple_ks);
+	local_generation = 0;
+}
+
+CmkKeystream *
+cmk_tuple_keystream(const char *relname, uint32 *dek_tag)
+{
+	uint64		gen;
+	TimestampTz deadline = 0;
+
+	if (store == NULL)
+		cmk_report_key_unavailable(relname);
+
+	gen = pg_atomic_read_u64(&store->generation);
+	if (likely(gen == local_generation && tuple_ks.evp != NULL))
+	{
+		*dek_tag = local_dek_tag;
+		return &tuple_ks;
+	}
+
+	drop_local_context();
+	for (;;)
+	{
+		uint8		key[CMK_SUBKEY_LEN];
+		CmkKeyState state;
+		bool		ok;
+
+		SpinLockAcquire(&store->mutex);
+		gen = pg_atomic_read_u64(&store->generation);
+		state = store->status.state;
+		if (state == CMK_KEY_AVAILABLE)
+		{
+			memcpy(key, store->subkeys[CMK_PURPOSE_TUPLE], sizeof(key));
+			memcpy(&local_dek_tag, store->status.dek_id, sizeof(uint32));
+		}
+		SpinLockRelease(&store->mutex);
+
+		if (state == CMK_KEY_AVAILABLE)
+		{
+			ok = cmk_keystream_init(&tuple_ks, key);
+			OPENSSL_cleanse(key, sizeof(key));
+			if (!ok)
+				ereport(ERROR,
+						(errcode(ERRCODE_INTERNAL_ERROR),
+						 errmsg("could not initialise the AES cipher")));
+			local_generation = gen;
+			*dek_tag = local_dek_tag;
+			return &tuple_ks;
+		}
+		if (state != CMK_KEY_LOADING)
+			cmk_report_key_unavailable(relname);
+
+		/* Loading: wait up to cmk_storage.key_wait_timeout for the worker. */
+		if (deadline == 0)
+			deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												   cmk_key_wait_timeout_ms);
+		else if (GetCurrentTimestamp() >= deadline)
+			cmk_report_key_unavailable(relname);
+		CHECK_FOR_INTERRUPTS();
+		pg_usleep(10000L);
+	}
+}
