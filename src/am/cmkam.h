@@ -1,0 +1,158 @@
+/*-------------------------------------------------------------------------
+ *
+ * cmkam.h
+ *		The cmk_heap table access method: heap storage whose tuple contents
+ *		are encrypted.  Shared declarations of its files:
+ *
+ *		cmkam_handler.c		the TableAmRoutine and callbacks heap serves as is
+ *		cmkam_codec.c		tuple format: encrypt, decrypt, trailer
+ *		cmkam_write.c		insert, multi-insert, speculative insert, update,
+ *							delete
+ *		cmkam_toast.c		our own toaster and encrypted TOAST chunks
+ *		cmkam_scan.c		every read path (scans, fetches, locks)
+ *		cmkam_indexbuild.c	index build and validation scans
+ *		cmkam_rewrite.c		CLUSTER / VACUUM FULL
+ *
+ * Format and invariants: docs/tuple-format.md.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef CMKAM_H
+#define CMKAM_H
+
+#include "access/htup_details.h"
+#include "access/tableam.h"
+#include "executor/tuptable.h"
+#include "utils/rel.h"
+
+/* Trailer, read backwards from the end of the tuple (inside t_len). */
+#define CMK_FORMAT_VERSION		0xC1
+#define CMK_NONCE_LEN			12
+#define CMK_MAX_NONCES			8	/* distinct nonces one tuple may carry */
+#define CMK_TRAILER_FIXED		(1 + 4 + 1)	/* flags, DEK tag, version */
+#define CMK_FLAG_NONCES_MASK	0x0F	/* number of nonces - 1 */
+#define CMK_FLAG_HAS_EXTERNAL	0x10	/* external-reference bitmap present */
+
+/* The encrypted stand-in for an on-disk TOAST pointer: a short varlena. */
+#define CMK_EXTREF_HEADER		((uint8) ((TOAST_POINTER_SIZE_CMK << 1) | 0x01))
+#define TOAST_POINTER_SIZE_CMK	18	/* VARHDRSZ_EXTERNAL + varatt_external */
+
+/* Largest trailer for a tuple of natts attributes. */
+#define CMK_TRAILER_MAX(natts) \
+	(CMK_TRAILER_FIXED + CMK_MAX_NONCES * CMK_NONCE_LEN + \
+	 ((natts) + 1) / 2 + ((natts) + 7) / 8)
+
+/* cmkam_codec.c */
+extern HeapTuple cmk_encrypt_tuple(Relation rel, HeapTuple plain,
+								   HeapTuple old_cipher);
+extern HeapTuple cmk_decrypt_tuple(Relation rel, HeapTuple cipher);
+extern bool cmk_tuple_has_external(HeapTuple cipher);
+extern void cmk_check_tuple_format(Relation rel, HeapTuple cipher);
+
+/* cmkam_toast.c */
+struct CmkToastState;
+extern HeapTuple cmk_form_plain_tuple(Relation rel, TupleTableSlot *slot,
+									  HeapTuple old_plain, int options,
+									  struct CmkToastState **state_out);
+extern void cmk_toast_finish(struct CmkToastState *st, bool succeeded);
+extern void cmk_toast_delete_tuple(Relation rel, HeapTuple plain,
+								   bool is_speculative);
+extern void cmk_fetch_toast_slice(Relation toastrel, Oid valueid,
+								  int32 attrsize, int32 sliceoffset,
+								  int32 slicelength, struct varlena *result);
+extern HeapTuple cmk_prepare_tuple_for_rewrite(Relation oldrel, Relation newrel,
+											   HeapTuple plain,
+											   TupleTableSlot *vslot);
+
+/* cmkam_write.c */
+extern void cmkam_tuple_insert(Relation rel, TupleTableSlot *slot,
+							   CommandId cid, int options,
+							   struct BulkInsertStateData *bistate);
+extern void cmkam_tuple_insert_speculative(Relation rel, TupleTableSlot *slot,
+										   CommandId cid, int options,
+										   struct BulkInsertStateData *bistate,
+										   uint32 specToken);
+extern void cmkam_tuple_complete_speculative(Relation rel, TupleTableSlot *slot,
+											 uint32 specToken, bool succeeded);
+extern void cmkam_multi_insert(Relation rel, TupleTableSlot **slots, int nslots,
+							   CommandId cid, int options,
+							   struct BulkInsertStateData *bistate);
+extern TM_Result cmkam_tuple_delete(Relation rel, ItemPointer tid, CommandId cid,
+									Snapshot snapshot, Snapshot crosscheck,
+									bool wait, TM_FailureData *tmfd,
+									bool changingPart);
+extern TM_Result cmkam_tuple_update(Relation rel, ItemPointer otid,
+									TupleTableSlot *slot, CommandId cid,
+									Snapshot snapshot, Snapshot crosscheck,
+									bool wait, TM_FailureData *tmfd,
+									LockTupleMode *lockmode,
+									bool *update_indexes);
+extern HeapTuple cmk_read_cipher_tuple(Relation rel, ItemPointer tid);
+
+/* cmkam_scan.c */
+extern void cmk_slot_store_decrypted(Relation rel, TupleTableSlot *slot);
+extern TableScanDesc cmkam_scan_begin(Relation rel, Snapshot snapshot,
+									  int nkeys, struct ScanKeyData *key,
+									  ParallelTableScanDesc pscan,
+									  uint32 flags);
+extern bool cmkam_scan_getnextslot(TableScanDesc scan, ScanDirection direction,
+								   TupleTableSlot *slot);
+extern bool cmkam_scan_getnextslot_tidrange(TableScanDesc scan,
+											ScanDirection direction,
+											TupleTableSlot *slot);
+extern bool cmkam_index_fetch_tuple(struct IndexFetchTableData *scan,
+									ItemPointer tid, Snapshot snapshot,
+									TupleTableSlot *slot, bool *call_again,
+									bool *all_dead);
+extern bool cmkam_fetch_row_version(Relation rel, ItemPointer tid,
+									Snapshot snapshot, TupleTableSlot *slot);
+extern bool cmkam_tuple_satisfies_snapshot(Relation rel, TupleTableSlot *slot,
+										   Snapshot snapshot);
+extern TM_Result cmkam_tuple_lock(Relation rel, ItemPointer tid,
+								  Snapshot snapshot, TupleTableSlot *slot,
+								  CommandId cid, LockTupleMode mode,
+								  LockWaitPolicy wait_policy, uint8 flags,
+								  TM_FailureData *tmfd);
+extern bool cmkam_scan_analyze_next_tuple(TableScanDesc scan,
+										  TransactionId OldestXmin,
+										  double *liverows, double *deadrows,
+										  TupleTableSlot *slot);
+extern bool cmkam_scan_bitmap_next_tuple(TableScanDesc scan,
+										 struct TBMIterateResult *tbmres,
+										 TupleTableSlot *slot);
+extern bool cmkam_scan_sample_next_tuple(TableScanDesc scan,
+										 struct SampleScanState *scanstate,
+										 TupleTableSlot *slot);
+
+/* cmkam_indexbuild.c */
+extern double cmkam_index_build_range_scan(Relation heapRelation,
+										   Relation indexRelation,
+										   struct IndexInfo *indexInfo,
+										   bool allow_sync, bool anyvisible,
+										   bool progress,
+										   BlockNumber start_blockno,
+										   BlockNumber numblocks,
+										   IndexBuildCallback callback,
+										   void *callback_state,
+										   TableScanDesc scan);
+extern void cmkam_index_validate_scan(Relation heapRelation,
+									  Relation indexRelation,
+									  struct IndexInfo *indexInfo,
+									  Snapshot snapshot,
+									  struct ValidateIndexState *state);
+
+/* cmkam_rewrite.c */
+extern void cmkam_relation_copy_for_cluster(Relation OldHeap, Relation NewHeap,
+											Relation OldIndex, bool use_sort,
+											TransactionId OldestXmin,
+											TransactionId *xid_cutoff,
+											MultiXactId *multi_cutoff,
+											double *num_tuples,
+											double *tups_vacuumed,
+											double *tups_recently_dead);
+
+/* cmkam_handler.c */
+extern const TableAmRoutine *cmk_heap_routine(void);
+extern bool cmk_is_cmk_relation(Relation rel);
+
+#endif							/* CMKAM_H */

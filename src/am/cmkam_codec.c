@@ -1,0 +1,634 @@
+/*-------------------------------------------------------------------------
+ *
+ * cmkam_codec.c
+ *		The cmk_heap tuple format: turn a plaintext heap tuple into a stored
+ *		(encrypted) one and back.
+ *
+ * A stored tuple stays a valid heap tuple for the relation's descriptor:
+ * header, null bitmap, alignment padding and varlena length headers are in
+ * clear; every attribute's bytes after its length header are XORed with an
+ * AES-256-CTR keystream; a trailer inside t_len carries the nonces, the DEK
+ * tag and the format version.  Each attribute names one of up to
+ * CMK_MAX_NONCES nonces, so an update can keep the stored bytes of every
+ * unchanged attribute (HOT and lock strength then behave as on heap) while
+ * every changed attribute gets fresh keystream and is re-rolled until its
+ * stored bytes differ from the old ones, exactly as heap_update will compare
+ * them.  Byte-level layout: docs/tuple-format.md.
+ *
+ * This file must never return a tuple it could not fully decrypt, never
+ * reuse a nonce, and never look at the TID (it is chosen after encryption).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/detoast.h"
+#include "access/heaptoast.h"
+#include "miscadmin.h"
+#include "utils/datum.h"
+
+#include "am/cmkam.h"
+#include "keys/key_store.h"
+
+StaticAssertDecl(TOAST_POINTER_SIZE == TOAST_POINTER_SIZE_CMK,
+				 "TOAST pointer size changed");
+
+/* Where one attribute's bytes sit, relative to the tuple header. */
+typedef struct AttrSpan
+{
+	int32		start;			/* offset of the attribute; -1 if null/absent */
+	int32		full;			/* stored length including varlena header */
+	int32		hdr;			/* clear header bytes at start */
+	bool		is_ondisk;		/* a raw on-disk TOAST pointer (plain form) */
+} AttrSpan;
+
+/* A parsed trailer. */
+typedef struct Trailer
+{
+	int			nnonces;
+	const uint8 *nonces;		/* nnonces * CMK_NONCE_LEN */
+	const uint8 *map;			/* 4 bits per attribute, or NULL: all nonce 0 */
+	const uint8 *extbits;		/* 1 bit per attribute, or NULL */
+	uint32		dek_tag;
+	int32		data_end;		/* offset where the trailer starts */
+} Trailer;
+
+#define BATCH_BLOCKS	128
+
+/* Pending keystream blocks: one cipher call serves many attributes. */
+typedef struct XorBatch
+{
+	CmkKeystream *ks;
+	int			nblocks;
+	uint8		blocks[BATCH_BLOCKS * CMK_AES_BLOCK];
+	uint8	   *dst[BATCH_BLOCKS];
+	uint8		len[BATCH_BLOCKS];
+} XorBatch;
+
+static struct
+{
+	int			pid;
+	uint8		prefix[8];
+	uint32		counter;
+}			nonce_state;
+
+/*
+ * 96-bit nonce: a random 64-bit prefix drawn per process (again after 2^32
+ * nonces) and a 32-bit counter.  Two processes collide only if their random
+ * prefixes do, which for 2^20 processes over a key's life is about 2^-25.
+ */
+static void
+next_nonce(uint8 *out)
+{
+	if (nonce_state.pid != MyProcPid || nonce_state.counter == PG_UINT32_MAX)
+	{
+		if (!cmk_random_bytes(nonce_state.prefix, sizeof(nonce_state.prefix)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not generate a random nonce")));
+		nonce_state.counter = 0;
+		nonce_state.pid = MyProcPid;
+	}
+	memcpy(out, nonce_state.prefix, 8);
+	out[8] = (uint8) (nonce_state.counter >> 24);
+	out[9] = (uint8) (nonce_state.counter >> 16);
+	out[10] = (uint8) (nonce_state.counter >> 8);
+	out[11] = (uint8) nonce_state.counter;
+	nonce_state.counter++;
+}
+
+static void
+batch_flush(XorBatch *b)
+{
+	if (b->nblocks == 0)
+		return;
+	if (!cmk_keystream_blocks(b->ks, b->blocks, b->nblocks))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("AES keystream generation failed")));
+	for (int i = 0; i < b->nblocks; i++)
+	{
+		uint8	   *ks = b->blocks + i * CMK_AES_BLOCK;
+		uint8	   *d = b->dst[i];
+
+		if (b->len[i] == CMK_AES_BLOCK)
+		{
+			uint64		x0,
+						x1,
+						k0,
+						k1;
+
+			memcpy(&x0, d, 8);
+			memcpy(&x1, d + 8, 8);
+			memcpy(&k0, ks, 8);
+			memcpy(&k1, ks + 8, 8);
+			x0 ^= k0;
+			x1 ^= k1;
+			memcpy(d, &x0, 8);
+			memcpy(d + 8, &x1, 8);
+		}
+		else
+		{
+			for (int j = 0; j < b->len[i]; j++)
+				d[j] ^= ks[j];
+		}
+	}
+	b->nblocks = 0;
+}
+
+/* Queue keystream for attribute attno (1-based) under nonce over data[len]. */
+static void
+batch_add(XorBatch *b, const uint8 *nonce, int attno, uint8 *data, int32 len)
+{
+	for (int32 blk = 0; (int64) blk * CMK_AES_BLOCK < len; blk++)
+	{
+		uint8	   *cb;
+		int32		remain = len - blk * CMK_AES_BLOCK;
+
+		if (b->nblocks == BATCH_BLOCKS)
+			batch_flush(b);
+		cb = b->blocks + b->nblocks * CMK_AES_BLOCK;
+		memcpy(cb, nonce, CMK_NONCE_LEN);
+		cb[12] = (uint8) (attno >> 8);
+		cb[13] = (uint8) attno;
+		cb[14] = (uint8) (blk >> 8);
+		cb[15] = (uint8) blk;
+		b->dst[b->nblocks] = data + blk * CMK_AES_BLOCK;
+		b->len[b->nblocks] = (uint8) Min(remain, CMK_AES_BLOCK);
+		b->nblocks++;
+	}
+}
+
+static void
+batch_done(XorBatch *b)
+{
+	batch_flush(b);
+	explicit_bzero(b->blocks, sizeof(b->blocks));
+}
+
+static void
+report_corrupt(Relation rel, HeapTuple tup, const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DATA_CORRUPTED),
+			 errmsg("encrypted tuple (%u,%u) in relation \"%s\" is not readable: %s",
+					ItemPointerGetBlockNumberNoCheck(&tup->t_self),
+					ItemPointerGetOffsetNumberNoCheck(&tup->t_self),
+					RelationGetRelationName(rel), what),
+			 errhint("The tuple was not written by cmk_heap or the relation file is damaged.")));
+}
+
+/*
+ * Locate every attribute of a tuple, checking that none runs past data_end
+ * (the trailer must never be read as data).  Returns the number of
+ * physically present attributes.
+ */
+static int
+walk_attrs(Relation rel, HeapTuple tup, int32 data_end, AttrSpan *spans)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	HeapTupleHeader td = tup->t_data;
+	int			natts = HeapTupleHeaderGetNatts(td);
+	bool		hasnulls = HeapTupleHasNulls(tup);
+	char	   *tp = (char *) td + td->t_hoff;
+	int32		limit = data_end - td->t_hoff;
+	int32		off = 0;
+
+	if (natts > desc->natts || td->t_hoff > data_end)
+		report_corrupt(rel, tup, "header does not match the table");
+
+	for (int i = 0; i < natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		AttrSpan   *s = &spans[i];
+
+		s->is_ondisk = false;
+		if (hasnulls && att_isnull(i, td->t_bits))
+		{
+			s->start = -1;
+			s->full = s->hdr = 0;
+			continue;
+		}
+		if (att->attlen > 0)
+		{
+			off = att_align_nominal(off, att->attalign);
+			s->full = att->attlen;
+			s->hdr = 0;
+		}
+		else if (att->attlen == -1)
+		{
+			char	   *p;
+
+			if (off >= limit)
+				report_corrupt(rel, tup, "attribute beyond end of data");
+			off = att_align_pointer(off, att->attalign, -1, tp + off);
+			if (off >= limit)
+				report_corrupt(rel, tup, "attribute beyond end of data");
+			p = tp + off;
+			if (VARATT_IS_1B_E(p))
+			{
+				if (VARTAG_EXTERNAL(p) != VARTAG_ONDISK)
+					report_corrupt(rel, tup, "unexpected external datum");
+				s->is_ondisk = true;
+				s->full = TOAST_POINTER_SIZE;
+				s->hdr = 1;
+			}
+			else if (VARATT_IS_1B(p))
+			{
+				s->full = VARSIZE_1B(p);
+				s->hdr = 1;
+			}
+			else
+			{
+				if (off + 4 > limit)
+					report_corrupt(rel, tup, "attribute beyond end of data");
+				s->full = VARSIZE_4B(p);
+				s->hdr = 4;
+			}
+			if (s->full < s->hdr)
+				report_corrupt(rel, tup, "invalid varlena length");
+		}
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cmk_heap does not support column \"%s\" of type cstring",
+							NameStr(att->attname))));
+		if (off + s->full > limit)
+			report_corrupt(rel, tup, "attribute beyond end of data");
+		s->start = td->t_hoff + off;
+		off += s->full;
+	}
+	return natts;
+}
+
+static inline int
+map_get(const uint8 *map, int i)
+{
+	return map ? (map[i / 2] >> ((i % 2) * 4)) & 0x0F : 0;
+}
+
+static inline bool
+bit_get(const uint8 *bits, int i)
+{
+	return bits && (bits[i / 8] & (1 << (i % 8))) != 0;
+}
+
+static int32
+trailer_size(int nnonces, int natts, bool has_ext)
+{
+	return CMK_TRAILER_FIXED + nnonces * CMK_NONCE_LEN +
+		(nnonces > 1 ? (natts + 1) / 2 : 0) +
+		(has_ext ? (natts + 7) / 8 : 0);
+}
+
+static void
+parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
+{
+	const uint8 *base = (const uint8 *) tup->t_data;
+	int32		len = (int32) tup->t_len;
+	int			natts = HeapTupleHeaderGetNatts(tup->t_data);
+	uint8		flags;
+	int32		size;
+
+	if (len < (int32) SizeofHeapTupleHeader + CMK_TRAILER_FIXED ||
+		base[len - 1] != CMK_FORMAT_VERSION)
+		report_corrupt(rel, tup, "no cmk_heap trailer");
+	memcpy(&t->dek_tag, base + len - 5, 4);
+	flags = base[len - 6];
+	t->nnonces = (flags & CMK_FLAG_NONCES_MASK) + 1;
+	if (t->nnonces > CMK_MAX_NONCES || (flags & ~(CMK_FLAG_NONCES_MASK | CMK_FLAG_HAS_EXTERNAL)))
+		report_corrupt(rel, tup, "invalid trailer flags");
+	size = trailer_size(t->nnonces, natts, (flags & CMK_FLAG_HAS_EXTERNAL) != 0);
+	if (len - size < tup->t_data->t_hoff)
+		report_corrupt(rel, tup, "trailer larger than the tuple");
+	t->data_end = len - size;
+	t->extbits = (flags & CMK_FLAG_HAS_EXTERNAL) ? base + t->data_end : NULL;
+	t->map = NULL;
+	if (t->nnonces > 1)
+		t->map = base + t->data_end + (t->extbits ? (natts + 7) / 8 : 0);
+	t->nonces = base + len - CMK_TRAILER_FIXED - t->nnonces * CMK_NONCE_LEN;
+
+	if (t->dek_tag != want_tag)
+	{
+		uint32		have = t->dek_tag;
+
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("tuple (%u,%u) in relation \"%s\" was encrypted with another data encryption key",
+						ItemPointerGetBlockNumberNoCheck(&tup->t_self),
+						ItemPointerGetOffsetNumberNoCheck(&tup->t_self),
+						RelationGetRelationName(rel)),
+				 errdetail("The tuple names DEK %02x%02x%02x%02x; the current DEK is %02x%02x%02x%02x.",
+						   ((uint8 *) &have)[0], ((uint8 *) &have)[1],
+						   ((uint8 *) &have)[2], ((uint8 *) &have)[3],
+						   ((uint8 *) &want_tag)[0], ((uint8 *) &want_tag)[1],
+						   ((uint8 *) &want_tag)[2], ((uint8 *) &want_tag)[3]),
+				 errhint("Start the server with the control file (and key) of the cluster that wrote this data.")));
+	}
+	for (int i = 0; t->map && i < natts; i++)
+		if (map_get(t->map, i) >= t->nnonces)
+			report_corrupt(rel, tup, "invalid nonce reference");
+}
+
+bool
+cmk_tuple_has_external(HeapTuple cipher)
+{
+	const uint8 *base = (const uint8 *) cipher->t_data;
+
+	return cipher->t_len > CMK_TRAILER_FIXED &&
+		(base[cipher->t_len - 6] & CMK_FLAG_HAS_EXTERNAL) != 0;
+}
+
+void
+cmk_check_tuple_format(Relation rel, HeapTuple cipher)
+{
+	uint32		tag;
+	Trailer		t;
+
+	(void) cmk_tuple_keystream(RelationGetRelationName(rel), &tag);
+	parse_trailer(rel, cipher, tag, &t);
+}
+
+/*
+ * Decrypt a stored tuple into a palloc'd copy that keeps the original header
+ * (system columns read it), t_self and t_tableOid.  External references
+ * become ordinary on-disk TOAST pointers into the relation's TOAST table,
+ * whose fetch callback decrypts the chunks.
+ */
+HeapTuple
+cmk_decrypt_tuple(Relation rel, HeapTuple cipher)
+{
+	uint32		tag;
+	CmkKeystream *ks = cmk_tuple_keystream(RelationGetRelationName(rel), &tag);
+	Trailer		t;
+	AttrSpan	spans[MaxTupleAttributeNumber];
+	HeapTuple	plain;
+	XorBatch	batch;
+	int			natts;
+	bool		has_ext = false;
+	Oid			toastrelid = rel->rd_rel->reltoastrelid;
+
+	parse_trailer(rel, cipher, tag, &t);
+
+	plain = (HeapTuple) palloc(HEAPTUPLESIZE + t.data_end);
+	plain->t_len = t.data_end;
+	plain->t_self = cipher->t_self;
+	plain->t_tableOid = cipher->t_tableOid;
+	plain->t_data = (HeapTupleHeader) ((char *) plain + HEAPTUPLESIZE);
+	memcpy(plain->t_data, cipher->t_data, t.data_end);
+
+	natts = walk_attrs(rel, plain, t.data_end, spans);
+	batch.ks = ks;
+	batch.nblocks = 0;
+	for (int i = 0; i < natts; i++)
+	{
+		AttrSpan   *s = &spans[i];
+
+		if (s->start < 0 || s->is_ondisk)
+		{
+			if (s->is_ondisk)
+				report_corrupt(rel, cipher, "raw TOAST pointer in stored tuple");
+			continue;
+		}
+		batch_add(&batch, t.nonces + map_get(t.map, i) * CMK_NONCE_LEN, i + 1,
+				  (uint8 *) plain->t_data + s->start + s->hdr, s->full - s->hdr);
+	}
+	batch_done(&batch);
+
+	/* Turn decrypted external references into on-disk TOAST pointers. */
+	for (int i = 0; t.extbits && i < natts; i++)
+	{
+		uint8	   *p;
+
+		if (!bit_get(t.extbits, i))
+			continue;
+		p = (uint8 *) plain->t_data + spans[i].start;
+		if (spans[i].start < 0 || spans[i].full != TOAST_POINTER_SIZE ||
+			p[1] != VARTAG_ONDISK || !OidIsValid(toastrelid))
+			report_corrupt(rel, cipher, "invalid external reference");
+		SET_VARTAG_EXTERNAL(p, VARTAG_ONDISK);
+		memcpy(p + VARHDRSZ_EXTERNAL + offsetof(varatt_external, va_toastrelid),
+			   &toastrelid, sizeof(Oid));
+		has_ext = true;
+	}
+	if (has_ext)
+		plain->t_data->t_infomask |= HEAP_HASEXTERNAL;
+	return plain;
+}
+
+/*
+ * Encrypt a plaintext tuple (formed by heap_form_tuple; external values are
+ * on-disk TOAST pointers produced by our toaster).  With old_cipher, the
+ * stored version being updated, unchanged attributes keep their stored bytes
+ * and nonce, and changed ones are guaranteed to differ from the old bytes.
+ */
+HeapTuple
+cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	uint32		tag;
+	CmkKeystream *ks = cmk_tuple_keystream(RelationGetRelationName(rel), &tag);
+	AttrSpan	spans[MaxTupleAttributeNumber];
+	AttrSpan	old_spans[MaxTupleAttributeNumber];
+	int8		nonce_of[MaxTupleAttributeNumber];	/* index into nonces */
+	uint8		nonces[CMK_MAX_NONCES * CMK_NONCE_LEN];
+	int			nnonces = 0;
+	int			new_idx = -1;
+	int			natts;
+	int			old_natts = 0;
+	bool		has_ext = false;
+	bool		overflow = false;
+	Trailer		ot = {0};
+	HeapTuple	old_plain = NULL;
+	HeapTuple	out;
+	char	   *stored;			/* stored-form plaintext (refs converted) */
+	char	   *stored_fresh = NULL;	/* same, before reusing old bytes */
+	int32		data_len = (int32) plain->t_len;
+	int32		tsize;
+	uint8	   *tp;
+
+	natts = walk_attrs(rel, plain, data_len, spans);
+
+	/* Stored form: on-disk pointers become short varlenas to encrypt. */
+	stored = palloc(data_len);
+	memcpy(stored, plain->t_data, data_len);
+	((HeapTupleHeader) stored)->t_infomask &= ~HEAP_HASEXTERNAL;
+	for (int i = 0; i < natts; i++)
+	{
+		if (!spans[i].is_ondisk)
+			continue;
+		has_ext = true;
+		SET_VARSIZE_1B(stored + spans[i].start, TOAST_POINTER_SIZE);
+		memset(stored + spans[i].start + VARHDRSZ_EXTERNAL +
+			   offsetof(varatt_external, va_toastrelid), 0, sizeof(Oid));
+	}
+
+	if (old_cipher != NULL)
+	{
+		stored_fresh = palloc(data_len);
+		memcpy(stored_fresh, stored, data_len);
+		parse_trailer(rel, old_cipher, tag, &ot);
+		old_plain = cmk_decrypt_tuple(rel, old_cipher);
+		/* back to stored form for byte comparison */
+		old_natts = walk_attrs(rel, old_cipher, ot.data_end, old_spans);
+		for (int i = 0; ot.extbits && i < old_natts; i++)
+		{
+			if (bit_get(ot.extbits, i))
+			{
+				char	   *p = (char *) old_plain->t_data + old_spans[i].start;
+
+				SET_VARSIZE_1B(p, TOAST_POINTER_SIZE);
+				memset(p + VARHDRSZ_EXTERNAL + offsetof(varatt_external, va_toastrelid),
+					   0, sizeof(Oid));
+			}
+		}
+	}
+
+	/*
+	 * Assign nonces: an attribute whose stored-form plaintext is unchanged
+	 * keeps the old ciphertext and nonce.
+	 */
+	for (int i = 0; i < natts; i++)
+	{
+		AttrSpan   *s = &spans[i];
+		AttrSpan   *o = i < old_natts ? &old_spans[i] : NULL;
+
+		nonce_of[i] = -1;
+		if (s->start < 0)
+			continue;
+		if (o && o->start >= 0 && o->full == s->full &&
+			bit_get(ot.extbits, i) == s->is_ondisk &&
+			memcmp(stored + s->start, (char *) old_plain->t_data + o->start, s->full) == 0)
+		{
+			const uint8 *n = ot.nonces + map_get(ot.map, i) * CMK_NONCE_LEN;
+			int			j;
+
+			for (j = 0; j < nnonces; j++)
+				if (memcmp(nonces + j * CMK_NONCE_LEN, n, CMK_NONCE_LEN) == 0)
+					break;
+			if (j == nnonces)
+			{
+				if (nnonces == CMK_MAX_NONCES - 1)
+				{
+					overflow = true;	/* keep one slot for the new nonce */
+					break;
+				}
+				memcpy(nonces + j * CMK_NONCE_LEN, n, CMK_NONCE_LEN);
+				nnonces++;
+			}
+			nonce_of[i] = j;
+			memcpy(stored + s->start, (char *) old_cipher->t_data + o->start, s->full);
+		}
+	}
+	/* Ran out of nonce slots: no reuse at all for this version. */
+	if (overflow)
+	{
+		nnonces = 0;
+		memcpy(stored, stored_fresh, data_len);
+		for (int i = 0; i < natts; i++)
+			nonce_of[i] = -1;
+	}
+
+	/* Attributes without a nonce get a fresh one. */
+	for (int i = 0; i < natts; i++)
+		if (spans[i].start >= 0 && nonce_of[i] < 0)
+			new_idx = nnonces;
+	if (new_idx >= 0 || nnonces == 0)
+	{
+		new_idx = nnonces++;
+		next_nonce(nonces + new_idx * CMK_NONCE_LEN);
+	}
+
+	tsize = trailer_size(nnonces, natts, has_ext);
+	out = (HeapTuple) palloc0(HEAPTUPLESIZE + data_len + tsize);
+	out->t_len = data_len + tsize;
+	out->t_self = plain->t_self;
+	out->t_tableOid = plain->t_tableOid;
+	out->t_data = (HeapTupleHeader) ((char *) out + HEAPTUPLESIZE);
+
+	for (;;)
+	{
+		XorBatch	batch;
+		bool		collision = false;
+
+		memcpy(out->t_data, stored, data_len);
+		batch.ks = ks;
+		batch.nblocks = 0;
+		for (int i = 0; i < natts; i++)
+		{
+			if (spans[i].start < 0 || nonce_of[i] >= 0)
+				continue;
+			batch_add(&batch, nonces + new_idx * CMK_NONCE_LEN, i + 1,
+					  (uint8 *) out->t_data + spans[i].start + spans[i].hdr,
+					  spans[i].full - spans[i].hdr);
+		}
+		batch_done(&batch);
+
+		/*
+		 * heap_update decides HOT and lock strength by comparing the stored
+		 * bytes (heap_getattr + datumIsEqual) of the old and new tuple.  A
+		 * changed attribute whose fresh ciphertext happens to equal the old
+		 * bytes (1 in 256 for a one-byte column) would look unchanged: re-roll
+		 * the nonce until it does not.
+		 */
+		if (old_cipher != NULL)
+		{
+			out->t_len = data_len;	/* compare without the trailer */
+			for (int i = 0; i < natts && !collision; i++)
+			{
+				Form_pg_attribute att = TupleDescAttr(desc, i);
+				Datum		a,
+							b;
+				bool		anull,
+							bnull;
+
+				if (spans[i].start < 0 || nonce_of[i] >= 0)
+					continue;
+				a = heap_getattr(old_cipher, i + 1, desc, &anull);
+				b = heap_getattr(out, i + 1, desc, &bnull);
+				if (!anull && !bnull && datumIsEqual(a, b, att->attbyval, att->attlen))
+					collision = true;
+			}
+			out->t_len = data_len + tsize;
+		}
+		if (!collision)
+			break;
+		next_nonce(nonces + new_idx * CMK_NONCE_LEN);
+	}
+
+	/* Trailer: [extbits][map][nonces][flags][dek tag][version] */
+	tp = (uint8 *) out->t_data + data_len;
+	if (has_ext)
+	{
+		for (int i = 0; i < natts; i++)
+			if (spans[i].is_ondisk)
+				tp[i / 8] |= (uint8) (1 << (i % 8));
+		tp += (natts + 7) / 8;
+	}
+	if (nnonces > 1)
+	{
+		for (int i = 0; i < natts; i++)
+		{
+			int			idx = nonce_of[i] >= 0 ? nonce_of[i] : new_idx;
+
+			tp[i / 2] |= (uint8) (idx << ((i % 2) * 4));
+		}
+		tp += (natts + 1) / 2;
+	}
+	memcpy(tp, nonces, nnonces * CMK_NONCE_LEN);
+	tp += nnonces * CMK_NONCE_LEN;
+	*tp++ = (uint8) ((nnonces - 1) | (has_ext ? CMK_FLAG_HAS_EXTERNAL : 0));
+	memcpy(tp, &tag, 4);
+	tp += 4;
+	*tp++ = CMK_FORMAT_VERSION;
+	Assert(tp == (uint8 *) out->t_data + out->t_len);
+
+	out->t_data->t_infomask &= ~HEAP_HASEXTERNAL;
+	pfree(stored);
+	if (old_plain)
+	{
+		pfree(old_plain);
+		pfree(stored_fresh);
+	}
+	return out;
+}

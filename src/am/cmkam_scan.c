@@ -1,0 +1,196 @@
+/*-------------------------------------------------------------------------
+ *
+ * cmkam_scan.c
+ *		Every cmk_heap read path: sequential, TID-range, index, bitmap,
+ *		sample and ANALYZE scans, row fetches, tuple locks and snapshot
+ *		checks.
+ *
+ * Each wraps the heap's callback, which finds the tuple and checks its
+ * visibility on the page, then replaces the slot's page tuple with a
+ * decrypted copy that keeps the original header (system columns read it),
+ * tts_tid and tts_tableOid.  Heap's scan state keeps its own buffer pin, so
+ * dropping the slot's pin is safe.
+ *
+ * No path may hand the executor a tuple it did not decrypt, and none may
+ * pass key-bearing scan keys to the heap (they would compare ciphertext).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "storage/bufmgr.h"
+#include "utils/memutils.h"
+
+#include "am/cmkam.h"
+
+#define HEAP_ROUTINE() GetHeapamTableAmRoutine()
+
+/*
+ * Replace the page tuple in a buffer slot with its decrypted copy, owned by
+ * the slot (freed when the slot is cleared).
+ */
+void
+cmk_slot_store_decrypted(Relation rel, TupleTableSlot *slot)
+{
+	BufferHeapTupleTableSlot *bslot = (BufferHeapTupleTableSlot *) slot;
+	ItemPointerData tid = slot->tts_tid;
+	Oid			tableoid = slot->tts_tableOid;
+	MemoryContext old;
+	HeapTuple	plain;
+
+	Assert(TTS_IS_BUFFERTUPLE(slot) && !TTS_EMPTY(slot));
+
+	old = MemoryContextSwitchTo(slot->tts_mcxt);
+	plain = cmk_decrypt_tuple(rel, bslot->base.tuple);
+	MemoryContextSwitchTo(old);
+
+	ExecClearTuple(slot);		/* drops the slot's buffer pin */
+	bslot->base.tuple = plain;
+	bslot->base.off = 0;
+	bslot->buffer = InvalidBuffer;
+	slot->tts_nvalid = 0;
+	slot->tts_flags &= ~TTS_FLAG_EMPTY;
+	slot->tts_flags |= TTS_FLAG_SHOULDFREE;
+	slot->tts_tid = tid;
+	slot->tts_tableOid = tableoid;
+}
+
+TableScanDesc
+cmkam_scan_begin(Relation rel, Snapshot snapshot, int nkeys,
+				 struct ScanKeyData *key, ParallelTableScanDesc pscan,
+				 uint32 flags)
+{
+	if (nkeys > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cmk_heap does not support scan keys on relation \"%s\"",
+						RelationGetRelationName(rel))));
+	return heap_beginscan(rel, snapshot, nkeys, key, pscan, flags);
+}
+
+bool
+cmkam_scan_getnextslot(TableScanDesc scan, ScanDirection direction,
+					   TupleTableSlot *slot)
+{
+	if (!heap_getnextslot(scan, direction, slot))
+		return false;
+	cmk_slot_store_decrypted(scan->rs_rd, slot);
+	return true;
+}
+
+bool
+cmkam_scan_getnextslot_tidrange(TableScanDesc scan, ScanDirection direction,
+								TupleTableSlot *slot)
+{
+	if (!heap_getnextslot_tidrange(scan, direction, slot))
+		return false;
+	cmk_slot_store_decrypted(scan->rs_rd, slot);
+	return true;
+}
+
+bool
+cmkam_index_fetch_tuple(struct IndexFetchTableData *scan, ItemPointer tid,
+						Snapshot snapshot, TupleTableSlot *slot,
+						bool *call_again, bool *all_dead)
+{
+	if (!HEAP_ROUTINE()->index_fetch_tuple(scan, tid, snapshot, slot,
+										   call_again, all_dead))
+		return false;
+	cmk_slot_store_decrypted(scan->rel, slot);
+	return true;
+}
+
+bool
+cmkam_fetch_row_version(Relation rel, ItemPointer tid, Snapshot snapshot,
+						TupleTableSlot *slot)
+{
+	if (!HEAP_ROUTINE()->tuple_fetch_row_version(rel, tid, snapshot, slot))
+		return false;
+	cmk_slot_store_decrypted(rel, slot);
+	return true;
+}
+
+/*
+ * Heap's version locks the slot's buffer, which our decrypted slots do not
+ * have; look the tuple up on its page instead.
+ */
+bool
+cmkam_tuple_satisfies_snapshot(Relation rel, TupleTableSlot *slot,
+							   Snapshot snapshot)
+{
+	ItemPointer tid = &slot->tts_tid;
+	Buffer		buf;
+	Page		page;
+	OffsetNumber off = ItemPointerGetOffsetNumber(tid);
+	ItemId		lp;
+	HeapTupleData tup;
+	bool		res = false;
+
+	buf = ReadBuffer(rel, ItemPointerGetBlockNumber(tid));
+	LockBuffer(buf, BUFFER_LOCK_SHARE);
+	page = BufferGetPage(buf);
+	if (off >= FirstOffsetNumber && off <= PageGetMaxOffsetNumber(page))
+	{
+		lp = PageGetItemId(page, off);
+		if (ItemIdIsNormal(lp))
+		{
+			tup.t_data = (HeapTupleHeader) PageGetItem(page, lp);
+			tup.t_len = ItemIdGetLength(lp);
+			tup.t_self = *tid;
+			tup.t_tableOid = RelationGetRelid(rel);
+			res = HeapTupleSatisfiesVisibility(&tup, snapshot, buf);
+		}
+	}
+	UnlockReleaseBuffer(buf);
+	return res;
+}
+
+TM_Result
+cmkam_tuple_lock(Relation rel, ItemPointer tid, Snapshot snapshot,
+				 TupleTableSlot *slot, CommandId cid, LockTupleMode mode,
+				 LockWaitPolicy wait_policy, uint8 flags,
+				 TM_FailureData *tmfd)
+{
+	TM_Result	result;
+
+	result = HEAP_ROUTINE()->tuple_lock(rel, tid, snapshot, slot, cid, mode,
+										wait_policy, flags, tmfd);
+	/* heap fills the slot whatever the result; callers may read it */
+	if (!TTS_EMPTY(slot) && ((BufferHeapTupleTableSlot *) slot)->base.tuple != NULL &&
+		BufferIsValid(((BufferHeapTupleTableSlot *) slot)->buffer))
+		cmk_slot_store_decrypted(rel, slot);
+	return result;
+}
+
+bool
+cmkam_scan_analyze_next_tuple(TableScanDesc scan, TransactionId OldestXmin,
+							  double *liverows, double *deadrows,
+							  TupleTableSlot *slot)
+{
+	if (!HEAP_ROUTINE()->scan_analyze_next_tuple(scan, OldestXmin, liverows,
+												 deadrows, slot))
+		return false;
+	cmk_slot_store_decrypted(scan->rs_rd, slot);
+	return true;
+}
+
+bool
+cmkam_scan_bitmap_next_tuple(TableScanDesc scan, struct TBMIterateResult *tbmres,
+							 TupleTableSlot *slot)
+{
+	if (!HEAP_ROUTINE()->scan_bitmap_next_tuple(scan, tbmres, slot))
+		return false;
+	cmk_slot_store_decrypted(scan->rs_rd, slot);
+	return true;
+}
+
+bool
+cmkam_scan_sample_next_tuple(TableScanDesc scan, struct SampleScanState *scanstate,
+							 TupleTableSlot *slot)
+{
+	if (!HEAP_ROUTINE()->scan_sample_next_tuple(scan, scanstate, slot))
+		return false;
+	cmk_slot_store_decrypted(scan->rs_rd, slot);
+	return true;
+}

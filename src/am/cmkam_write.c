@@ -1,0 +1,286 @@
+/*-------------------------------------------------------------------------
+ *
+ * cmkam_write.c
+ *		cmk_heap write paths: insert, multi-insert, speculative insert,
+ *		update and delete.
+ *
+ * Each path forms the plaintext tuple (toasting it ourselves), encrypts it
+ * and hands the ciphertext tuple to the heap's own function, which does
+ * visibility, locking, HOT, WAL and everything else byte for byte.  The
+ * caller's slot keeps the plaintext: indexes, triggers, constraints and
+ * RETURNING read it; we copy back the TID and the header fields heap stamped
+ * (xmin, cmin, ctid) so system columns in RETURNING are right.
+ *
+ * No path here may pass a plaintext tuple to heap_* functions, and no path
+ * may delete TOAST chunks before the heap operation is known to succeed.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "access/heaptoast.h"
+#include "access/tupdesc.h"
+#include "access/xact.h"
+#include "storage/bufmgr.h"
+#include "utils/memutils.h"
+
+#include "am/cmkam.h"
+
+/*
+ * Copy of the stored (encrypted) tuple at tid.  Tuple data never changes in
+ * place once written, so the copy stays exact while the caller's snapshot
+ * keeps the tuple from being pruned.
+ */
+HeapTuple
+cmk_read_cipher_tuple(Relation rel, ItemPointer tid)
+{
+	Buffer		buf = ReadBuffer(rel, ItemPointerGetBlockNumber(tid));
+	Page		page;
+	OffsetNumber off = ItemPointerGetOffsetNumber(tid);
+	ItemId		lp;
+	HeapTupleData tup;
+	HeapTuple	copy;
+
+	LockBuffer(buf, BUFFER_LOCK_SHARE);
+	page = BufferGetPage(buf);
+	if (off < FirstOffsetNumber || off > PageGetMaxOffsetNumber(page) ||
+		!ItemIdIsNormal((lp = PageGetItemId(page, off))))
+	{
+		UnlockReleaseBuffer(buf);
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg_internal("no tuple at (%u,%u) in relation \"%s\"",
+								 ItemPointerGetBlockNumber(tid), off,
+								 RelationGetRelationName(rel))));
+	}
+	tup.t_data = (HeapTupleHeader) PageGetItem(page, lp);
+	tup.t_len = ItemIdGetLength(lp);
+	tup.t_self = *tid;
+	tup.t_tableOid = RelationGetRelid(rel);
+	copy = heap_copytuple(&tup);
+	UnlockReleaseBuffer(buf);
+	return copy;
+}
+
+/*
+ * Give the caller's slot what heap_insert/heap_update stamped into our
+ * ciphertext tuple, as heap does for its own slot tuple.
+ */
+static void
+stamp_slot(TupleTableSlot *slot, HeapTuple cipher)
+{
+	slot->tts_tid = cipher->t_self;
+	if (TTS_IS_BUFFERTUPLE(slot) || TTS_IS_HEAPTUPLE(slot))
+	{
+		HeapTuple	mine = ((HeapTupleTableSlot *) slot)->tuple;
+
+		if (mine != NULL && mine != cipher)
+		{
+			mine->t_self = cipher->t_self;
+			mine->t_tableOid = cipher->t_tableOid;
+			mine->t_data->t_choice = cipher->t_data->t_choice;
+			mine->t_data->t_ctid = cipher->t_data->t_ctid;
+			mine->t_data->t_infomask &= ~HEAP_XACT_MASK;
+			mine->t_data->t_infomask |= cipher->t_data->t_infomask & HEAP_XACT_MASK;
+			mine->t_data->t_infomask2 &= ~HEAP2_XACT_MASK;
+			mine->t_data->t_infomask2 |= cipher->t_data->t_infomask2 & HEAP2_XACT_MASK;
+		}
+	}
+}
+
+static HeapTuple
+encrypt_slot(Relation rel, TupleTableSlot *slot, int options,
+			 struct CmkToastState **st)
+{
+	HeapTuple	plain;
+	HeapTuple	cipher;
+
+	plain = cmk_form_plain_tuple(rel, slot, NULL, options, st);
+	cipher = cmk_encrypt_tuple(rel, plain, NULL);
+	slot->tts_tableOid = RelationGetRelid(rel);
+	cipher->t_tableOid = slot->tts_tableOid;
+	return cipher;
+}
+
+void
+cmkam_tuple_insert(Relation rel, TupleTableSlot *slot, CommandId cid,
+				   int options, BulkInsertState bistate)
+{
+	struct CmkToastState *st;
+	HeapTuple	cipher = encrypt_slot(rel, slot, options, &st);
+
+	heap_insert(rel, cipher, cid, options, bistate);
+	cmk_toast_finish(st, true);
+	stamp_slot(slot, cipher);
+	heap_freetuple(cipher);
+}
+
+void
+cmkam_tuple_insert_speculative(Relation rel, TupleTableSlot *slot,
+							   CommandId cid, int options,
+							   BulkInsertState bistate, uint32 specToken)
+{
+	struct CmkToastState *st;
+	HeapTuple	cipher = encrypt_slot(rel, slot, options, &st);
+
+	HeapTupleHeaderSetSpeculativeToken(cipher->t_data, specToken);
+	heap_insert(rel, cipher, cid, options | HEAP_INSERT_SPECULATIVE, bistate);
+	cmk_toast_finish(st, true);
+	stamp_slot(slot, cipher);
+	heap_freetuple(cipher);
+}
+
+void
+cmkam_tuple_complete_speculative(Relation rel, TupleTableSlot *slot,
+								 uint32 specToken, bool succeeded)
+{
+	if (succeeded)
+	{
+		heap_finish_speculative(rel, &slot->tts_tid);
+		return;
+	}
+
+	/* Super-delete: heap only drops TOAST for HEAP_HASEXTERNAL, so we do. */
+	{
+		HeapTuple	cipher = cmk_read_cipher_tuple(rel, &slot->tts_tid);
+
+		if (cmk_tuple_has_external(cipher))
+		{
+			HeapTuple	plain = cmk_decrypt_tuple(rel, cipher);
+
+			cmk_toast_delete_tuple(rel, plain, true);
+			heap_freetuple(plain);
+		}
+		heap_freetuple(cipher);
+	}
+	heap_abort_speculative(rel, &slot->tts_tid);
+}
+
+/*
+ * heap_multi_insert takes slots; we hand it slots holding our ciphertext
+ * tuples.  The slots carry an unpinned copy of the relation's descriptor
+ * and live as long as the backend: COPY does not pay for slot creation per
+ * batch.
+ */
+static TupleTableSlot **cipher_slots = NULL;
+static int	n_cipher_slots = 0;
+static TupleDesc cipher_slot_desc = NULL;
+
+void
+cmkam_multi_insert(Relation rel, TupleTableSlot **slots, int nslots,
+				   CommandId cid, int options, BulkInsertState bistate)
+{
+	MemoryContext batch_cxt;
+	MemoryContext old;
+	struct CmkToastState **states;
+
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	if (nslots > n_cipher_slots)
+	{
+		int			n = Max(nslots, 1000);
+
+		cipher_slots = cipher_slots ?
+			repalloc(cipher_slots, n * sizeof(TupleTableSlot *)) :
+			palloc(n * sizeof(TupleTableSlot *));
+		for (int i = n_cipher_slots; i < n; i++)
+			cipher_slots[i] = MakeTupleTableSlot(NULL, &TTSOpsHeapTuple);
+		n_cipher_slots = n;
+	}
+	/* Heap checks tuples against the slot's descriptor: keep it current. */
+	if (cipher_slot_desc == NULL ||
+		!equalTupleDescs(cipher_slot_desc, RelationGetDescr(rel)))
+	{
+		TupleDesc	prev = cipher_slot_desc;
+
+		cipher_slot_desc = CreateTupleDescCopy(RelationGetDescr(rel));
+		if (prev)
+			FreeTupleDesc(prev);
+	}
+	for (int i = 0; i < nslots; i++)
+		if (cipher_slots[i]->tts_tupleDescriptor != cipher_slot_desc)
+			ExecSetSlotDescriptor(cipher_slots[i], cipher_slot_desc);
+	MemoryContextSwitchTo(old);
+
+	batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "cmk_heap multi-insert",
+									  ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(batch_cxt);
+	states = palloc(nslots * sizeof(struct CmkToastState *));
+	for (int i = 0; i < nslots; i++)
+	{
+		HeapTuple	cipher = encrypt_slot(rel, slots[i], options, &states[i]);
+
+		/* owned by the slot: heap_multi_insert then needs no copy */
+		ExecStoreHeapTuple(cipher, cipher_slots[i], true);
+	}
+	MemoryContextSwitchTo(old);
+
+	heap_multi_insert(rel, cipher_slots, nslots, cid, options, bistate);
+
+	for (int i = 0; i < nslots; i++)
+	{
+		slots[i]->tts_tid = cipher_slots[i]->tts_tid;
+		ExecClearTuple(cipher_slots[i]);
+		cmk_toast_finish(states[i], true);
+	}
+	MemoryContextDelete(batch_cxt);
+}
+
+TM_Result
+cmkam_tuple_delete(Relation rel, ItemPointer tid, CommandId cid,
+				   Snapshot snapshot, Snapshot crosscheck, bool wait,
+				   TM_FailureData *tmfd, bool changingPart)
+{
+	TM_Result	result;
+
+	result = heap_delete(rel, tid, cid, crosscheck, wait, tmfd, changingPart);
+
+	/* heap_delete left the tuple in place with xmax set; drop its TOAST. */
+	if (result == TM_Ok && OidIsValid(rel->rd_rel->reltoastrelid))
+	{
+		HeapTuple	cipher = cmk_read_cipher_tuple(rel, tid);
+
+		if (cmk_tuple_has_external(cipher))
+		{
+			HeapTuple	plain = cmk_decrypt_tuple(rel, cipher);
+
+			cmk_toast_delete_tuple(rel, plain, false);
+			heap_freetuple(plain);
+		}
+		heap_freetuple(cipher);
+	}
+	return result;
+}
+
+TM_Result
+cmkam_tuple_update(Relation rel, ItemPointer otid, TupleTableSlot *slot,
+				   CommandId cid, Snapshot snapshot, Snapshot crosscheck,
+				   bool wait, TM_FailureData *tmfd, LockTupleMode *lockmode,
+				   bool *update_indexes)
+{
+	HeapTuple	old_cipher = cmk_read_cipher_tuple(rel, otid);
+	HeapTuple	old_plain = cmk_decrypt_tuple(rel, old_cipher);
+	struct CmkToastState *st;
+	HeapTuple	plain;
+	HeapTuple	cipher;
+	TM_Result	result;
+
+	plain = cmk_form_plain_tuple(rel, slot, old_plain, 0, &st);
+	cipher = cmk_encrypt_tuple(rel, plain, old_cipher);
+	slot->tts_tableOid = RelationGetRelid(rel);
+	cipher->t_tableOid = slot->tts_tableOid;
+
+	result = heap_update(rel, otid, cipher, cid, crosscheck, wait, tmfd, lockmode);
+
+	/* As heapam_tuple_update: the new TID even on failure. */
+	ItemPointerCopy(&cipher->t_self, &slot->tts_tid);
+	*update_indexes = result == TM_Ok && !HeapTupleIsHeapOnly(cipher);
+	cmk_toast_finish(st, result == TM_Ok);
+	if (result == TM_Ok)
+		stamp_slot(slot, cipher);
+
+	heap_freetuple(cipher);
+	heap_freetuple(old_plain);
+	heap_freetuple(old_cipher);
+	return result;
+}
