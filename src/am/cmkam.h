@@ -45,7 +45,8 @@
 /* cmkam_codec.c */
 extern HeapTuple cmk_encrypt_tuple(Relation rel, HeapTuple plain,
 								   HeapTuple old_cipher);
-extern HeapTuple cmk_decrypt_tuple(Relation rel, HeapTuple cipher);
+extern HeapTuple cmk_decrypt_tuple(Relation rel, TupleDesc desc,
+								   HeapTuple cipher);
 extern bool cmk_tuple_has_external(HeapTuple cipher);
 extern void cmk_check_tuple_format(Relation rel, HeapTuple cipher);
 

@@ -184,9 +184,9 @@ report_corrupt(Relation rel, HeapTuple tup, const char *what)
  * physically present attributes.
  */
 static int
-walk_attrs(Relation rel, HeapTuple tup, int32 data_end, AttrSpan *spans)
+walk_attrs(Relation rel, TupleDesc desc, HeapTuple tup, int32 data_end,
+		   AttrSpan *spans)
 {
-	TupleDesc	desc = RelationGetDescr(rel);
 	HeapTupleHeader td = tup->t_data;
 	int			natts = HeapTupleHeaderGetNatts(td);
 	bool		hasnulls = HeapTupleHasNulls(tup);
@@ -351,12 +351,14 @@ cmk_check_tuple_format(Relation rel, HeapTuple cipher)
 
 /*
  * Decrypt a stored tuple into a palloc'd copy that keeps the original header
- * (system columns read it), t_self and t_tableOid.  External references
+ * (system columns read it), t_self and t_tableOid.  desc is the descriptor
+ * the caller will deform with: during ALTER TABLE ... ALTER COLUMN TYPE the
+ * relation's own descriptor already describes the new layout.  External references
  * become ordinary on-disk TOAST pointers into the relation's TOAST table,
  * whose fetch callback decrypts the chunks.
  */
 HeapTuple
-cmk_decrypt_tuple(Relation rel, HeapTuple cipher)
+cmk_decrypt_tuple(Relation rel, TupleDesc desc, HeapTuple cipher)
 {
 	uint32		tag;
 	CmkKeystream *ks = cmk_tuple_keystream(RelationGetRelationName(rel), &tag);
@@ -377,7 +379,7 @@ cmk_decrypt_tuple(Relation rel, HeapTuple cipher)
 	plain->t_data = (HeapTupleHeader) ((char *) plain + HEAPTUPLESIZE);
 	memcpy(plain->t_data, cipher->t_data, t.data_end);
 
-	natts = walk_attrs(rel, plain, t.data_end, spans);
+	natts = walk_attrs(rel, desc, plain, t.data_end, spans);
 	batch.ks = ks;
 	batch.nblocks = 0;
 	for (int i = 0; i < natts; i++)
@@ -447,7 +449,7 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher)
 	int32		tsize;
 	uint8	   *tp;
 
-	natts = walk_attrs(rel, plain, data_len, spans);
+	natts = walk_attrs(rel, desc, plain, data_len, spans);
 
 	/* Stored form: on-disk pointers become short varlenas to encrypt. */
 	stored = palloc(data_len);
@@ -468,9 +470,9 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher)
 		stored_fresh = palloc(data_len);
 		memcpy(stored_fresh, stored, data_len);
 		parse_trailer(rel, old_cipher, tag, &ot);
-		old_plain = cmk_decrypt_tuple(rel, old_cipher);
+		old_plain = cmk_decrypt_tuple(rel, desc, old_cipher);
 		/* back to stored form for byte comparison */
-		old_natts = walk_attrs(rel, old_cipher, ot.data_end, old_spans);
+		old_natts = walk_attrs(rel, desc, old_cipher, ot.data_end, old_spans);
 		for (int i = 0; ot.extbits && i < old_natts; i++)
 		{
 			if (bit_get(ot.extbits, i))
@@ -609,7 +611,9 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher)
 	{
 		for (int i = 0; i < natts; i++)
 		{
-			int			idx = nonce_of[i] >= 0 ? nonce_of[i] : new_idx;
+			/* NULL attributes have no bytes; give them nonce 0 */
+			int			idx = nonce_of[i] >= 0 ? nonce_of[i] :
+				(spans[i].start >= 0 ? new_idx : 0);
 
 			tp[i / 2] |= (uint8) (idx << ((i % 2) * 4));
 		}

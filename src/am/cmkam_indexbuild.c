@@ -284,7 +284,7 @@ cmkam_index_build_range_scan(Relation heapRelation, Relation indexRelation,
 		}
 
 		MemoryContextReset(econtext->ecxt_per_tuple_memory);
-		plain = cmk_decrypt_tuple(heapRelation, tuple);
+		plain = cmk_decrypt_tuple(heapRelation, RelationGetDescr(heapRelation), tuple);
 		ExecStoreHeapTuple(plain, plainslot, true);
 
 		if (predicate != NULL && !ExecQual(predicate, econtext))

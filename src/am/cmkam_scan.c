@@ -42,7 +42,7 @@ cmk_slot_store_decrypted(Relation rel, TupleTableSlot *slot)
 	Assert(TTS_IS_BUFFERTUPLE(slot) && !TTS_EMPTY(slot));
 
 	old = MemoryContextSwitchTo(slot->tts_mcxt);
-	plain = cmk_decrypt_tuple(rel, bslot->base.tuple);
+	plain = cmk_decrypt_tuple(rel, slot->tts_tupleDescriptor, bslot->base.tuple);
 	MemoryContextSwitchTo(old);
 
 	ExecClearTuple(slot);		/* drops the slot's buffer pin */

@@ -147,7 +147,7 @@ cmkam_tuple_complete_speculative(Relation rel, TupleTableSlot *slot,
 
 		if (cmk_tuple_has_external(cipher))
 		{
-			HeapTuple	plain = cmk_decrypt_tuple(rel, cipher);
+			HeapTuple	plain = cmk_decrypt_tuple(rel, RelationGetDescr(rel), cipher);
 
 			cmk_toast_delete_tuple(rel, plain, true);
 			heap_freetuple(plain);
@@ -242,7 +242,7 @@ cmkam_tuple_delete(Relation rel, ItemPointer tid, CommandId cid,
 
 		if (cmk_tuple_has_external(cipher))
 		{
-			HeapTuple	plain = cmk_decrypt_tuple(rel, cipher);
+			HeapTuple	plain = cmk_decrypt_tuple(rel, RelationGetDescr(rel), cipher);
 
 			cmk_toast_delete_tuple(rel, plain, false);
 			heap_freetuple(plain);
@@ -259,7 +259,7 @@ cmkam_tuple_update(Relation rel, ItemPointer otid, TupleTableSlot *slot,
 				   bool *update_indexes)
 {
 	HeapTuple	old_cipher = cmk_read_cipher_tuple(rel, otid);
-	HeapTuple	old_plain = cmk_decrypt_tuple(rel, old_cipher);
+	HeapTuple	old_plain = cmk_decrypt_tuple(rel, RelationGetDescr(rel), old_cipher);
 	struct CmkToastState *st;
 	HeapTuple	plain;
 	HeapTuple	cipher;

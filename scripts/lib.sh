@@ -1,0 +1,57 @@
+# Shared helpers for scripts/*.sh: dependencies, build, running as the
+# unprivileged postgres user.  Sourced, not executed.
+
+PG_MAJOR=15
+PG_BINDIR=/usr/lib/postgresql/$PG_MAJOR/bin
+PGXS_DIR=/usr/lib/postgresql/$PG_MAJOR/lib/pgxs
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+APT_PACKAGES="postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib
+  libssl-dev libcurl4-openssl-dev libjansson-dev pkg-config make gcc
+  libipc-run-perl openssl"
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 2; }
+
+# Install the Debian packages that are missing (root only).
+ensure_packages() {
+    local missing=()
+    for p in $APT_PACKAGES; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    [ "$(id -u)" -eq 0 ] || die "missing packages (${missing[*]}); run as root or install them"
+    say "installing ${missing[*]}"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+}
+
+build_and_install() {
+    say "building cmk_storage"
+    make -C "$REPO" -s clean >/dev/null 2>&1 || true
+    local out
+    out=$(make -C "$REPO" -s 2>&1) || { echo "$out" >&2; die "build failed"; }
+    if echo "$out" | grep -q "warning:"; then
+        echo "$out" >&2
+        die "the build produced compiler warnings"
+    fi
+    make -C "$REPO" -s install >/dev/null || die "make install failed (run as root)"
+}
+
+# A scratch directory the postgres user owns; PostgreSQL refuses to run as root.
+make_workdir() {
+    local d
+    d=$(mktemp -d /tmp/cmk_storage.XXXXXX)
+    chmod 755 "$d"
+    if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$d"; fi
+    echo "$d"
+}
+
+# Run a command as the postgres user when we are root, else as ourselves.
+as_pg() {
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u postgres -- env PATH="$PG_BINDIR:$PATH" "$@"
+    else
+        env PATH="$PG_BINDIR:$PATH" "$@"
+    fi
+}

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Run every test suite of cmk_storage: install what is missing, build,
+# install, then pg_regress, TAP and the other suites.  Works as root (the
+# servers then run as the postgres user).  Ends with "N passed, M failed".
+#
+#   scripts/test.sh            all suites
+#   scripts/test.sh --quick    skip the PostgreSQL regression-suite oracle
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+
+QUICK=0
+[ "${1:-}" = "--quick" ] && QUICK=1
+
+ensure_packages
+build_and_install
+
+WORK=$(make_workdir)
+export WORK
+tar -C "$REPO" --exclude=.git --exclude=node_modules -cf - . | tar -C "$WORK" -xf -
+[ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$WORK"
+
+PASSED=0
+FAILED=0
+add() { PASSED=$((PASSED + $1)); FAILED=$((FAILED + $2)); }
+
+# --- pg_regress --------------------------------------------------------------
+run_pg_regress() {
+    say "pg_regress"
+    as_pg openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:3072 -out "$WORK/regress-kek.pem" 2>/dev/null
+    chmod 600 "$WORK/regress-kek.pem"
+    cat > "$WORK/regress.conf" <<CONF
+shared_preload_libraries = 'cmk_storage'
+cmk_storage.key_uri = 'file://$WORK/regress-kek.pem'
+CONF
+    local tests
+    tests=$(cd "$WORK/sql" && ls *.sql | sed 's/\.sql$//' | sort | tr '\n' ' ')
+    (cd "$WORK" && as_pg "$PGXS_DIR/src/test/regress/pg_regress" \
+        --bindir="$PG_BINDIR" --inputdir=. --outputdir=. \
+        --temp-instance=./tmp_check --temp-config="$WORK/regress.conf" \
+        --dbname=contrib_regression $tests) > "$WORK/pg_regress.log" 2>&1
+    cat "$WORK/pg_regress.log"
+    local ok bad
+    ok=$(grep -cE '\.\.\. +ok' "$WORK/pg_regress.log")
+    bad=$(grep -cE '\.\.\. +FAILED|\.\.\. +failed' "$WORK/pg_regress.log")
+    [ -f "$WORK/regression.diffs" ] && [ "$bad" -gt 0 ] && head -200 "$WORK/regression.diffs"
+    # heap and cmk_heap must produce identical results for the same workload
+    for h in "$WORK"/results/*_heap.out; do
+        [ -e "$h" ] || continue
+        local c=${h%_heap.out}_cmk.out
+        if diff <(grep -v '^\\set am ' "$h") <(grep -v '^\\set am ' "$c") > "$WORK/am-compare.diff"; then
+            ok=$((ok + 1)); echo "heap vs cmk_heap $(basename "${h%_heap.out}") ... ok"
+        else
+            bad=$((bad + 1)); echo "heap vs cmk_heap $(basename "${h%_heap.out}") ... FAILED"; head -100 "$WORK/am-compare.diff"
+        fi
+    done
+    add "$ok" "$bad"
+}
+
+# --- TAP ---------------------------------------------------------------------
+run_tap() {
+    say "TAP tests"
+    local out
+    out=$(cd "$WORK" && as_pg env TESTDIR="$WORK" PG_REGRESS="$PGXS_DIR/src/test/regress/pg_regress" \
+        REPO="$WORK" perl "$WORK/scripts/run-tap.pl" "$PGXS_DIR/src/test/perl" t/*.pl 2>&1)
+    echo "$out"
+    local line
+    line=$(echo "$out" | grep -E '^TAP: [0-9]+ passed, [0-9]+ failed$' | tail -1)
+    if [ -z "$line" ]; then add 0 1; return; fi
+    add "$(echo "$line" | awk '{print $2}')" "$(echo "$line" | awk '{print $4}')"
+}
+
+# --- the PostgreSQL regression suite with heap vs cmk_heap --------------------
+run_oracle() {
+    [ -x "$WORK/test/regress-oracle/run.sh" ] || return 0
+    say "PostgreSQL regression suite: heap vs cmk_heap"
+    local out
+    out=$("$WORK/test/regress-oracle/run.sh" --am cmk_heap --cmk 2>&1)
+    echo "$out" | tail -40
+    local line
+    line=$(echo "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -1)
+    if [ -z "$line" ]; then add 0 1; return; fi
+    add "$(echo "$line" | awk '{print $1}')" "$(echo "$line" | awk '{print $3}')"
+}
+
+# --- the Key Vault emulator and the Azure SDK conformance test ------------------
+run_emulator_tests() {
+    [ -d "$WORK/emulator/conformance" ] || return 0
+    say "Key Vault emulator conformance (official Azure SDK)"
+    (cd "$REPO/emulator/conformance" && npm ci --silent --no-audit --no-fund >/dev/null 2>&1 || npm install --silent --no-audit --no-fund >/dev/null 2>&1)
+    rm -rf "$WORK/emulator/conformance/node_modules"
+    cp -a "$REPO/emulator/conformance/node_modules" "$WORK/emulator/conformance/" 2>/dev/null
+    [ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$WORK/emulator"
+    local out
+    out=$(cd "$WORK" && as_pg node --test emulator/ 2>&1)
+    echo "$out" | tail -15
+    local p f
+    p=$(echo "$out" | sed -n 's/^# pass \([0-9]*\)$/\1/p' | tail -1)
+    f=$(echo "$out" | sed -n 's/^# fail \([0-9]*\)$/\1/p' | tail -1)
+    add "${p:-0}" "${f:-1}"
+}
+
+run_pg_regress
+run_tap
+run_emulator_tests
+[ "$QUICK" -eq 1 ] || run_oracle
+
+echo
+echo "$PASSED passed, $FAILED failed"
+if [ "$FAILED" -eq 0 ]; then
+    rm -rf "$WORK"
+    exit 0
+fi
+echo "work directory kept: $WORK" >&2
+exit 1

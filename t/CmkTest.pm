@@ -1,0 +1,150 @@
+# Helpers shared by the cmk_storage TAP tests.
+package CmkTest;
+
+use strict;
+use warnings;
+use Exporter 'import';
+use File::Basename;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+our @EXPORT = qw(new_kek cmk_node key_status wait_key_settled restart_expect
+  slurp_bytes spew_bytes control_path unwrap_dek files_containing random_marker);
+
+# Generate an RSA (or other) private key in PEM, mode 0600.
+sub new_kek
+{
+	my ($path, %opt) = @_;
+	my $bits = $opt{bits} // 2048;
+	my @cmd = $opt{ec}
+	  ? ('openssl', 'genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', $path)
+	  : ('openssl', 'genpkey', '-algorithm', 'RSA', '-pkeyopt', "rsa_keygen_bits:$bits", '-out', $path);
+	system(@cmd) == 0 or die "openssl genpkey failed";
+	chmod 0600, $path;
+	return $path;
+}
+
+# A cluster with cmk_storage preloaded and the given KEK.
+sub cmk_node
+{
+	my ($name, $kek, %opt) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init(%{ $opt{init} // {} });
+	$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'cmk_storage'
+cmk_storage.key_uri = 'file://$kek'
+autovacuum = off
+});
+	$node->append_conf('postgresql.conf', $opt{conf}) if $opt{conf};
+	return $node;
+}
+
+# The key state as a hash (the extension must exist in database postgres).
+sub key_status
+{
+	my ($node) = @_;
+	my $row = $node->safe_psql('postgres',
+		q{SELECT state, coalesce(reason, ''), coalesce(dek_id, ''), coalesce(kek_id, '') FROM cmk_storage.status});
+	my ($state, $reason, $dek_id, $kek_id) = split /\|/, $row, 4;
+	return { state => $state, reason => $reason, dek_id => $dek_id, kek_id => $kek_id };
+}
+
+# Wait until the key worker has finished its first attempt.
+sub wait_key_settled
+{
+	my ($node) = @_;
+	$node->poll_query_until('postgres',
+		q{SELECT state <> 'loading' FROM cmk_storage.key_status()})
+	  or die "key worker never settled";
+	return key_status($node);
+}
+
+# Restart with a changed key_uri (or other settings) and return the key state.
+sub restart_expect
+{
+	my ($node, $conf) = @_;
+	$node->stop;
+	$node->append_conf('postgresql.conf', $conf) if defined $conf;
+	$node->start;
+	return wait_key_settled($node);
+}
+
+sub slurp_bytes
+{
+	my ($path) = @_;
+	open my $fh, '<:raw', $path or die "open $path: $!";
+	local $/;
+	my $data = <$fh>;
+	close $fh;
+	return $data;
+}
+
+sub spew_bytes
+{
+	my ($path, $data) = @_;
+	open my $fh, '>:raw', $path or die "open $path: $!";
+	print $fh $data;
+	close $fh;
+}
+
+sub control_path
+{
+	my ($node) = @_;
+	return $node->data_dir . '/cmk_storage/control';
+}
+
+# Unwrap the DEK from a control file with the private key, as an attacker
+# holding the KEK could: the tests use it to look for the DEK in logs.
+sub unwrap_dek
+{
+	my ($control, $kek, $tmpdir) = @_;
+	my $ctl = slurp_bytes($control);
+	my $len = unpack('n', substr($ctl, 58, 2));
+	spew_bytes("$tmpdir/wrapped.bin", substr($ctl, 64, $len));
+	system('openssl', 'pkeyutl', '-decrypt', '-inkey', $kek,
+		'-pkeyopt', 'rsa_padding_mode:oaep', '-pkeyopt', 'rsa_oaep_md:sha256',
+		'-pkeyopt', 'rsa_mgf1_md:sha256',
+		'-in', "$tmpdir/wrapped.bin", '-out', "$tmpdir/dek.bin") == 0
+	  or die "could not unwrap the DEK with openssl";
+	my $dek = slurp_bytes("$tmpdir/dek.bin");
+	unlink "$tmpdir/dek.bin", "$tmpdir/wrapped.bin";
+	return $dek;
+}
+
+# Every regular file under $dir whose bytes contain one of @needles.
+sub files_containing
+{
+	my ($dir, @needles) = @_;
+	my @hits;
+	my @stack = ($dir);
+	while (my $d = pop @stack)
+	{
+		opendir(my $dh, $d) or next;
+		for my $e (readdir $dh)
+		{
+			next if $e eq '.' || $e eq '..';
+			my $p = "$d/$e";
+			if (-l $p) { next; }
+			if (-d $p) { push @stack, $p; next; }
+			next unless -f $p;
+			my $data = eval { slurp_bytes($p) } // next;
+			for my $n (@needles)
+			{
+				if (index($data, $n) >= 0) { push @hits, "$p: $n"; last; }
+			}
+		}
+		closedir $dh;
+	}
+	return @hits;
+}
+
+# A marker no compressor can shrink and nothing else contains.
+sub random_marker
+{
+	my ($prefix) = @_;
+	my @c = ('a' .. 'z', 'A' .. 'Z', '0' .. '9');
+	return $prefix . join('', map { $c[ int(rand(@c)) ] } 1 .. 24);
+}
+
+1;
