@@ -16,6 +16,7 @@
 #include "miscadmin.h"
 #include "utils/guc.h"
 
+#include "am/cmkam.h"
 #include "cmk_storage.h"
 #include "keys/key_provider.h"
 #include "keys/key_store.h"
@@ -69,6 +70,8 @@ _PG_init(void)
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("cmk_storage");
+
+	cmk_publication_guard_init();
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;

@@ -12,6 +12,7 @@
  *		cmkam_scan.c		every read path (scans, fetches, locks)
  *		cmkam_indexbuild.c	index build and validation scans
  *		cmkam_rewrite.c		CLUSTER / VACUUM FULL
+ *		cmkam_publication.c	keeps cmk_heap tables out of publications
  *
  * Format and invariants: docs/tuple-format.md.
  *
@@ -151,6 +152,9 @@ extern void cmkam_relation_copy_for_cluster(Relation OldHeap, Relation NewHeap,
 											double *num_tuples,
 											double *tups_vacuumed,
 											double *tups_recently_dead);
+
+/* cmkam_publication.c */
+extern void cmk_publication_guard_init(void);
 
 /* cmkam_handler.c */
 extern const TableAmRoutine *cmk_heap_routine(void);

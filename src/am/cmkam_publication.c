@@ -1,0 +1,141 @@
+/*-------------------------------------------------------------------------
+ *
+ * cmkam_publication.c
+ *		Keep cmk_heap tables out of logical replication publications.
+ *
+ * Logical decoding reads tuples from WAL, where cmk_heap tuples are
+ * ciphertext, and pgoutput runs type output and row filters on them: the
+ * subscriber would get garbage, and some output functions fed garbage can
+ * fail badly.  Until a decrypting path exists, every statement that can put
+ * a cmk_heap table into a publication (CREATE/ALTER PUBLICATION, CREATE
+ * TABLE into a published schema or partition tree or while a FOR ALL TABLES
+ * publication exists, ALTER TABLE SET ACCESS METHOD / ATTACH PARTITION /
+ * SET SCHEMA) is checked after it ran and rolled back with an error if it
+ * did.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/pg_publication.h"
+#include "commands/defrem.h"
+#include "executor/spi.h"
+#include "nodes/parsenodes.h"
+#include "tcop/utility.h"
+#include "utils/builtins.h"
+#include "utils/rel.h"
+
+#include "am/cmkam.h"
+
+static ProcessUtility_hook_type prev_ProcessUtility = NULL;
+
+/* Statements after which a cmk_heap table may have become published. */
+static bool
+may_publish(Node *stmt)
+{
+	switch (nodeTag(stmt))
+	{
+		case T_CreatePublicationStmt:
+		case T_AlterPublicationStmt:
+		case T_CreateStmt:
+		case T_CreateTableAsStmt:
+		case T_AlterTableStmt:
+		case T_AlterObjectSchemaStmt:
+			return true;
+		default:
+			return false;
+	}
+}
+
+static bool
+any_publication_exists(void)
+{
+	Relation	rel = table_open(PublicationRelationId, AccessShareLock);
+	SysScanDesc scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
+	bool		found = HeapTupleIsValid(systable_getnext(scan));
+
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return found;
+}
+
+/* Every permanent cmk_heap leaf relation some publication includes. */
+static const char *const published_cmk_query =
+"WITH direct AS ("
+"  SELECT p.pubname, pr.prrelid AS relid"
+"    FROM pg_catalog.pg_publication p"
+"    JOIN pg_catalog.pg_publication_rel pr ON pr.prpubid = p.oid"
+"  UNION ALL"
+"  SELECT p.pubname, c.oid"
+"    FROM pg_catalog.pg_publication p"
+"    JOIN pg_catalog.pg_publication_namespace pn ON pn.pnpubid = p.oid"
+"    JOIN pg_catalog.pg_class c ON c.relnamespace = pn.pnnspid AND c.relkind IN ('r', 'p')"
+"  UNION ALL"
+"  SELECT p.pubname, c.oid"
+"    FROM pg_catalog.pg_publication p"
+"    JOIN pg_catalog.pg_class c ON p.puballtables AND c.relkind IN ('r', 'p')"
+") "
+"SELECT d.pubname::text, c.oid::pg_catalog.regclass::text"
+"  FROM direct d,"
+"       LATERAL (SELECT d.relid UNION"
+"                SELECT relid FROM pg_catalog.pg_partition_tree(d.relid)) t"
+"  JOIN pg_catalog.pg_class c ON c.oid = t.relid"
+"  JOIN pg_catalog.pg_am a ON a.oid = c.relam"
+" WHERE a.amname = 'cmk_heap' AND c.relpersistence = 'p'"
+" LIMIT 1";
+
+static void
+check_no_published_cmk_tables(void)
+{
+	int			rc;
+
+	/* See the catalog rows the statement just wrote. */
+	CommandCounterIncrement();
+	if (!OidIsValid(get_table_am_oid("cmk_heap", true)) || !any_publication_exists())
+		return;
+
+	SPI_connect();
+	rc = SPI_execute(published_cmk_query, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed > 0)
+	{
+		char	   *pub = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		char	   *rel = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("encrypted table \"%s\" cannot be part of publication \"%s\"",
+						rel, pub),
+				 errdetail("Logical replication would decode the cmk_heap table's encrypted tuples without decrypting them."),
+				 errhint("Publish only tables stored with the heap access method, or leave the cmk_heap table out of the publication.")));
+	}
+	SPI_finish();
+}
+
+static void
+cmk_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
+				   bool readOnlyTree, ProcessUtilityContext context,
+				   ParamListInfo params, QueryEnvironment *queryEnv,
+				   DestReceiver *dest, QueryCompletion *qc)
+{
+	if (prev_ProcessUtility)
+		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+							params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
+
+	if (may_publish(pstmt->utilityStmt))
+		check_no_published_cmk_tables();
+}
+
+void
+cmk_publication_guard_init(void)
+{
+	prev_ProcessUtility = ProcessUtility_hook;
+	ProcessUtility_hook = cmk_ProcessUtility;
+}
