@@ -14,7 +14,12 @@ CREATE FUNCTION key_status(
     OUT dek_id text,
     OUT dek_created timestamptz,
     OUT state_since timestamptz,
-    OUT memory_locked boolean)
+    OUT memory_locked boolean,
+    OUT control_generation integer,
+    OUT last_check timestamptz,
+    OUT last_ok timestamptz,
+    OUT checks_ok bigint,
+    OUT checks_failed bigint)
 RETURNS record
 AS 'MODULE_PATHNAME', 'cmk_key_status'
 LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
@@ -24,12 +29,6 @@ RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'cmk_self_test'
 LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
 
-CREATE VIEW status AS
-    SELECT s.*
-      FROM key_status() s;
-
-REVOKE ALL ON FUNCTION key_status() FROM PUBLIC;
-REVOKE ALL ON status FROM PUBLIC;
 
 -- The encrypting table access method.
 CREATE FUNCTION cmk_heap_handler(internal)
@@ -58,3 +57,39 @@ CREATE OR REPLACE VIEW status AS
               JOIN pg_catalog.pg_am a ON a.oid = c.relam
              WHERE a.amname = 'cmk_heap' AND c.relkind <> 't') AS encrypted_relations
       FROM key_status() s;
+
+-- Key administration: re-wrap (rotation), re-validation, the audit trail.
+CREATE FUNCTION rotate_key(new_key_uri text DEFAULT NULL)
+RETURNS text
+AS 'MODULE_PATHNAME', 'cmk_rotate_key'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION check_key(OUT available boolean, OUT message text)
+RETURNS record
+AS 'MODULE_PATHNAME', 'cmk_check_key'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION key_events_raw(
+    OUT seq bigint, OUT at timestamptz, OUT event text, OUT outcome text,
+    OUT actor text, OUT kid text, OUT detail text, OUT pid integer)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'cmk_key_events'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+CREATE VIEW key_events AS SELECT * FROM key_events_raw();
+
+-- Separation of duties: key management belongs to cmk_key_admin, not to
+-- every DBA.  Anyone may create and use cmk_heap tables.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'cmk_key_admin') THEN
+        CREATE ROLE cmk_key_admin NOLOGIN;
+    END IF;
+END
+$$;
+
+GRANT USAGE ON SCHEMA cmk_storage TO PUBLIC;
+REVOKE ALL ON FUNCTION key_status(), rotate_key(text), check_key(), key_events_raw(), self_test() FROM PUBLIC;
+REVOKE ALL ON status, key_events FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION key_status(), rotate_key(text), check_key(), key_events_raw(), self_test() TO cmk_key_admin;
+GRANT SELECT ON status, key_events TO cmk_key_admin;

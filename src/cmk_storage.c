@@ -1,12 +1,14 @@
 /*-------------------------------------------------------------------------
  *
  * cmk_storage.c
- *		Module entry point: settings, key memory and the key worker.
+ *		Module entry point: settings, shared memory, the WAL resource
+ *		manager, the key worker and the utility hook.
  *
  * cmk_storage must be loaded through shared_preload_libraries: the key
- * memory is mapped by the postmaster so that every process inherits it, and
- * the key worker is registered here.  Loaded any other way, the module still
- * defines its settings but encrypted data stays unavailable.
+ * memory is mapped by the postmaster so that every process inherits it,
+ * and the key worker and the resource manager are registered here.  Loaded
+ * any other way, the module still defines its settings but encrypted data
+ * stays unavailable.
  *
  *-------------------------------------------------------------------------
  */
@@ -14,18 +16,31 @@
 
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
 #include "utils/guc.h"
 
 #include "am/cmkam.h"
 #include "cmk_storage.h"
+#include "keys/key_audit.h"
 #include "keys/key_provider.h"
 #include "keys/key_store.h"
+#include "keys/key_wal.h"
+#include "stream/stream_server.h"
 
 PG_MODULE_MAGIC;
 
 char	   *cmk_key_uri = NULL;
 int			cmk_wrap_algorithm = CMK_WRAP_RSA_OAEP_256;
 int			cmk_key_wait_timeout_ms = 30000;
+int			cmk_key_check_interval_s = 60;
+int			cmk_key_grace_period_s = 600;
+bool		cmk_auto_rewrap = true;
+int			cmk_debug_rotation_crash = 0;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 static const struct config_enum_entry wrap_algorithm_options[] = {
 	{"RSA-OAEP-256", CMK_WRAP_RSA_OAEP_256, false},
@@ -37,21 +52,40 @@ static const struct config_enum_entry wrap_algorithm_options[] = {
 
 void		_PG_init(void);
 
-void
-_PG_init(void)
+static void
+cmk_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(cmk_audit_shmem_size());
+}
+
+static void
+cmk_shmem_startup(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	cmk_audit_shmem_init();
+	LWLockRelease(AddinShmemInitLock);
+}
+
+static void
+define_settings(void)
 {
 	DefineCustomStringVariable("cmk_storage.key_uri",
 							   "Key encryption key (KEK) that wraps the data encryption key.",
 							   "file:///absolute/path/kek.pem for a local RSA key, "
-							   "https://<vault>.vault.azure.net/keys/<name>[/<version>] for Azure Key Vault.",
+							   "https://<vault>.vault.azure.net/keys/<name>[/<version>] for Azure Key Vault. "
+							   "Changing it (and reloading) re-wraps the data encryption key with the new key.",
 							   &cmk_key_uri,
 							   "",
-							   PGC_POSTMASTER,
+							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY,
 							   NULL, NULL, NULL);
 
 	DefineCustomEnumVariable("cmk_storage.wrap_algorithm",
-							 "RSA padding used when wrapping a new data encryption key.",
+							 "RSA padding used when wrapping the data encryption key.",
 							 "Unwrapping always uses the algorithm recorded in the control file.",
 							 &cmk_wrap_algorithm,
 							 CMK_WRAP_RSA_OAEP_256,
@@ -69,8 +103,51 @@ _PG_init(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
-	MarkGUCPrefixReserved("cmk_storage");
+	DefineCustomIntVariable("cmk_storage.key_check_interval",
+							"How often the key worker re-validates the key encryption key.",
+							"A revoked key makes encrypted data unavailable within one interval.",
+							&cmk_key_check_interval_s,
+							60, 1, 24 * 3600,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("cmk_storage.key_grace_period",
+							"How long the key stays usable while the key vault cannot be reached.",
+							"Only transient failures (network, throttling, server errors) get a grace period; a denial takes effect at once.",
+							&cmk_key_grace_period_s,
+							600, 0, 7 * 24 * 3600,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("cmk_storage.auto_rewrap",
+							 "Re-wrap the data encryption key when a newer key encryption key appears.",
+							 "A newer version behind a versionless key URI, or a changed cmk_storage.key_uri.",
+							 &cmk_auto_rewrap,
+							 true,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("cmk_storage.debug_rotation_crash",
+							"Testing only: kill the key worker at a step of a re-wrap (1-3).",
+							NULL,
+							&cmk_debug_rotation_crash,
+							0, 0, 3,
+							PGC_SIGHUP,
+							GUC_NOT_IN_SAMPLE | GUC_SUPERUSER_ONLY,
+							NULL, NULL, NULL);
+
+	cmk_stream_register();
+
+	MarkGUCPrefixReserved("cmk_storage");
+}
+
+void
+_PG_init(void)
+{
+	define_settings();
 	cmk_publication_guard_init();
 
 	if (!process_shared_preload_libraries_in_progress)
@@ -78,4 +155,10 @@ _PG_init(void)
 
 	cmk_key_store_create();
 	cmk_key_worker_register();
+	cmk_wal_register();
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = cmk_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = cmk_shmem_startup;
 }

@@ -11,6 +11,10 @@
 extern char *cmk_key_uri;
 extern int	cmk_wrap_algorithm;
 extern int	cmk_key_wait_timeout_ms;
+extern int	cmk_key_check_interval_s;
+extern int	cmk_key_grace_period_s;
+extern bool cmk_auto_rewrap;
+extern int	cmk_debug_rotation_crash;
 
 extern void cmk_key_worker_register(void);
 

@@ -65,12 +65,18 @@ sub check_fault
 	is($o2, '1', "$name: server still serves unencrypted work");
 }
 
+# The key file now holds another key (the recorded key is gone).
 my $other = new_kek("$tmp/other.pem", bits => 2048);
-restart_expect($node, "cmk_storage.key_uri = 'file://$other'\n");
+my $kek_pem = slurp_bytes($kek);
+$node->stop;
+spew_bytes($kek, slurp_bytes($other));
+$node->start;
+wait_key_settled($node);
 check_fault('wrong KEK', qr/different key than the one that wrapped/);
-
-restart_expect($node, "cmk_storage.key_uri = 'file://$kek'\n");
-is(key_status($node)->{state}, 'available', 'right KEK again: available');
+$node->stop;
+spew_bytes($kek, $kek_pem);
+$node->start;
+is(wait_key_settled($node)->{state}, 'available', 'right KEK again: available');
 
 # One flipped byte in the middle.
 $node->stop;
@@ -114,32 +120,43 @@ chmod 0600, control_path($node);
 $node->start;
 is(wait_key_settled($node)->{state}, 'available', 'restored control file: available');
 
-# Key file problems.
-restart_expect($node, "cmk_storage.key_uri = 'file://$tmp/absent.pem'\n");
-check_fault('missing key file', qr/could not open key file ".*absent.pem": No such file/);
-
-chmod 0000, $kek;
-restart_expect($node, "cmk_storage.key_uri = 'file://$kek'\n");
-check_fault('unreadable key file', qr/could not open key file .*Permission denied/);
-
-chmod 0640, $kek;
-restart_expect($node);
-check_fault('group-readable key file', qr/has group or world access/);
-chmod 0600, $kek;
-
+# Key file problems, at the recorded location.
+sub with_key_file
+{
+	my ($name, $setup, $reason) = @_;
+	$node->stop;
+	$setup->();
+	$node->start;
+	wait_key_settled($node);
+	check_fault($name, $reason);
+	$node->stop;
+	unlink $kek;
+	spew_bytes($kek, $kek_pem);
+	chmod 0600, $kek;
+	$node->start;
+	is(wait_key_settled($node)->{state}, 'available', "$name: fixed, available again");
+}
+with_key_file('missing key file', sub { unlink $kek }, qr/could not open key file ".*kek.pem": No such file/);
+with_key_file('unreadable key file', sub { chmod 0000, $kek }, qr/could not open key file .*Permission denied/);
+with_key_file('group-readable key file', sub { chmod 0640, $kek }, qr/has group or world access/);
 my $small = new_kek("$tmp/small.pem", bits => 1024);
-restart_expect($node, "cmk_storage.key_uri = 'file://$small'\n");
-check_fault('RSA-1024 key', qr/1024 bits, which is not supported/);
-
+with_key_file('RSA-1024 key', sub { spew_bytes($kek, slurp_bytes($small)) }, qr/1024 bits, which is not supported/);
 my $ec = new_kek("$tmp/ec.pem", ec => 1);
-restart_expect($node, "cmk_storage.key_uri = 'file://$ec'\n");
-check_fault('EC key', qr/non-RSA key/);
+with_key_file('EC key', sub { spew_bytes($kek, slurp_bytes($ec)) }, qr/non-RSA key/);
 
-restart_expect($node, "cmk_storage.key_uri = 'file://relative/kek.pem'\n");
-check_fault('relative key path', qr/does not name an absolute path/);
+# Wrapping with an unusable key is refused and changes nothing.
+for my $bad ([ "file://$tmp/small.pem", qr/1024 bits, which is not supported/ ],
+	[ 'file://relative/kek.pem', qr/does not name an absolute path/ ],
+	[ 'vault://nowhere', qr/names no supported key provider/ ])
+{
+	my ($uri, $re) = @$bad;
+	my ($r, $o, $e) = $node->psql('postgres', "SELECT cmk_storage.rotate_key('$uri')");
+	like($e, $re, "rotate_key($uri) refused");
+}
+is(slurp_bytes(control_path($node)), $control, 'refused re-wraps left the control file untouched');
 
 # --- all well again ----------------------------------------------------------------
-$st = restart_expect($node, "cmk_storage.key_uri = 'file://$kek'\n");
+$st = restart_expect($node);
 is($st->{state}, 'available', 'final: available');
 is($node->safe_psql('postgres', 'SELECT count(*), sum(id) FROM t'), '100|5050', 'final: data intact');
 is(slurp_bytes(control_path($node)), $control, 'final: control file is the original');

@@ -194,6 +194,8 @@ cmkam_multi_insert(Relation rel, TupleTableSlot **slots, int nslots,
 		TupleDesc	prev = cipher_slot_desc;
 
 		cipher_slot_desc = CreateTupleDescCopy(RelationGetDescr(rel));
+		for (int i = 0; i < n_cipher_slots; i++)
+			ExecSetSlotDescriptor(cipher_slots[i], cipher_slot_desc);
 		if (prev)
 			FreeTupleDesc(prev);
 	}

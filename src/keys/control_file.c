@@ -15,7 +15,11 @@
  *
  *-------------------------------------------------------------------------
  */
+#ifdef FRONTEND
+#include "postgres_fe.h"
+#else
 #include "postgres.h"
+#endif
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -23,7 +27,9 @@
 
 #include "common/file_perm.h"
 #include "common/string.h"
+#ifndef FRONTEND
 #include "storage/fd.h"
+#endif
 
 #include "keys/control_file.h"
 
@@ -186,6 +192,12 @@ cmk_control_parse(const uint8 *buf, size_t len, CmkControl *ctl, CmkError *err)
 	return true;
 }
 
+/*
+ * Everything below reads or writes the live file through the server's file
+ * layer; frontend tools (cmk_restore) use only the pure codec above.
+ */
+#ifndef FRONTEND
+
 static void
 set_io_error(CmkError *err, const char *what, const char *path)
 {
@@ -303,17 +315,29 @@ cmk_control_create(const CmkControl *ctl, CmkError *err)
 	return true;
 }
 
+/* Re-wrap, step 1: write and fsync control.tmp next to the live file. */
 bool
-cmk_control_replace(const CmkControl *ctl, CmkError *err)
+cmk_control_write_tmp(const CmkControl *ctl, CmkError *err)
 {
-	const char *tmp = CMK_CONTROL_FILE ".tmp";
+	return write_file(CMK_CONTROL_TMP, ctl, err);
+}
 
-	if (!write_file(tmp, ctl, err))
-		return false;
-	if (durable_rename(tmp, CMK_CONTROL_FILE, LOG) != 0)
+/* Re-wrap, step 2: atomically replace control with control.tmp. */
+bool
+cmk_control_install_tmp(CmkError *err)
+{
+	if (durable_rename(CMK_CONTROL_TMP, CMK_CONTROL_FILE, LOG) != 0)
 	{
 		set_io_error(err, "rename into place", CMK_CONTROL_FILE);
 		return false;
 	}
 	return true;
 }
+
+bool
+cmk_control_replace(const CmkControl *ctl, CmkError *err)
+{
+	return cmk_control_write_tmp(ctl, err) && cmk_control_install_tmp(err);
+}
+
+#endif							/* !FRONTEND */

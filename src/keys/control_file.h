@@ -15,6 +15,7 @@
 #define CMK_CONTROL_DIR			"cmk_storage"
 #define CMK_CONTROL_NEW_DIR		"cmk_storage.new"
 #define CMK_CONTROL_FILE		"cmk_storage/control"
+#define CMK_CONTROL_TMP			"cmk_storage/control.tmp"
 #define CMK_CONTROL_SIZE		2048
 #define CMK_CONTROL_VERSION		1
 #define CMK_CONTROL_TEXT_MAX	512
@@ -50,5 +51,7 @@ extern bool cmk_control_parse(const uint8 *buf, size_t len, CmkControl *ctl,
 extern CmkControlStatus cmk_control_read(CmkControl *ctl, CmkError *err);
 extern bool cmk_control_create(const CmkControl *ctl, CmkError *err);
 extern bool cmk_control_replace(const CmkControl *ctl, CmkError *err);
+extern bool cmk_control_write_tmp(const CmkControl *ctl, CmkError *err);
+extern bool cmk_control_install_tmp(CmkError *err);
 
 #endif							/* CMK_CONTROL_FILE_H */

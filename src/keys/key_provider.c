@@ -9,7 +9,11 @@
  *
  *-------------------------------------------------------------------------
  */
+#ifdef FRONTEND
+#include "postgres_fe.h"
+#else
 #include "postgres.h"
+#endif
 
 #include <openssl/evp.h>
 #include <openssl/rsa.h>

@@ -13,12 +13,17 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "utils/builtins.h"
+#include "miscadmin.h"
 #include "utils/timestamp.h"
 
 #include "keys/key_store.h"
 
 PG_FUNCTION_INFO_V1(cmk_key_status);
 PG_FUNCTION_INFO_V1(cmk_self_test);
+PG_FUNCTION_INFO_V1(cmk_rotate_key);
+PG_FUNCTION_INFO_V1(cmk_check_key);
+
+#define REQUEST_TIMEOUT_MS	120000
 
 static Datum
 text_or_null(const char *s, bool *isnull)
@@ -32,8 +37,8 @@ cmk_key_status(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
 	CmkKeyStatus st;
-	Datum		values[11];
-	bool		nulls[11];
+	Datum		values[16];
+	bool		nulls[16];
 	char		hex[2 * CMK_DEK_ID_LEN + 1];
 	int			i = 0;
 
@@ -67,6 +72,19 @@ cmk_key_status(PG_FUNCTION_ARGS)
 	i++;
 	values[i] = BoolGetDatum(st.memory_locked);
 	i++;
+	nulls[i] = !st.have_control;
+	values[i] = Int32GetDatum((int32) st.control_generation);
+	i++;
+	nulls[i] = st.last_check_at == 0;
+	values[i] = TimestampTzGetDatum(st.last_check_at);
+	i++;
+	nulls[i] = st.last_ok_at == 0;
+	values[i] = TimestampTzGetDatum(st.last_ok_at);
+	i++;
+	values[i] = Int64GetDatum((int64) st.checks_ok);
+	i++;
+	values[i] = Int64GetDatum((int64) st.checks_failed);
+	i++;
 	Assert(i == lengthof(values));
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
@@ -98,4 +116,53 @@ cmk_self_test(PG_FUNCTION_ARGS)
 	rows.rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	(void) cmk_crypto_selftest(add_selftest_row, &rows);
 	return (Datum) 0;
+}
+
+static char *
+current_actor(void)
+{
+	return GetUserNameFromId(GetUserId(), false);
+}
+
+/*
+ * Re-wrap the DEK with the KEK named by new_key_uri (default: the current
+ * cmk_storage.key_uri), without a restart and without touching data.  The
+ * key worker does the work; we wait for its answer.
+ */
+Datum
+cmk_rotate_key(PG_FUNCTION_ARGS)
+{
+	char	   *uri = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char		msg[CMK_ERR_MSG];
+
+	if (uri && strlen(uri) > CMK_CONTROL_TEXT_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("key URI is longer than %d bytes", CMK_CONTROL_TEXT_MAX)));
+	if (!cmk_key_request(CMK_REQ_ROTATE, uri, current_actor(), REQUEST_TIMEOUT_MS,
+						 msg, sizeof(msg)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("could not re-wrap the data encryption key: %s", msg),
+				 errhint("See cmk_storage.key_events for the key worker's account.")));
+	PG_RETURN_TEXT_P(cstring_to_text(msg));
+}
+
+/* Re-validate the KEK now; returns whether the key is available and why. */
+Datum
+cmk_check_key(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	char		msg[CMK_ERR_MSG];
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+	bool		ok;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	ok = cmk_key_request(CMK_REQ_CHECK, NULL, current_actor(), REQUEST_TIMEOUT_MS,
+						 msg, sizeof(msg));
+	values[0] = BoolGetDatum(ok);
+	values[1] = CStringGetTextDatum(msg);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

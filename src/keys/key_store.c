@@ -24,7 +24,9 @@
 #include <openssl/crypto.h>
 
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "port/atomics.h"
+#include "storage/latch.h"
 #include "storage/spin.h"
 #include "utils/timestamp.h"
 
@@ -35,6 +37,17 @@ typedef struct CmkKeyStore
 {
 	slock_t		mutex;
 	pg_atomic_uint64 generation;	/* moves on every change of keys or state */
+	pg_atomic_uint32 control_epoch; /* moves when the control file changes */
+	Latch	   *worker_latch;	/* mutex */
+	/* one request at a time, from a session to the key worker (mutex) */
+	uint64		req_seq;
+	uint64		req_taken;
+	uint64		req_done;
+	CmkRequestKind req_kind;
+	char		req_uri[CMK_CONTROL_TEXT_MAX + 1];
+	char		req_actor[NAMEDATALEN];
+	bool		req_ok;
+	char		req_msg[CMK_ERR_MSG];
 	CmkKeyStatus status;		/* protected by mutex */
 	uint8		subkeys[CMK_NUM_PURPOSES][CMK_SUBKEY_LEN];	/* mutex */
 	uint8		dek[CMK_DEK_LEN];	/* mutex */
@@ -72,6 +85,7 @@ cmk_key_store_create(void)
 	memset(store, 0, sizeof(CmkKeyStore));
 	SpinLockInit(&store->mutex);
 	pg_atomic_init_u64(&store->generation, 1);
+	pg_atomic_init_u32(&store->control_epoch, 0);
 	store->status.memory_locked = locked;
 	store->status.state_since = GetCurrentTimestamp();
 	store->status.state = (cmk_key_uri && cmk_key_uri[0]) ?
@@ -201,6 +215,30 @@ cmk_key_store_status(CmkKeyStatus *out)
 	SpinLockRelease(&store->mutex);
 }
 
+/*
+ * Copy one purpose subkey (CMK_SUBKEY_LEN bytes) and the DEK identifier, for
+ * code that encrypts whole streams (the archiver, a base-backup target).
+ * Copies nothing and returns false unless the key is available.  The caller
+ * wipes subkey with OPENSSL_cleanse as soon as its cipher context holds it.
+ */
+bool
+cmk_key_store_subkey(CmkKeyPurpose purpose, uint8 *subkey, uint8 *dek_id)
+{
+	bool		ok = false;
+
+	if (store == NULL || purpose < 0 || purpose >= CMK_NUM_PURPOSES)
+		return false;
+	SpinLockAcquire(&store->mutex);
+	if (store->status.state == CMK_KEY_AVAILABLE)
+	{
+		memcpy(subkey, store->subkeys[purpose], CMK_SUBKEY_LEN);
+		memcpy(dek_id, store->status.dek_id, CMK_DEK_ID_LEN);
+		ok = true;
+	}
+	SpinLockRelease(&store->mutex);
+	return ok;
+}
+
 const char *
 cmk_key_state_name(CmkKeyState state)
 {
@@ -251,6 +289,174 @@ cmk_report_key_unavailable(const char *relname)
 			 errmsg("the data encryption key is unavailable: %s", st.reason),
 			 st.detail[0] ? errdetail("%s", st.detail) : 0,
 			 st.hint[0] ? errhint("%s", st.hint) : 0));
+}
+
+/*
+ * Key worker: copy the live DEK into the locked scratch area, to re-wrap it.
+ * False if the key is not available.
+ */
+bool
+cmk_key_store_dek_to_scratch(void)
+{
+	bool		ok;
+
+	SpinLockAcquire(&store->mutex);
+	ok = store->status.state == CMK_KEY_AVAILABLE;
+	if (ok)
+		memcpy(store->scratch, store->dek, CMK_DEK_LEN);
+	SpinLockRelease(&store->mutex);
+	return ok;
+}
+
+/* Key worker: record a re-validation result (and a new control file). */
+void
+cmk_key_store_note_check(bool ok, const CmkControl *ctl)
+{
+	SpinLockAcquire(&store->mutex);
+	store->status.last_check_at = GetCurrentTimestamp();
+	if (ok)
+	{
+		store->status.last_ok_at = store->status.last_check_at;
+		store->status.checks_ok++;
+	}
+	else
+		store->status.checks_failed++;
+	if (ctl)
+	{
+		set_control_fields(&store->status, ctl);
+		strlcpy(store->status.key_uri, ctl->key_uri, sizeof(store->status.key_uri));
+	}
+	SpinLockRelease(&store->mutex);
+}
+
+/*
+ * A (re)started key worker announces itself.  The key page outlives crash
+ * restarts, so a request a previous worker took and never finished is
+ * failed here rather than left blocking every later request.
+ */
+void
+cmk_key_store_set_worker_latch(void)
+{
+	SpinLockAcquire(&store->mutex);
+	store->worker_latch = MyLatch;
+	if (store->req_done != store->req_seq)
+	{
+		store->req_done = store->req_taken = store->req_seq;
+		store->req_ok = false;
+		strlcpy(store->req_msg, "the key worker restarted before finishing the request",
+				sizeof(store->req_msg));
+	}
+	SpinLockRelease(&store->mutex);
+}
+
+static void
+wake_worker(void)
+{
+	Latch	   *latch;
+
+	SpinLockAcquire(&store->mutex);
+	latch = store->worker_latch;
+	SpinLockRelease(&store->mutex);
+	if (latch)
+		SetLatch(latch);
+}
+
+uint32
+cmk_key_store_control_epoch(void)
+{
+	return pg_atomic_read_u32(&store->control_epoch);
+}
+
+/* Redo wrote a new control file: the key worker re-reads it. */
+void
+cmk_key_store_control_changed(void)
+{
+	if (store == NULL)
+		return;
+	pg_atomic_fetch_add_u32(&store->control_epoch, 1);
+	wake_worker();
+}
+
+bool
+cmk_key_take_request(CmkRequestKind *kind, char *uri, size_t urisize,
+					 char *actor, size_t actorsize)
+{
+	bool		have;
+
+	SpinLockAcquire(&store->mutex);
+	have = store->req_seq != store->req_done && store->req_taken != store->req_seq;
+	if (have)
+	{
+		store->req_taken = store->req_seq;
+		*kind = store->req_kind;
+		strlcpy(uri, store->req_uri, urisize);
+		strlcpy(actor, store->req_actor, actorsize);
+	}
+	SpinLockRelease(&store->mutex);
+	return have;
+}
+
+void
+cmk_key_finish_request(bool ok, const char *msg)
+{
+	SpinLockAcquire(&store->mutex);
+	store->req_ok = ok;
+	strlcpy(store->req_msg, msg ? msg : "", sizeof(store->req_msg));
+	store->req_done = store->req_taken;
+	SpinLockRelease(&store->mutex);
+}
+
+/*
+ * Sessions: hand a request to the key worker and wait for its answer.  A
+ * request that times out on our side is still carried out.
+ */
+bool
+cmk_key_request(CmkRequestKind kind, const char *uri, const char *actor,
+				int timeout_ms, char *msg, size_t msgsize)
+{
+	TimestampTz deadline;
+	uint64		mine = 0;
+
+	if (store == NULL)
+		cmk_report_key_unavailable(NULL);
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+
+	for (;;)
+	{
+		bool		done = false;
+		bool		ok = false;
+
+		SpinLockAcquire(&store->mutex);
+		if (mine == 0 && store->req_seq == store->req_done)
+		{
+			mine = ++store->req_seq;
+			store->req_kind = kind;
+			strlcpy(store->req_uri, uri ? uri : "", sizeof(store->req_uri));
+			strlcpy(store->req_actor, actor, sizeof(store->req_actor));
+		}
+		else if (mine != 0 && store->req_done >= mine)
+		{
+			done = true;
+			ok = store->req_ok;
+			strlcpy(msg, store->req_msg, msgsize);
+		}
+		SpinLockRelease(&store->mutex);
+
+		if (done)
+			return ok;
+		if (mine != 0)
+			wake_worker();
+		if (GetCurrentTimestamp() >= deadline)
+		{
+			snprintf(msg, msgsize, mine ? "the key worker did not answer in time; the request is still pending" :
+					 "another key request is in progress");
+			return false;
+		}
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 10L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
 }
 
 static void

@@ -42,7 +42,19 @@ typedef struct CmkKeyStatus
 	int64		created_at;
 	int64		wrapped_at;
 	uint32		control_generation;
+	TimestampTz last_check_at;	/* last re-validation attempt */
+	TimestampTz last_ok_at;		/* last time the KEK unwrapped the DEK */
+	uint64		checks_ok;
+	uint64		checks_failed;
 } CmkKeyStatus;
+
+/* What a session asks the key worker to do. */
+typedef enum CmkRequestKind
+{
+	CMK_REQ_NONE = 0,
+	CMK_REQ_CHECK,				/* re-validate the KEK now */
+	CMK_REQ_ROTATE,				/* re-wrap the DEK with a KEK */
+} CmkRequestKind;
 
 /* postmaster, from _PG_init */
 extern void cmk_key_store_create(void);
@@ -50,12 +62,28 @@ extern bool cmk_key_store_exists(void);
 
 /* key worker */
 extern uint8 *cmk_key_store_scratch(void);	/* CMK_DEK_LEN bytes, locked */
+extern bool cmk_key_store_dek_to_scratch(void);
+extern void cmk_key_store_note_check(bool ok, const CmkControl *ctl);
+extern void cmk_key_store_set_worker_latch(void);
+extern bool cmk_key_take_request(CmkRequestKind *kind, char *uri, size_t urisize,
+								 char *actor, size_t actorsize);
+extern void cmk_key_finish_request(bool ok, const char *msg);
+extern uint32 cmk_key_store_control_epoch(void);
+
+/* startup process (redo) and key worker */
+extern void cmk_key_store_control_changed(void);
+
+/* sessions: ask the key worker and wait for its answer */
+extern bool cmk_key_request(CmkRequestKind kind, const char *uri,
+							const char *actor, int timeout_ms,
+							char *msg, size_t msgsize);
 extern void cmk_key_store_publish(const CmkControl *ctl, const char *provider);
 extern void cmk_key_store_unavailable(CmkKeyState state, const CmkError *err,
 									  const CmkControl *ctl);
 
 /* anyone */
 extern void cmk_key_store_status(CmkKeyStatus *out);
+extern bool cmk_key_store_subkey(CmkKeyPurpose purpose, uint8 *subkey, uint8 *dek_id);
 extern const char *cmk_key_state_name(CmkKeyState state);
 
 /*
