@@ -10,6 +10,7 @@
  *							delete
  *		cmkam_toast.c		our own toaster and encrypted TOAST chunks
  *		cmkam_scan.c		every read path (scans, fetches, locks)
+ *		cmkam_slot.c		the slot type that decrypts lazily per column
  *		cmkam_indexbuild.c	index build and validation scans
  *		cmkam_rewrite.c		CLUSTER / VACUUM FULL
  *		cmkam_publication.c	keeps cmk_heap tables out of publications
@@ -43,7 +44,24 @@
 	(CMK_TRAILER_FIXED + CMK_MAX_NONCES * CMK_NONCE_LEN + \
 	 ((natts) + 1) / 2 + ((natts) + 7) / 8)
 
+/* A parsed trailer; pointers point into the stored tuple. */
+typedef struct CmkTrailer
+{
+	int			nnonces;
+	const uint8 *nonces;		/* nnonces * CMK_NONCE_LEN */
+	const uint8 *map;			/* 4 bits per attribute, or NULL: all nonce 0 */
+	const uint8 *extbits;		/* 1 bit per attribute, or NULL */
+	uint32		dek_tag;
+	int32		data_end;		/* offset where the trailer starts */
+} CmkTrailer;
+
 /* cmkam_codec.c */
+extern void cmk_parse_trailer(Relation rel, HeapTuple cipher, uint32 want_tag,
+							  CmkTrailer *t);
+extern void cmk_deform_decrypt(Relation rel, TupleDesc desc, HeapTupleHeader td,
+							   int32 data_end, const CmkTrailer *t, int from,
+							   int to, Datum *values, bool *isnull,
+							   uint32 *offp, bool *slowp);
 extern HeapTuple cmk_encrypt_tuple(Relation rel, HeapTuple plain,
 								   HeapTuple old_cipher);
 extern HeapTuple cmk_decrypt_tuple(Relation rel, TupleDesc desc,
@@ -91,8 +109,13 @@ extern TM_Result cmkam_tuple_update(Relation rel, ItemPointer otid,
 									bool *update_indexes);
 extern HeapTuple cmk_read_cipher_tuple(Relation rel, ItemPointer tid);
 
+/* cmkam_slot.c */
+extern PGDLLIMPORT const TupleTableSlotOps TTSOpsCmkHeapTuple;
+extern TupleTableSlot *cmk_slot_raw(TupleTableSlot *slot);
+extern void cmk_slot_adopt_raw(TupleTableSlot *slot, Relation rel);
+extern HeapTuple cmk_slot_own_tuple(TupleTableSlot *slot);
+
 /* cmkam_scan.c */
-extern void cmk_slot_store_decrypted(Relation rel, TupleTableSlot *slot);
 extern TableScanDesc cmkam_scan_begin(Relation rel, Snapshot snapshot,
 									  int nkeys, struct ScanKeyData *key,
 									  ParallelTableScanDesc pscan,

@@ -42,16 +42,7 @@ typedef struct AttrSpan
 	bool		is_ondisk;		/* a raw on-disk TOAST pointer (plain form) */
 } AttrSpan;
 
-/* A parsed trailer. */
-typedef struct Trailer
-{
-	int			nnonces;
-	const uint8 *nonces;		/* nnonces * CMK_NONCE_LEN */
-	const uint8 *map;			/* 4 bits per attribute, or NULL: all nonce 0 */
-	const uint8 *extbits;		/* 1 bit per attribute, or NULL */
-	uint32		dek_tag;
-	int32		data_end;		/* offset where the trailer starts */
-} Trailer;
+typedef CmkTrailer Trailer;
 
 #define BATCH_BLOCKS	128
 
@@ -178,6 +169,16 @@ report_corrupt(Relation rel, HeapTuple tup, const char *what)
 			 errhint("The tuple was not written by cmk_heap or the relation file is damaged.")));
 }
 
+static void
+corrupt_at(Relation rel, HeapTupleHeader td, const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DATA_CORRUPTED),
+			 errmsg("encrypted tuple in relation \"%s\" is not readable: %s",
+					RelationGetRelationName(rel), what),
+			 errhint("The tuple was not written by cmk_heap or the relation file is damaged.")));
+}
+
 /*
  * Locate every attribute of a tuple, checking that none runs past data_end
  * (the trailer must never be read as data).  Returns the number of
@@ -281,8 +282,8 @@ trailer_size(int nnonces, int natts, bool has_ext)
 		(has_ext ? (natts + 7) / 8 : 0);
 }
 
-static void
-parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
+void
+cmk_parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
 {
 	const uint8 *base = (const uint8 *) tup->t_data;
 	int32		len = (int32) tup->t_len;
@@ -346,7 +347,7 @@ cmk_check_tuple_format(Relation rel, HeapTuple cipher)
 	Trailer		t;
 
 	(void) cmk_tuple_keystream(RelationGetRelationName(rel), &tag);
-	parse_trailer(rel, cipher, tag, &t);
+	cmk_parse_trailer(rel, cipher, tag, &t);
 }
 
 /*
@@ -370,7 +371,7 @@ cmk_decrypt_tuple(Relation rel, TupleDesc desc, HeapTuple cipher)
 	bool		has_ext = false;
 	Oid			toastrelid = rel->rd_rel->reltoastrelid;
 
-	parse_trailer(rel, cipher, tag, &t);
+	cmk_parse_trailer(rel, cipher, tag, &t);
 
 	plain = (HeapTuple) palloc(HEAPTUPLESIZE + t.data_end);
 	plain->t_len = t.data_end;
@@ -469,7 +470,7 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher)
 	{
 		stored_fresh = palloc(data_len);
 		memcpy(stored_fresh, stored, data_len);
-		parse_trailer(rel, old_cipher, tag, &ot);
+		cmk_parse_trailer(rel, old_cipher, tag, &ot);
 		old_plain = cmk_decrypt_tuple(rel, desc, old_cipher);
 		/* back to stored form for byte comparison */
 		old_natts = walk_attrs(rel, desc, old_cipher, ot.data_end, old_spans);
@@ -635,4 +636,129 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher)
 		pfree(stored_fresh);
 	}
 	return out;
+}
+
+/*
+ * Lazy decryption for cmk_heap slots: decrypt and deform attributes
+ * [from, to) of a tuple whose header and data (without trailer) were copied
+ * to td, continuing at *offp / *slowp as slot_deform_heap_tuple does (and
+ * maintaining attcacheoff the same way: the layout is heap's).  One cipher
+ * call serves all the attributes asked for; attributes after them are
+ * neither decrypted nor looked at.
+ */
+void
+cmk_deform_decrypt(Relation rel, TupleDesc desc, HeapTupleHeader td,
+				   int32 data_end, const CmkTrailer *t, int from, int to,
+				   Datum *values, bool *isnull, uint32 *offp, bool *slowp)
+{
+	uint32		tag;
+	CmkKeystream *ks = cmk_tuple_keystream(RelationGetRelationName(rel), &tag);
+	bool		hasnulls = (td->t_infomask & HEAP_HASNULL) != 0;
+	char	   *tp = (char *) td + td->t_hoff;
+	int32		limit = data_end - td->t_hoff;
+	uint32		off = *offp;
+	bool		slow = *slowp;
+	int32		starts[MaxTupleAttributeNumber];
+	XorBatch	batch;
+	Oid			toastrelid = rel->rd_rel->reltoastrelid;
+
+	batch.ks = ks;
+	batch.nblocks = 0;
+	for (int i = from; i < to; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		int32		full;
+		int32		hdr;
+
+		starts[i] = -1;
+		if (hasnulls && att_isnull(i, td->t_bits))
+		{
+			values[i] = (Datum) 0;
+			isnull[i] = true;
+			slow = true;
+			continue;
+		}
+		isnull[i] = false;
+
+		if (!slow && att->attcacheoff >= 0)
+			off = att->attcacheoff;
+		else if (att->attlen == -1)
+		{
+			if (!slow && off == att_align_nominal(off, att->attalign))
+				att->attcacheoff = off;
+			else
+			{
+				if ((int32) off >= limit)
+					corrupt_at(rel, td, "attribute beyond end of data");
+				off = att_align_pointer(off, att->attalign, -1, tp + off);
+				slow = true;
+			}
+		}
+		else
+		{
+			off = att_align_nominal(off, att->attalign);
+			if (!slow)
+				att->attcacheoff = off;
+		}
+
+		if (att->attlen > 0)
+		{
+			full = att->attlen;
+			hdr = 0;
+		}
+		else if (att->attlen == -1)
+		{
+			char	   *p = tp + off;
+
+			if ((int32) off >= limit || VARATT_IS_1B_E(p))
+				corrupt_at(rel, td, "invalid attribute header");
+			if (VARATT_IS_1B(p))
+			{
+				full = VARSIZE_1B(p);
+				hdr = 1;
+			}
+			else
+			{
+				if ((int32) off + 4 > limit)
+					corrupt_at(rel, td, "attribute beyond end of data");
+				full = VARSIZE_4B(p);
+				hdr = 4;
+			}
+		}
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cmk_heap does not support column \"%s\" of type cstring",
+							NameStr(att->attname))));
+		if (full < hdr || (int32) off + full > limit)
+			corrupt_at(rel, td, "attribute beyond end of data");
+
+		batch_add(&batch, t->nonces + map_get(t->map, i) * CMK_NONCE_LEN, i + 1,
+				  (uint8 *) tp + off + hdr, full - hdr);
+		starts[i] = (int32) off;
+		off += full;
+		if (att->attlen <= 0)
+			slow = true;
+	}
+	batch_done(&batch);
+
+	for (int i = from; i < to; i++)
+	{
+		if (starts[i] < 0)
+			continue;
+		if (bit_get(t->extbits, i))
+		{
+			uint8	   *p = (uint8 *) tp + starts[i];
+
+			if (VARSIZE_ANY(p) != TOAST_POINTER_SIZE || p[1] != VARTAG_ONDISK ||
+				!OidIsValid(toastrelid))
+				corrupt_at(rel, td, "invalid external reference");
+			SET_VARTAG_EXTERNAL(p, VARTAG_ONDISK);
+			memcpy(p + VARHDRSZ_EXTERNAL + offsetof(varatt_external, va_toastrelid),
+				   &toastrelid, sizeof(Oid));
+		}
+		values[i] = fetchatt(TupleDescAttr(desc, i), tp + starts[i]);
+	}
+	*offp = off;
+	*slowp = slow;
 }

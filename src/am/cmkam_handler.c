@@ -76,6 +76,12 @@ cmkam_relation_toast_am(Relation rel)
 	return rel->rd_rel->relam;
 }
 
+static const TupleTableSlotOps *
+cmkam_slot_callbacks(Relation rel)
+{
+	return &TTSOpsCmkHeapTuple;
+}
+
 const TableAmRoutine *
 cmk_heap_routine(void)
 {
@@ -83,6 +89,7 @@ cmk_heap_routine(void)
 	{
 		cmk_routine = *GetHeapamTableAmRoutine();
 
+		cmk_routine.slot_callbacks = cmkam_slot_callbacks;
 		cmk_routine.scan_begin = cmkam_scan_begin;
 		cmk_routine.scan_getnextslot = cmkam_scan_getnextslot;
 		cmk_routine.scan_getnextslot_tidrange = cmkam_scan_getnextslot_tidrange;

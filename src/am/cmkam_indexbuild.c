@@ -185,7 +185,8 @@ cmkam_index_build_range_scan(Relation heapRelation, Relation indexRelation,
 									   indexInfo->ii_ExclusionOps != NULL);
 	EState	   *estate = CreateExecutorState();
 	ExprContext *econtext = GetPerTupleExprContext(estate);
-	TupleTableSlot *raw = table_slot_create(heapRelation, NULL);
+	TupleTableSlot *raw = MakeSingleTupleTableSlot(RelationGetDescr(heapRelation),
+												   &TTSOpsBufferHeapTuple);
 	TupleTableSlot *plainslot = MakeSingleTupleTableSlot(RelationGetDescr(heapRelation),
 														 &TTSOpsHeapTuple);
 	ExprState  *predicate;

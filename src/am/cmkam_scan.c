@@ -5,11 +5,10 @@
  *		sample and ANALYZE scans, row fetches, tuple locks and snapshot
  *		checks.
  *
- * Each wraps the heap's callback, which finds the tuple and checks its
- * visibility on the page, then replaces the slot's page tuple with a
- * decrypted copy that keeps the original header (system columns read it),
- * tts_tid and tts_tableOid.  Heap's scan state keeps its own buffer pin, so
- * dropping the slot's pin is safe.
+ * Each hands the heap's callback the raw buffer slot inside our slot
+ * (cmkam_slot.c); the heap finds the tuple and checks its visibility on the
+ * page, and our slot then decrypts lazily what the executor reads.  The
+ * original header stays available for system columns.
  *
  * No path may hand the executor a tuple it did not decrypt, and none may
  * pass key-bearing scan keys to the heap (they would compare ciphertext).
@@ -25,36 +24,6 @@
 #include "am/cmkam.h"
 
 #define HEAP_ROUTINE() GetHeapamTableAmRoutine()
-
-/*
- * Replace the page tuple in a buffer slot with its decrypted copy, owned by
- * the slot (freed when the slot is cleared).
- */
-void
-cmk_slot_store_decrypted(Relation rel, TupleTableSlot *slot)
-{
-	BufferHeapTupleTableSlot *bslot = (BufferHeapTupleTableSlot *) slot;
-	ItemPointerData tid = slot->tts_tid;
-	Oid			tableoid = slot->tts_tableOid;
-	MemoryContext old;
-	HeapTuple	plain;
-
-	Assert(TTS_IS_BUFFERTUPLE(slot) && !TTS_EMPTY(slot));
-
-	old = MemoryContextSwitchTo(slot->tts_mcxt);
-	plain = cmk_decrypt_tuple(rel, slot->tts_tupleDescriptor, bslot->base.tuple);
-	MemoryContextSwitchTo(old);
-
-	ExecClearTuple(slot);		/* drops the slot's buffer pin */
-	bslot->base.tuple = plain;
-	bslot->base.off = 0;
-	bslot->buffer = InvalidBuffer;
-	slot->tts_nvalid = 0;
-	slot->tts_flags &= ~TTS_FLAG_EMPTY;
-	slot->tts_flags |= TTS_FLAG_SHOULDFREE;
-	slot->tts_tid = tid;
-	slot->tts_tableOid = tableoid;
-}
 
 TableScanDesc
 cmkam_scan_begin(Relation rel, Snapshot snapshot, int nkeys,
@@ -73,9 +42,12 @@ bool
 cmkam_scan_getnextslot(TableScanDesc scan, ScanDirection direction,
 					   TupleTableSlot *slot)
 {
-	if (!heap_getnextslot(scan, direction, slot))
+	if (!heap_getnextslot(scan, direction, cmk_slot_raw(slot)))
+	{
+		ExecClearTuple(slot);
 		return false;
-	cmk_slot_store_decrypted(scan->rs_rd, slot);
+	}
+	cmk_slot_adopt_raw(slot, scan->rs_rd);
 	return true;
 }
 
@@ -83,9 +55,12 @@ bool
 cmkam_scan_getnextslot_tidrange(TableScanDesc scan, ScanDirection direction,
 								TupleTableSlot *slot)
 {
-	if (!heap_getnextslot_tidrange(scan, direction, slot))
+	if (!heap_getnextslot_tidrange(scan, direction, cmk_slot_raw(slot)))
+	{
+		ExecClearTuple(slot);
 		return false;
-	cmk_slot_store_decrypted(scan->rs_rd, slot);
+	}
+	cmk_slot_adopt_raw(slot, scan->rs_rd);
 	return true;
 }
 
@@ -94,10 +69,10 @@ cmkam_index_fetch_tuple(struct IndexFetchTableData *scan, ItemPointer tid,
 						Snapshot snapshot, TupleTableSlot *slot,
 						bool *call_again, bool *all_dead)
 {
-	if (!HEAP_ROUTINE()->index_fetch_tuple(scan, tid, snapshot, slot,
+	if (!HEAP_ROUTINE()->index_fetch_tuple(scan, tid, snapshot, cmk_slot_raw(slot),
 										   call_again, all_dead))
 		return false;
-	cmk_slot_store_decrypted(scan->rel, slot);
+	cmk_slot_adopt_raw(slot, scan->rel);
 	return true;
 }
 
@@ -105,9 +80,10 @@ bool
 cmkam_fetch_row_version(Relation rel, ItemPointer tid, Snapshot snapshot,
 						TupleTableSlot *slot)
 {
-	if (!HEAP_ROUTINE()->tuple_fetch_row_version(rel, tid, snapshot, slot))
+	ExecClearTuple(slot);
+	if (!HEAP_ROUTINE()->tuple_fetch_row_version(rel, tid, snapshot, cmk_slot_raw(slot)))
 		return false;
-	cmk_slot_store_decrypted(rel, slot);
+	cmk_slot_adopt_raw(slot, rel);
 	return true;
 }
 
@@ -154,12 +130,12 @@ cmkam_tuple_lock(Relation rel, ItemPointer tid, Snapshot snapshot,
 {
 	TM_Result	result;
 
-	result = HEAP_ROUTINE()->tuple_lock(rel, tid, snapshot, slot, cid, mode,
-										wait_policy, flags, tmfd);
-	/* heap fills the slot whatever the result; callers may read it */
-	if (!TTS_EMPTY(slot) && ((BufferHeapTupleTableSlot *) slot)->base.tuple != NULL &&
-		BufferIsValid(((BufferHeapTupleTableSlot *) slot)->buffer))
-		cmk_slot_store_decrypted(rel, slot);
+	ExecClearTuple(slot);
+	result = HEAP_ROUTINE()->tuple_lock(rel, tid, snapshot, cmk_slot_raw(slot), cid,
+										mode, wait_policy, flags, tmfd);
+	/* heap fills the slot on most results; callers may read it */
+	if (!TTS_EMPTY(cmk_slot_raw(slot)))
+		cmk_slot_adopt_raw(slot, rel);
 	return result;
 }
 
@@ -169,9 +145,12 @@ cmkam_scan_analyze_next_tuple(TableScanDesc scan, TransactionId OldestXmin,
 							  TupleTableSlot *slot)
 {
 	if (!HEAP_ROUTINE()->scan_analyze_next_tuple(scan, OldestXmin, liverows,
-												 deadrows, slot))
+												 deadrows, cmk_slot_raw(slot)))
+	{
+		ExecClearTuple(slot);
 		return false;
-	cmk_slot_store_decrypted(scan->rs_rd, slot);
+	}
+	cmk_slot_adopt_raw(slot, scan->rs_rd);
 	return true;
 }
 
@@ -179,9 +158,12 @@ bool
 cmkam_scan_bitmap_next_tuple(TableScanDesc scan, struct TBMIterateResult *tbmres,
 							 TupleTableSlot *slot)
 {
-	if (!HEAP_ROUTINE()->scan_bitmap_next_tuple(scan, tbmres, slot))
+	if (!HEAP_ROUTINE()->scan_bitmap_next_tuple(scan, tbmres, cmk_slot_raw(slot)))
+	{
+		ExecClearTuple(slot);
 		return false;
-	cmk_slot_store_decrypted(scan->rs_rd, slot);
+	}
+	cmk_slot_adopt_raw(slot, scan->rs_rd);
 	return true;
 }
 
@@ -189,8 +171,11 @@ bool
 cmkam_scan_sample_next_tuple(TableScanDesc scan, struct SampleScanState *scanstate,
 							 TupleTableSlot *slot)
 {
-	if (!HEAP_ROUTINE()->scan_sample_next_tuple(scan, scanstate, slot))
+	if (!HEAP_ROUTINE()->scan_sample_next_tuple(scan, scanstate, cmk_slot_raw(slot)))
+	{
+		ExecClearTuple(slot);
 		return false;
-	cmk_slot_store_decrypted(scan->rs_rd, slot);
+	}
+	cmk_slot_adopt_raw(slot, scan->rs_rd);
 	return true;
 }

@@ -70,22 +70,19 @@ cmk_read_cipher_tuple(Relation rel, ItemPointer tid)
 static void
 stamp_slot(TupleTableSlot *slot, HeapTuple cipher)
 {
-	slot->tts_tid = cipher->t_self;
-	if (TTS_IS_BUFFERTUPLE(slot) || TTS_IS_HEAPTUPLE(slot))
-	{
-		HeapTuple	mine = ((HeapTupleTableSlot *) slot)->tuple;
+	HeapTuple	mine = cmk_slot_own_tuple(slot);
 
-		if (mine != NULL && mine != cipher)
-		{
-			mine->t_self = cipher->t_self;
-			mine->t_tableOid = cipher->t_tableOid;
-			mine->t_data->t_choice = cipher->t_data->t_choice;
-			mine->t_data->t_ctid = cipher->t_data->t_ctid;
-			mine->t_data->t_infomask &= ~HEAP_XACT_MASK;
-			mine->t_data->t_infomask |= cipher->t_data->t_infomask & HEAP_XACT_MASK;
-			mine->t_data->t_infomask2 &= ~HEAP2_XACT_MASK;
-			mine->t_data->t_infomask2 |= cipher->t_data->t_infomask2 & HEAP2_XACT_MASK;
-		}
+	slot->tts_tid = cipher->t_self;
+	if (mine != NULL && mine != cipher)
+	{
+		mine->t_self = cipher->t_self;
+		mine->t_tableOid = cipher->t_tableOid;
+		mine->t_data->t_choice = cipher->t_data->t_choice;
+		mine->t_data->t_ctid = cipher->t_data->t_ctid;
+		mine->t_data->t_infomask &= ~HEAP_XACT_MASK;
+		mine->t_data->t_infomask |= cipher->t_data->t_infomask & HEAP_XACT_MASK;
+		mine->t_data->t_infomask2 &= ~HEAP2_XACT_MASK;
+		mine->t_data->t_infomask2 |= cipher->t_data->t_infomask2 & HEAP2_XACT_MASK;
 	}
 }
 

@@ -1,0 +1,397 @@
+/*-------------------------------------------------------------------------
+ *
+ * cmkam_slot.c
+ *		The tuple slot of cmk_heap: decrypts lazily, only the attributes a
+ *		query asks for.
+ *
+ * A cmk_heap slot wraps an ordinary buffer-heap slot ("raw") that the
+ * heap's own callbacks fill with the stored (encrypted) tuple, pinned in
+ * shared buffers.  Nothing is decrypted until the executor deforms: then the
+ * tuple's header and data are copied to a per-slot buffer and the attributes
+ * up to the one requested are decrypted there with one cipher call, so
+ * count(*) decrypts nothing and sum(col3) never touches col4.  Whole-tuple
+ * requests (materialize, copies, system columns of a virtual tuple) get a
+ * fully decrypted copy.
+ *
+ * The slot must never hand out a pointer into the encrypted page tuple as a
+ * datum, and never keep a decrypted copy beyond clear/release.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "executor/tuptable.h"
+#include "utils/memutils.h"
+
+#include "am/cmkam.h"
+#include "keys/key_store.h"
+
+typedef struct CmkTupleTableSlot
+{
+	TupleTableSlot base;
+	TupleTableSlot *raw;		/* heap buffer slot holding the stored tuple */
+	Relation	rel;			/* relation of the raw tuple */
+	HeapTuple	mat;			/* owned, fully decrypted (or formed) tuple */
+	/* lazy state for the raw tuple */
+	bool		prepared;
+	CmkTrailer	trailer;
+	HeapTupleHeader plain;		/* header + data copy being decrypted */
+	Size		bufsize;
+	uint32		off;			/* deform position in plain */
+} CmkTupleTableSlot;
+
+static inline HeapTuple
+raw_tuple(CmkTupleTableSlot *cs)
+{
+	return ((BufferHeapTupleTableSlot *) cs->raw)->base.tuple;
+}
+
+static inline bool
+has_raw(CmkTupleTableSlot *cs)
+{
+	return cs->raw != NULL && !TTS_EMPTY(cs->raw);
+}
+
+static void
+cmk_slot_init(TupleTableSlot *slot)
+{
+	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
+	MemoryContext old = MemoryContextSwitchTo(slot->tts_mcxt);
+
+	cs->raw = MakeTupleTableSlot(slot->tts_tupleDescriptor, &TTSOpsBufferHeapTuple);
+	cs->rel = NULL;
+	cs->mat = NULL;
+	cs->prepared = false;
+	cs->plain = NULL;
+	cs->bufsize = 0;
+	cs->off = 0;
+	MemoryContextSwitchTo(old);
+}
+
+static void
+cmk_slot_clear(TupleTableSlot *slot)
+{
+	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
+
+	if (TTS_SHOULDFREE(slot) && cs->mat)
+	{
+		heap_freetuple(cs->mat);
+		slot->tts_flags &= ~TTS_FLAG_SHOULDFREE;
+	}
+	cs->mat = NULL;
+	if (cs->raw)
+		ExecClearTuple(cs->raw);
+	cs->rel = NULL;
+	cs->prepared = false;
+	cs->off = 0;
+	slot->tts_nvalid = 0;
+	slot->tts_flags |= TTS_FLAG_EMPTY;
+	ItemPointerSetInvalid(&slot->tts_tid);
+}
+
+static void
+cmk_slot_release(TupleTableSlot *slot)
+{
+	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
+
+	if (cs->raw)
+	{
+		ExecDropSingleTupleTableSlot(cs->raw);
+		cs->raw = NULL;
+	}
+	if (cs->plain)
+	{
+		explicit_bzero(cs->plain, cs->bufsize);
+		pfree(cs->plain);
+		cs->plain = NULL;
+	}
+}
+
+/* Copy header and data of the raw tuple, ready for lazy decryption. */
+static void
+prepare_raw(CmkTupleTableSlot *cs)
+{
+	HeapTuple	tup = raw_tuple(cs);
+	uint32		tag;
+
+	(void) cmk_tuple_keystream(RelationGetRelationName(cs->rel), &tag);
+	cmk_parse_trailer(cs->rel, tup, tag, &cs->trailer);
+	if (cs->bufsize < (Size) cs->trailer.data_end)
+	{
+		if (cs->plain)
+		{
+			explicit_bzero(cs->plain, cs->bufsize);
+			pfree(cs->plain);
+		}
+		cs->bufsize = Max(MAXALIGN(cs->trailer.data_end), 256);
+		cs->plain = MemoryContextAlloc(cs->base.tts_mcxt, cs->bufsize);
+	}
+	memcpy(cs->plain, tup->t_data, cs->trailer.data_end);
+	cs->off = 0;
+	cs->prepared = true;
+}
+
+/* Deform a plaintext tuple the heap way (mat state). */
+static void
+deform_plain(TupleTableSlot *slot, HeapTuple tuple, int natts)
+{
+	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
+	TupleDesc	desc = slot->tts_tupleDescriptor;
+	HeapTupleHeader td = tuple->t_data;
+	bool		hasnulls = HeapTupleHasNulls(tuple);
+	char	   *tp = (char *) td + td->t_hoff;
+	int			attnum = slot->tts_nvalid;
+	uint32		off = attnum == 0 ? 0 : cs->off;
+	bool		slow = attnum == 0 ? false : TTS_SLOW(slot);
+
+	for (; attnum < natts; attnum++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, attnum);
+
+		if (hasnulls && att_isnull(attnum, td->t_bits))
+		{
+			slot->tts_values[attnum] = (Datum) 0;
+			slot->tts_isnull[attnum] = true;
+			slow = true;
+			continue;
+		}
+		slot->tts_isnull[attnum] = false;
+		if (!slow && att->attcacheoff >= 0)
+			off = att->attcacheoff;
+		else if (att->attlen == -1)
+		{
+			if (!slow && off == att_align_nominal(off, att->attalign))
+				att->attcacheoff = off;
+			else
+			{
+				off = att_align_pointer(off, att->attalign, -1, tp + off);
+				slow = true;
+			}
+		}
+		else
+		{
+			off = att_align_nominal(off, att->attalign);
+			if (!slow)
+				att->attcacheoff = off;
+		}
+		slot->tts_values[attnum] = fetchatt(att, tp + off);
+		off = att_addlength_pointer(off, att->attlen, tp + off);
+		if (att->attlen <= 0)
+			slow = true;
+	}
+	cs->off = off;
+	if (slow)
+		slot->tts_flags |= TTS_FLAG_SLOW;
+	else
+		slot->tts_flags &= ~TTS_FLAG_SLOW;
+}
+
+static void
+cmk_slot_getsomeattrs(TupleTableSlot *slot, int natts)
+{
+	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
+	HeapTuple	tuple;
+	int			tupnatts;
+
+	Assert(!TTS_EMPTY(slot));
+	if (cs->mat)
+	{
+		tupnatts = Min(HeapTupleHeaderGetNatts(cs->mat->t_data), natts);
+		deform_plain(slot, cs->mat, tupnatts);
+	}
+	else
+	{
+		uint32		off;
+		bool		slow;
+
+		Assert(has_raw(cs));
+		if (!cs->prepared)
+			prepare_raw(cs);
+		tuple = raw_tuple(cs);
+		tupnatts = Min(HeapTupleHeaderGetNatts(tuple->t_data), natts);
+		if (slot->tts_nvalid < tupnatts)
+		{
+			off = slot->tts_nvalid == 0 ? 0 : cs->off;
+			slow = slot->tts_nvalid == 0 ? false : TTS_SLOW(slot);
+			cmk_deform_decrypt(cs->rel, slot->tts_tupleDescriptor, cs->plain,
+							   cs->trailer.data_end, &cs->trailer,
+							   slot->tts_nvalid, tupnatts,
+							   slot->tts_values, slot->tts_isnull, &off, &slow);
+			cs->off = off;
+			if (slow)
+				slot->tts_flags |= TTS_FLAG_SLOW;
+			else
+				slot->tts_flags &= ~TTS_FLAG_SLOW;
+		}
+	}
+	slot->tts_nvalid = Max(slot->tts_nvalid, tupnatts);
+	if (tupnatts < natts)
+		slot_getmissingattrs(slot, tupnatts, natts);
+}
+
+static Datum
+cmk_slot_getsysattr(TupleTableSlot *slot, int attnum, bool *isnull)
+{
+	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
+	HeapTuple	tuple = cs->mat ? cs->mat : (has_raw(cs) ? raw_tuple(cs) : NULL);
+
+	if (tuple == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot retrieve a system column in this context")));
+	/* header fields are never encrypted */
+	return heap_getsysattr(tuple, attnum, slot->tts_tupleDescriptor, isnull);
+}
+
+/* A fully decrypted (or formed) copy of the slot's tuple, in mcxt. */
+static HeapTuple
+plain_copy(TupleTableSlot *slot, MemoryContext mcxt)
+{
+	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
+	MemoryContext old = MemoryContextSwitchTo(mcxt);
+	HeapTuple	tuple;
+
+	if (cs->mat)
+		tuple = heap_copytuple(cs->mat);
+	else if (has_raw(cs))
+		tuple = cmk_decrypt_tuple(cs->rel, slot->tts_tupleDescriptor, raw_tuple(cs));
+	else
+		tuple = heap_form_tuple(slot->tts_tupleDescriptor, slot->tts_values, slot->tts_isnull);
+	tuple->t_self = slot->tts_tid;
+	tuple->t_tableOid = slot->tts_tableOid;
+	MemoryContextSwitchTo(old);
+	return tuple;
+}
+
+static void
+cmk_slot_materialize(TupleTableSlot *slot)
+{
+	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
+	HeapTuple	tuple;
+
+	Assert(!TTS_EMPTY(slot));
+	if (TTS_SHOULDFREE(slot))
+		return;
+	tuple = plain_copy(slot, slot->tts_mcxt);
+	if (cs->raw)
+		ExecClearTuple(cs->raw);
+	cs->prepared = false;
+	cs->mat = tuple;
+	cs->off = 0;
+	slot->tts_nvalid = 0;
+	slot->tts_flags |= TTS_FLAG_SHOULDFREE;
+}
+
+static void
+cmk_slot_copyslot(TupleTableSlot *dst, TupleTableSlot *src)
+{
+	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) dst;
+	HeapTuple	tuple;
+	MemoryContext old;
+
+	old = MemoryContextSwitchTo(dst->tts_mcxt);
+	tuple = ExecCopySlotHeapTuple(src);
+	MemoryContextSwitchTo(old);
+	ExecClearTuple(dst);
+	cs->mat = tuple;
+	dst->tts_flags &= ~TTS_FLAG_EMPTY;
+	dst->tts_flags |= TTS_FLAG_SHOULDFREE;
+	dst->tts_tid = src->tts_tid;
+	dst->tts_tableOid = src->tts_tableOid;
+}
+
+static HeapTuple
+cmk_slot_get_heap_tuple(TupleTableSlot *slot)
+{
+	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
+
+	Assert(!TTS_EMPTY(slot));
+	if (!cs->mat)
+		cmk_slot_materialize(slot);
+	return cs->mat;
+}
+
+static HeapTuple
+cmk_slot_copy_heap_tuple(TupleTableSlot *slot)
+{
+	Assert(!TTS_EMPTY(slot));
+	return plain_copy(slot, CurrentMemoryContext);
+}
+
+static MinimalTuple
+cmk_slot_copy_minimal_tuple(TupleTableSlot *slot)
+{
+	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
+	HeapTuple	tuple;
+	MinimalTuple mtup;
+
+	Assert(!TTS_EMPTY(slot));
+	if (!cs->mat && !has_raw(cs))
+		return heap_form_minimal_tuple(slot->tts_tupleDescriptor,
+									   slot->tts_values, slot->tts_isnull);
+	tuple = plain_copy(slot, CurrentMemoryContext);
+	mtup = minimal_tuple_from_heap_tuple(tuple);
+	heap_freetuple(tuple);
+	return mtup;
+}
+
+const TupleTableSlotOps TTSOpsCmkHeapTuple = {
+	.base_slot_size = sizeof(CmkTupleTableSlot),
+	.init = cmk_slot_init,
+	.release = cmk_slot_release,
+	.clear = cmk_slot_clear,
+	.getsomeattrs = cmk_slot_getsomeattrs,
+	.getsysattr = cmk_slot_getsysattr,
+	.materialize = cmk_slot_materialize,
+	.copyslot = cmk_slot_copyslot,
+	.get_heap_tuple = cmk_slot_get_heap_tuple,
+	.get_minimal_tuple = NULL,
+	.copy_heap_tuple = cmk_slot_copy_heap_tuple,
+	.copy_minimal_tuple = cmk_slot_copy_minimal_tuple,
+};
+
+/* The heap buffer slot our callbacks hand to the heap's. */
+TupleTableSlot *
+cmk_slot_raw(TupleTableSlot *slot)
+{
+	Assert(slot->tts_ops == &TTSOpsCmkHeapTuple);
+	return ((CmkTupleTableSlot *) slot)->raw;
+}
+
+/*
+ * The heap filled the raw slot with a stored tuple of rel: make it the
+ * slot's content, undecrypted.
+ */
+void
+cmk_slot_adopt_raw(TupleTableSlot *slot, Relation rel)
+{
+	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
+
+	if (cs->mat)
+	{
+		if (TTS_SHOULDFREE(slot))
+			heap_freetuple(cs->mat);
+		cs->mat = NULL;
+		slot->tts_flags &= ~TTS_FLAG_SHOULDFREE;
+	}
+	cs->rel = rel;
+	cs->prepared = false;
+	cs->off = 0;
+	slot->tts_nvalid = 0;
+	slot->tts_flags &= ~TTS_FLAG_EMPTY;
+	slot->tts_tid = cs->raw->tts_tid;
+	slot->tts_tableOid = cs->raw->tts_tableOid;
+}
+
+/* The tuple a slot of ours or of the heap kinds owns, if any. */
+HeapTuple
+cmk_slot_own_tuple(TupleTableSlot *slot)
+{
+	if (slot->tts_ops == &TTSOpsCmkHeapTuple)
+		return ((CmkTupleTableSlot *) slot)->mat;
+	if (TTS_IS_BUFFERTUPLE(slot) || TTS_IS_HEAPTUPLE(slot))
+		return ((HeapTupleTableSlot *) slot)->tuple;
+	return NULL;
+}
