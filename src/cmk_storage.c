@@ -27,6 +27,7 @@
 #include "keys/key_provider.h"
 #include "keys/key_store.h"
 #include "keys/key_wal.h"
+#include "stream/stream_server.h"
 
 PG_MODULE_MAGIC;
 
@@ -138,6 +139,7 @@ define_settings(void)
 							GUC_NOT_IN_SAMPLE | GUC_SUPERUSER_ONLY,
 							NULL, NULL, NULL);
 
+	cmk_stream_register();
 
 	MarkGUCPrefixReserved("cmk_storage");
 }
