@@ -85,6 +85,7 @@ static const char *const published_cmk_query =
 "  JOIN pg_catalog.pg_class c ON c.oid = t.relid"
 "  JOIN pg_catalog.pg_am a ON a.oid = c.relam"
 " WHERE a.amname = 'cmk_heap' AND c.relpersistence = 'p'"
+" ORDER BY d.pubname, c.oid"	/* deterministic: the oldest such table */
 " LIMIT 1";
 
 static void
