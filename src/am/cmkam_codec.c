@@ -51,6 +51,7 @@ typedef struct XorBatch
 {
 	CmkKeystream *ks;
 	int			nblocks;
+	int			used;			/* high-water mark, for wiping */
 	uint8		blocks[BATCH_BLOCKS * CMK_AES_BLOCK];
 	uint8	   *dst[BATCH_BLOCKS];
 	uint8		len[BATCH_BLOCKS];
@@ -93,6 +94,7 @@ batch_flush(XorBatch *b)
 {
 	if (b->nblocks == 0)
 		return;
+	b->used = Max(b->used, b->nblocks);
 	if (!cmk_keystream_blocks(b->ks, b->blocks, b->nblocks))
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
@@ -154,7 +156,8 @@ static void
 batch_done(XorBatch *b)
 {
 	batch_flush(b);
-	explicit_bzero(b->blocks, sizeof(b->blocks));
+	/* keystream is key-derived material: wipe what was used */
+	explicit_bzero(b->blocks, b->used * CMK_AES_BLOCK);
 }
 
 static void
@@ -383,6 +386,7 @@ cmk_decrypt_tuple(Relation rel, TupleDesc desc, HeapTuple cipher)
 	natts = walk_attrs(rel, desc, plain, t.data_end, spans);
 	batch.ks = ks;
 	batch.nblocks = 0;
+	batch.used = 0;
 	for (int i = 0; i < natts; i++)
 	{
 		AttrSpan   *s = &spans[i];
@@ -557,6 +561,7 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher)
 		memcpy(out->t_data, stored, data_len);
 		batch.ks = ks;
 		batch.nblocks = 0;
+		batch.used = 0;
 		for (int i = 0; i < natts; i++)
 		{
 			if (spans[i].start < 0 || nonce_of[i] >= 0)
@@ -664,6 +669,7 @@ cmk_deform_decrypt(Relation rel, TupleDesc desc, HeapTupleHeader td,
 
 	batch.ks = ks;
 	batch.nblocks = 0;
+	batch.used = 0;
 	for (int i = from; i < to; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
