@@ -22,6 +22,7 @@
 #ifndef CMKAM_H
 #define CMKAM_H
 
+#include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/tableam.h"
 #include "executor/tuptable.h"
@@ -55,7 +56,23 @@ typedef struct CmkTrailer
 	int32		data_end;		/* offset where the trailer starts */
 } CmkTrailer;
 
+/* One stored tuple for page-at-a-time decryption. */
+typedef struct CmkPrefixJob
+{
+	HeapTupleHeader src;		/* in: the stored tuple (pinned page) */
+	uint32		src_len;		/* in: its length */
+	CmkTrailer	t;				/* in: parsed trailer; out: points at the copy */
+	HeapTupleHeader td;			/* out: header + decrypted prefix */
+	int32		copied;			/* out: bytes of td */
+	uint8	   *trailer_copy;	/* out: the trailer bytes */
+	int			ndec;			/* out: attributes in clear */
+	bool		has_ext;
+} CmkPrefixJob;
+
 /* cmkam_codec.c */
+extern bool cmk_decrypt_prefixes(Relation rel, TupleDesc desc,
+								 CmkPrefixJob *jobs, int njobs, int natts,
+								 char *area, Size areasize);
 extern void cmk_parse_trailer(Relation rel, HeapTuple cipher, uint32 want_tag,
 							  CmkTrailer *t);
 extern void cmk_deform_decrypt(Relation rel, TupleDesc desc, HeapTupleHeader td,
@@ -112,7 +129,8 @@ extern HeapTuple cmk_read_cipher_tuple(Relation rel, ItemPointer tid);
 /* cmkam_slot.c */
 extern PGDLLIMPORT const TupleTableSlotOps TTSOpsCmkHeapTuple;
 extern TupleTableSlot *cmk_slot_raw(TupleTableSlot *slot);
-extern void cmk_slot_adopt_raw(TupleTableSlot *slot, Relation rel);
+extern void cmk_slot_adopt_raw(TupleTableSlot *slot, Relation rel,
+							   HeapScanDesc scan);
 extern HeapTuple cmk_slot_own_tuple(TupleTableSlot *slot);
 
 /* cmkam_scan.c */

@@ -44,7 +44,7 @@ typedef struct AttrSpan
 
 typedef CmkTrailer Trailer;
 
-#define BATCH_BLOCKS	128
+#define BATCH_BLOCKS	512
 
 /* Pending keystream blocks: one cipher call serves many attributes. */
 typedef struct XorBatch
@@ -767,4 +767,162 @@ cmk_deform_decrypt(Relation rel, TupleDesc desc, HeapTupleHeader td,
 	}
 	*offp = off;
 	*slowp = slow;
+}
+
+/*
+ * Page-at-a-time decryption for sequential scans: for every job (a stored
+ * tuple on a pinned page), copy the header, the bytes of attributes
+ * [0, natts) and the trailer into area, and decrypt those attributes there,
+ * with as few cipher calls as possible (one per BATCH_BLOCKS counter blocks,
+ * usually one per page): per-call overhead, not AES, is what a per-tuple
+ * design pays.  Returns false if area is too small (the caller then falls
+ * back to one tuple at a time).
+ */
+bool
+cmk_decrypt_prefixes(Relation rel, TupleDesc desc, CmkPrefixJob *jobs,
+					 int njobs, int natts, char *area, Size areasize)
+{
+	uint32		tag;
+	CmkKeystream *ks = cmk_tuple_keystream(RelationGetRelationName(rel), &tag);
+	XorBatch	batch;
+	Oid			toastrelid = rel->rd_rel->reltoastrelid;
+	Size		used = 0;
+
+	batch.ks = ks;
+	batch.nblocks = 0;
+	batch.used = 0;
+	for (int j = 0; j < njobs; j++)
+	{
+		CmkPrefixJob *job = &jobs[j];
+		HeapTupleHeader src = job->src;
+		bool		hasnulls = (src->t_infomask & HEAP_HASNULL) != 0;
+		char	   *stp = (char *) src + src->t_hoff;
+		int32		limit = job->t.data_end - src->t_hoff;
+		int			n = Min(natts, HeapTupleHeaderGetNatts(src));
+		int32		starts[MaxTupleAttributeNumber];
+		int32		lens[MaxTupleAttributeNumber];
+		uint32		off = 0;
+		Size		copy_len;
+		Size		trailer_len = job->src_len - job->t.data_end;
+		char	   *dst;
+		const uint8 *tsrc = (const uint8 *) src + job->t.data_end;
+
+		/* where the wanted attributes are (headers are in clear) */
+		for (int i = 0; i < n; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+			int32		full;
+			int32		hdr;
+
+			starts[i] = -1;
+			if (hasnulls && att_isnull(i, src->t_bits))
+				continue;
+			if (att->attlen > 0)
+			{
+				off = att_align_nominal(off, att->attalign);
+				full = att->attlen;
+				hdr = 0;
+			}
+			else if (att->attlen == -1)
+			{
+				char	   *p;
+
+				if ((int32) off >= limit)
+					corrupt_at(rel, src, "attribute beyond end of data");
+				off = att_align_pointer(off, att->attalign, -1, stp + off);
+				p = stp + off;
+				if ((int32) off >= limit || VARATT_IS_1B_E(p))
+					corrupt_at(rel, src, "invalid attribute header");
+				if (VARATT_IS_1B(p))
+				{
+					full = VARSIZE_1B(p);
+					hdr = 1;
+				}
+				else
+				{
+					if ((int32) off + 4 > limit)
+						corrupt_at(rel, src, "attribute beyond end of data");
+					full = VARSIZE_4B(p);
+					hdr = 4;
+				}
+			}
+			else
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cmk_heap does not support column \"%s\" of type cstring",
+								NameStr(att->attname))));
+			if (full < hdr || (int32) off + full > limit)
+				corrupt_at(rel, src, "attribute beyond end of data");
+			starts[i] = off + hdr;
+			lens[i] = full - hdr;
+			off += full;
+		}
+
+		/* header + wanted data, then the trailer (kept for validation) */
+		copy_len = src->t_hoff + off;
+		if (used + MAXALIGN(copy_len) + MAXALIGN(trailer_len) > areasize)
+			return false;
+		dst = area + used;
+		memcpy(dst, src, copy_len);
+		job->td = (HeapTupleHeader) dst;
+		job->copied = (int32) copy_len;
+		used += MAXALIGN(copy_len);
+		job->trailer_copy = (uint8 *) area + used;
+		memcpy(job->trailer_copy, tsrc, trailer_len);
+		used += MAXALIGN(trailer_len);
+		/* re-point the parsed trailer at the copy: the page may change */
+		job->t.nonces = job->trailer_copy + (job->t.nonces - tsrc);
+		if (job->t.map)
+			job->t.map = job->trailer_copy + (job->t.map - tsrc);
+		if (job->t.extbits)
+			job->t.extbits = job->trailer_copy + (job->t.extbits - tsrc);
+
+		for (int i = 0; i < n; i++)
+			if (starts[i] >= 0)
+				batch_add(&batch, job->t.nonces + map_get(job->t.map, i) * CMK_NONCE_LEN,
+						  i + 1, (uint8 *) dst + src->t_hoff + starts[i], lens[i]);
+		job->ndec = n;
+
+		/* Rare: external references get their pointer form after the XOR. */
+		if (job->t.extbits)
+			job->has_ext = true;
+		else
+			job->has_ext = false;
+	}
+	batch_done(&batch);
+
+	for (int j = 0; j < njobs; j++)
+	{
+		CmkPrefixJob *job = &jobs[j];
+		HeapTupleHeader td = job->td;
+		char	   *tp = (char *) td + td->t_hoff;
+		bool		hasnulls = (td->t_infomask & HEAP_HASNULL) != 0;
+		uint32		off = 0;
+
+		if (!job->has_ext)
+			continue;
+		for (int i = 0; i < job->ndec; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+			uint8	   *p;
+
+			if (hasnulls && att_isnull(i, td->t_bits))
+				continue;
+			off = att_align_pointer(off, att->attalign, att->attlen, tp + off);
+			p = (uint8 *) tp + off;
+			if (bit_get(job->t.extbits, i))
+			{
+				if (att->attlen != -1 || VARSIZE_1B(p) != TOAST_POINTER_SIZE ||
+					p[1] != VARTAG_ONDISK || !OidIsValid(toastrelid))
+					corrupt_at(rel, td, "invalid external reference");
+				SET_VARTAG_EXTERNAL(p, VARTAG_ONDISK);
+				memcpy(p + VARHDRSZ_EXTERNAL + offsetof(varatt_external, va_toastrelid),
+					   &toastrelid, sizeof(Oid));
+				off += TOAST_POINTER_SIZE;
+			}
+			else
+				off = att_addlength_pointer(off, att->attlen, tp + off);
+		}
+	}
+	return true;
 }

@@ -47,7 +47,8 @@ cmkam_scan_getnextslot(TableScanDesc scan, ScanDirection direction,
 		ExecClearTuple(slot);
 		return false;
 	}
-	cmk_slot_adopt_raw(slot, scan->rs_rd);
+	/* sequential scans decrypt a page at a time (cmkam_slot.c) */
+	cmk_slot_adopt_raw(slot, scan->rs_rd, (HeapScanDesc) scan);
 	return true;
 }
 
@@ -60,7 +61,7 @@ cmkam_scan_getnextslot_tidrange(TableScanDesc scan, ScanDirection direction,
 		ExecClearTuple(slot);
 		return false;
 	}
-	cmk_slot_adopt_raw(slot, scan->rs_rd);
+	cmk_slot_adopt_raw(slot, scan->rs_rd, NULL);
 	return true;
 }
 
@@ -72,7 +73,7 @@ cmkam_index_fetch_tuple(struct IndexFetchTableData *scan, ItemPointer tid,
 	if (!HEAP_ROUTINE()->index_fetch_tuple(scan, tid, snapshot, cmk_slot_raw(slot),
 										   call_again, all_dead))
 		return false;
-	cmk_slot_adopt_raw(slot, scan->rel);
+	cmk_slot_adopt_raw(slot, scan->rel, NULL);
 	return true;
 }
 
@@ -83,7 +84,7 @@ cmkam_fetch_row_version(Relation rel, ItemPointer tid, Snapshot snapshot,
 	ExecClearTuple(slot);
 	if (!HEAP_ROUTINE()->tuple_fetch_row_version(rel, tid, snapshot, cmk_slot_raw(slot)))
 		return false;
-	cmk_slot_adopt_raw(slot, rel);
+	cmk_slot_adopt_raw(slot, rel, NULL);
 	return true;
 }
 
@@ -135,7 +136,7 @@ cmkam_tuple_lock(Relation rel, ItemPointer tid, Snapshot snapshot,
 										mode, wait_policy, flags, tmfd);
 	/* heap fills the slot on most results; callers may read it */
 	if (!TTS_EMPTY(cmk_slot_raw(slot)))
-		cmk_slot_adopt_raw(slot, rel);
+		cmk_slot_adopt_raw(slot, rel, NULL);
 	return result;
 }
 
@@ -150,7 +151,7 @@ cmkam_scan_analyze_next_tuple(TableScanDesc scan, TransactionId OldestXmin,
 		ExecClearTuple(slot);
 		return false;
 	}
-	cmk_slot_adopt_raw(slot, scan->rs_rd);
+	cmk_slot_adopt_raw(slot, scan->rs_rd, NULL);
 	return true;
 }
 
@@ -163,7 +164,7 @@ cmkam_scan_bitmap_next_tuple(TableScanDesc scan, struct TBMIterateResult *tbmres
 		ExecClearTuple(slot);
 		return false;
 	}
-	cmk_slot_adopt_raw(slot, scan->rs_rd);
+	cmk_slot_adopt_raw(slot, scan->rs_rd, NULL);
 	return true;
 }
 
@@ -176,6 +177,6 @@ cmkam_scan_sample_next_tuple(TableScanDesc scan, struct SampleScanState *scansta
 		ExecClearTuple(slot);
 		return false;
 	}
-	cmk_slot_adopt_raw(slot, scan->rs_rd);
+	cmk_slot_adopt_raw(slot, scan->rs_rd, NULL);
 	return true;
 }

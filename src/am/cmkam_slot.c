@@ -23,23 +23,45 @@
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "executor/tuptable.h"
+#include "storage/bufmgr.h"
 #include "utils/memutils.h"
 
 #include "am/cmkam.h"
 #include "keys/key_store.h"
+
+/*
+ * Page cache of a sequential scan: the visible tuples of the current page,
+ * copied and decrypted (attribute prefix) together, one cipher call for all.
+ */
+typedef struct CmkPageCache
+{
+	HeapScanDesc scan;
+	Buffer		buffer;
+	BlockNumber block;
+	int			natts;			/* prefix decrypted for every entry */
+	int			njobs;
+	CmkPrefixJob jobs[MaxHeapTuplesPerPage];
+	int16		index[MaxHeapTuplesPerPage + 1];	/* offnum -> job + 1 */
+	char		area[2 * BLCKSZ];
+} CmkPageCache;
 
 typedef struct CmkTupleTableSlot
 {
 	TupleTableSlot base;
 	TupleTableSlot *raw;		/* heap buffer slot holding the stored tuple */
 	Relation	rel;			/* relation of the raw tuple */
+	HeapScanDesc scan;			/* pagemode scan it came from, or NULL */
 	HeapTuple	mat;			/* owned, fully decrypted (or formed) tuple */
 	/* lazy state for the raw tuple */
 	bool		prepared;
 	CmkTrailer	trailer;
-	HeapTupleHeader plain;		/* header + data copy being decrypted */
+	HeapTupleHeader td;			/* plaintext copy being deformed */
+	int			ndec;			/* attributes of td already decrypted */
+	CmkPrefixJob *job;			/* page-cache entry td belongs to, if any */
+	HeapTupleHeader plain;		/* own copy buffer (not page cached) */
 	Size		bufsize;
-	uint32		off;			/* deform position in plain */
+	uint32		off;			/* deform position in td */
+	CmkPageCache *pc;			/* allocated on first use */
 } CmkTupleTableSlot;
 
 static inline HeapTuple
@@ -67,6 +89,10 @@ cmk_slot_init(TupleTableSlot *slot)
 	cs->plain = NULL;
 	cs->bufsize = 0;
 	cs->off = 0;
+	cs->scan = NULL;
+	cs->td = NULL;
+	cs->job = NULL;
+	cs->pc = NULL;
 	MemoryContextSwitchTo(old);
 }
 
@@ -84,6 +110,7 @@ cmk_slot_clear(TupleTableSlot *slot)
 	if (cs->raw)
 		ExecClearTuple(cs->raw);
 	cs->rel = NULL;
+	cs->scan = NULL;
 	cs->prepared = false;
 	cs->off = 0;
 	slot->tts_nvalid = 0;
@@ -107,6 +134,12 @@ cmk_slot_release(TupleTableSlot *slot)
 		pfree(cs->plain);
 		cs->plain = NULL;
 	}
+	if (cs->pc)
+	{
+		explicit_bzero(cs->pc->area, sizeof(cs->pc->area));
+		pfree(cs->pc);
+		cs->pc = NULL;
+	}
 }
 
 /* Copy header and data of the raw tuple, ready for lazy decryption. */
@@ -129,24 +162,112 @@ prepare_raw(CmkTupleTableSlot *cs)
 		cs->plain = MemoryContextAlloc(cs->base.tts_mcxt, cs->bufsize);
 	}
 	memcpy(cs->plain, tup->t_data, cs->trailer.data_end);
+	cs->td = cs->plain;
+	cs->ndec = 0;
+	cs->job = NULL;
 	cs->off = 0;
 	cs->prepared = true;
 }
 
-/* Deform a plaintext tuple the heap way (mat state). */
+/*
+ * Sequential scans: decrypt the wanted attribute prefix of every visible
+ * tuple on the page at once and serve this and the following tuples from
+ * there.  An entry is used only if the stored tuple at that offset still
+ * has the same length and trailer (a pruned and reused line pointer holds
+ * another tuple, whose nonces differ).
+ */
+static bool
+cache_entry_valid(CmkPageCache *pc, int idx, HeapTuple tup)
+{
+	CmkPrefixJob *j = &pc->jobs[idx];
+
+	return j->src_len == tup->t_len &&
+		memcmp(j->trailer_copy, (char *) tup->t_data + j->t.data_end,
+			   tup->t_len - j->t.data_end) == 0;
+}
+
+static bool
+prepare_from_page(CmkTupleTableSlot *cs, int natts)
+{
+	HeapScanDesc scan = cs->scan;
+	Buffer		buf = ((BufferHeapTupleTableSlot *) cs->raw)->buffer;
+	HeapTuple	tup = raw_tuple(cs);
+	BlockNumber blk = ItemPointerGetBlockNumber(&tup->t_self);
+	OffsetNumber offnum = ItemPointerGetOffsetNumber(&tup->t_self);
+	CmkPageCache *pc = cs->pc;
+	CmkPrefixJob *job;
+	int			idx;
+
+	if (scan == NULL || !(scan->rs_base.rs_flags & SO_ALLOW_PAGEMODE) ||
+		scan->rs_cbuf != buf || !BufferIsValid(buf) || scan->rs_ntuples <= 1)
+		return false;
+	if (pc == NULL)
+		pc = cs->pc = MemoryContextAllocZero(cs->base.tts_mcxt, sizeof(CmkPageCache));
+
+	idx = (pc->scan == scan && pc->buffer == buf && pc->block == blk &&
+		   pc->natts >= natts) ? pc->index[offnum] - 1 : -1;
+	if (idx < 0 || !cache_entry_valid(pc, idx, tup))
+	{
+		Page		page = BufferGetPage(buf);
+		uint32		tag;
+
+		(void) cmk_tuple_keystream(RelationGetRelationName(cs->rel), &tag);
+		memset(pc->index, 0, sizeof(pc->index));
+		pc->njobs = 0;
+		pc->scan = NULL;
+		for (int i = 0; i < scan->rs_ntuples; i++)
+		{
+			OffsetNumber o = scan->rs_vistuples[i];
+			ItemId		lp = PageGetItemId(page, o);
+			HeapTupleData t;
+			CmkPrefixJob *j = &pc->jobs[pc->njobs];
+
+			t.t_data = (HeapTupleHeader) PageGetItem(page, lp);
+			t.t_len = ItemIdGetLength(lp);
+			ItemPointerSet(&t.t_self, blk, o);
+			t.t_tableOid = RelationGetRelid(cs->rel);
+			cmk_parse_trailer(cs->rel, &t, tag, &j->t);
+			j->src = t.t_data;
+			j->src_len = t.t_len;
+			pc->index[o] = ++pc->njobs;
+		}
+		if (!cmk_decrypt_prefixes(cs->rel, cs->base.tts_tupleDescriptor, pc->jobs,
+								  pc->njobs, natts, pc->area, sizeof(pc->area)))
+			return false;
+		pc->scan = scan;
+		pc->buffer = buf;
+		pc->block = blk;
+		pc->natts = natts;
+		idx = pc->index[offnum] - 1;
+		if (idx < 0 || !cache_entry_valid(pc, idx, tup))
+			return false;
+	}
+	job = &pc->jobs[idx];
+	cs->trailer = job->t;
+	cs->td = job->td;
+	cs->ndec = job->ndec;
+	cs->job = job;
+	cs->off = 0;
+	cs->prepared = true;
+	return true;
+}
+
+/*
+ * Deform attributes [nvalid, to) of a plaintext tuple header the heap way,
+ * continuing from the slot's saved position.
+ */
 static void
-deform_plain(TupleTableSlot *slot, HeapTuple tuple, int natts)
+deform_plain(TupleTableSlot *slot, HeapTupleHeader td, int to)
 {
 	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
 	TupleDesc	desc = slot->tts_tupleDescriptor;
-	HeapTupleHeader td = tuple->t_data;
-	bool		hasnulls = HeapTupleHasNulls(tuple);
+	bool		hasnulls = (td->t_infomask & HEAP_HASNULL) != 0;
 	char	   *tp = (char *) td + td->t_hoff;
 	int			attnum = slot->tts_nvalid;
 	uint32		off = attnum == 0 ? 0 : cs->off;
 	bool		slow = attnum == 0 ? false : TTS_SLOW(slot);
 
-	for (; attnum < natts; attnum++)
+	for (; attnum < to; attnum++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, attnum);
 
@@ -186,36 +307,50 @@ deform_plain(TupleTableSlot *slot, HeapTuple tuple, int natts)
 		slot->tts_flags |= TTS_FLAG_SLOW;
 	else
 		slot->tts_flags &= ~TTS_FLAG_SLOW;
+	slot->tts_nvalid = Max(slot->tts_nvalid, to);
 }
 
 static void
 cmk_slot_getsomeattrs(TupleTableSlot *slot, int natts)
 {
 	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
-	HeapTuple	tuple;
 	int			tupnatts;
 
 	Assert(!TTS_EMPTY(slot));
 	if (cs->mat)
 	{
 		tupnatts = Min(HeapTupleHeaderGetNatts(cs->mat->t_data), natts);
-		deform_plain(slot, cs->mat, tupnatts);
+		deform_plain(slot, cs->mat->t_data, tupnatts);
 	}
 	else
 	{
-		uint32		off;
-		bool		slow;
-
 		Assert(has_raw(cs));
-		if (!cs->prepared)
+		if (!cs->prepared && !prepare_from_page(cs, natts))
 			prepare_raw(cs);
-		tuple = raw_tuple(cs);
-		tupnatts = Min(HeapTupleHeaderGetNatts(tuple->t_data), natts);
+		tupnatts = Min(HeapTupleHeaderGetNatts(cs->td), natts);
+
+		/* attributes already in clear, then decrypt the rest */
+		if (slot->tts_nvalid < Min(cs->ndec, tupnatts))
+			deform_plain(slot, cs->td, Min(cs->ndec, tupnatts));
+		if (slot->tts_nvalid < tupnatts && cs->job != NULL)
+		{
+			/*
+			 * The page cache holds only the prefix: continue on a full copy
+			 * (same layout, so the deform position carries over).
+			 */
+			uint32		keep_off = cs->off;
+			int			keep_ndec = cs->ndec;
+
+			prepare_raw(cs);
+			cs->off = keep_off;
+			cs->ndec = keep_ndec;
+		}
 		if (slot->tts_nvalid < tupnatts)
 		{
-			off = slot->tts_nvalid == 0 ? 0 : cs->off;
-			slow = slot->tts_nvalid == 0 ? false : TTS_SLOW(slot);
-			cmk_deform_decrypt(cs->rel, slot->tts_tupleDescriptor, cs->plain,
+			uint32		off = slot->tts_nvalid == 0 ? 0 : cs->off;
+			bool		slow = slot->tts_nvalid == 0 ? false : TTS_SLOW(slot);
+
+			cmk_deform_decrypt(cs->rel, slot->tts_tupleDescriptor, cs->td,
 							   cs->trailer.data_end, &cs->trailer,
 							   slot->tts_nvalid, tupnatts,
 							   slot->tts_values, slot->tts_isnull, &off, &slow);
@@ -224,9 +359,10 @@ cmk_slot_getsomeattrs(TupleTableSlot *slot, int natts)
 				slot->tts_flags |= TTS_FLAG_SLOW;
 			else
 				slot->tts_flags &= ~TTS_FLAG_SLOW;
+			cs->ndec = tupnatts;
+			slot->tts_nvalid = tupnatts;
 		}
 	}
-	slot->tts_nvalid = Max(slot->tts_nvalid, tupnatts);
 	if (tupnatts < natts)
 		slot_getmissingattrs(slot, tupnatts, natts);
 }
@@ -365,10 +501,11 @@ cmk_slot_raw(TupleTableSlot *slot)
  * slot's content, undecrypted.
  */
 void
-cmk_slot_adopt_raw(TupleTableSlot *slot, Relation rel)
+cmk_slot_adopt_raw(TupleTableSlot *slot, Relation rel, HeapScanDesc scan)
 {
 	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
 
+	cs->scan = scan;
 	if (cs->mat)
 	{
 		if (TTS_SHOULDFREE(slot))
