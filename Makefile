@@ -16,11 +16,9 @@ PG_CPPFLAGS = -I$(srcdir)/src $(shell pkg-config --cflags openssl libcurl jansso
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare -Werror=implicit-function-declaration
 SHLIB_LINK = $(shell pkg-config --libs openssl libcurl jansson 2>/dev/null || echo -lssl -lcrypto -lcurl -ljansson)
 
-# pg_regress suites run against a temporary cluster with the library preloaded
-# (see test/regress.conf); TAP tests live in t/.
-REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
-REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(srcdir)/test/regress.conf
-TAP_TESTS = 1
+# Tests (pg_regress in sql/ and expected/, TAP in t/, the regression-suite
+# oracle, the emulator conformance tests) need a generated key and a
+# preloaded library: scripts/test.sh runs them all.
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)

@@ -1,0 +1,213 @@
+# Helpers shared by bench/run.sh and bench/profile.sh.  Sourced, not executed.
+#
+# Deliberately self-contained (it does not source scripts/lib.sh) so that the
+# benchmark keeps working while the test scripts change.
+
+PG_MAJOR=15
+PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/$PG_MAJOR/bin}
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$BENCH_DIR/.." && pwd)
+
+BENCH_APT_PACKAGES="postgresql-$PG_MAJOR postgresql-contrib postgresql-server-dev-$PG_MAJOR
+  libssl-dev libcurl4-openssl-dev libjansson-dev pkg-config make gcc openssl"
+
+say()  { printf '==> %s\n' "$*" >&2; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+die()  { printf 'error: %s\n' "$*" >&2; exit 2; }
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# Install the Debian packages that are missing (root only).
+ensure_packages() {
+    local missing=() p
+    for p in $BENCH_APT_PACKAGES "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    command -v apt-get >/dev/null || die "missing packages (${missing[*]}) and no apt-get"
+    is_root || die "missing packages (${missing[*]}); run as root or install them"
+    say "installing ${missing[*]}"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null \
+        || die "apt-get install ${missing[*]} failed"
+}
+
+# Build and install the extension (incremental: no 'make clean', other people
+# may be building in the same tree).
+build_and_install() {
+    say "building and installing cmk_storage (make -C $REPO install)"
+    local log
+    log=$(mktemp)
+    if ! make -C "$REPO" -s >"$log" 2>&1 || ! make -C "$REPO" -s install >>"$log" 2>&1; then
+        cat "$log" >&2; rm -f "$log"
+        die "build/install failed"
+    fi
+    rm -f "$log"
+    [ -f "$(pg_config_dir pkglibdir)/cmk_storage.so" ] || die "cmk_storage.so not installed"
+}
+
+pg_config_dir() { "$PG_BINDIR/pg_config" --"$1"; }
+
+# A scratch directory the server user owns; PostgreSQL refuses to run as root.
+make_workdir() {
+    local base=${1:-${TMPDIR:-/tmp}} d
+    d=$(mktemp -d "$base/cmk_bench.XXXXXX")
+    chmod 755 "$d"
+    if is_root; then chown postgres:postgres "$d"; fi
+    echo "$d"
+}
+
+# Run a command as the postgres user when we are root, else as ourselves.
+# Runs from $WORK when set, a directory that user owns.
+as_pg() {
+    (
+        if [ -n "${WORK:-}" ]; then cd "$WORK" || exit 2; fi
+        if is_root && [ "${BENCH_NICE:-0}" != 0 ]; then
+            # BENCH_NICE (root only): a negative value gives the servers and
+            # clients a larger CPU share than other work on a shared machine.
+            # The kernel's scheduler autogroups rank sessions by the session's
+            # own nice value, so run in a session of our own and set that.
+            exec setsid -w bash -c 'echo "$0" > /proc/self/autogroup 2>/dev/null
+                exec nice -n "$0" runuser -u postgres -- "$@"' \
+                "$BENCH_NICE" env PATH="$PG_BINDIR:$PATH" LC_ALL=C.UTF-8 "$@"
+        elif is_root; then
+            exec runuser -u postgres -- env PATH="$PG_BINDIR:$PATH" LC_ALL=C.UTF-8 "$@"
+        else
+            exec env PATH="$PG_BINDIR:$PATH" LC_ALL=C.UTF-8 "$@"
+        fi
+    )
+}
+
+# A free TCP port on 127.0.0.1 (the servers listen there and on a socket).
+free_port() {
+    local p=${1:-55432}
+    while (exec 3<>/dev/tcp/127.0.0.1/"$p") 2>/dev/null || [ -e "/tmp/.s.PGSQL.$p" ]; do
+        p=$((p + 1))
+    done
+    echo "$p"
+}
+
+# --- clusters ---------------------------------------------------------------
+# A cluster is described by NAME: its data directory is $WORK/NAME/data, its
+# socket directory $WORK/sock, its port is in $WORK/NAME/port.
+
+cl_dir()  { echo "$WORK/$1"; }
+cl_port() { cat "$WORK/$1/port"; }
+
+# psql against database DB of cluster NAME, extra args follow.
+cl_psql() {
+    local name=$1 db=$2; shift 2
+    as_pg psql -X -q -v ON_ERROR_STOP=1 -h "$WORK/sock" -p "$(cl_port "$name")" -d "$db" "$@"
+}
+
+# One value from a query.
+cl_query() {
+    cl_psql "$1" "$2" -At -c "$3"
+}
+
+# initdb + postgresql.conf with the settings both clusters share.
+#   cl_create NAME PORT SHARED_BUFFERS SYNC_COMMIT [extra conf lines]
+cl_create() {
+    local name=$1 port=$2 sb=$3 sync=$4 extra=${5:-}
+    local d
+    d=$(cl_dir "$name")
+    as_pg mkdir -p "$d" "$WORK/sock"
+    as_pg bash -c "echo $port > '$d/port'"
+    as_pg openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:3072 -out "$d/kek.pem" 2>/dev/null \
+        || die "openssl genpkey failed"
+    as_pg chmod 600 "$d/kek.pem"
+    as_pg initdb -D "$d/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >"$d/initdb.log" 2>&1 \
+        || { cat "$d/initdb.log" >&2; die "initdb $name failed"; }
+    as_pg bash -c "cat >> '$d/data/postgresql.conf'" <<CONF
+
+# ---- cmk_storage benchmark: identical in every benchmark cluster ----
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$WORK/sock'
+shared_preload_libraries = 'cmk_storage'
+cmk_storage.key_uri = 'file://$d/kek.pem'
+shared_buffers = $sb
+huge_pages = try
+max_connections = 20
+synchronous_commit = $sync
+max_wal_size = 8GB
+min_wal_size = 1GB
+checkpoint_timeout = 30min
+autovacuum = off
+jit = off
+max_parallel_workers_per_gather = 0
+track_counts = on
+logging_collector = off
+log_checkpoints = off
+$extra
+CONF
+}
+
+cl_start() {
+    local d
+    d=$(cl_dir "$1")
+    as_pg pg_ctl -D "$d/data" -l "$d/server.log" -w -t 120 start >/dev/null \
+        || { tail -30 "$d/server.log" >&2; die "could not start cluster $1"; }
+    cl_renice "$1"
+}
+
+# With the kernel's scheduler autogroups (sched_autogroup_enabled=1), nice
+# only ranks processes within one session; between sessions the autogroup's
+# own nice value counts.  pg_ctl puts the postmaster in a session of its own,
+# so give that session (and so every backend) BENCH_NICE too.  Root only.
+cl_renice() {
+    local d pid
+    is_root && [ "${BENCH_NICE:-0}" != 0 ] || return 0
+    d=$(cl_dir "$1")
+    pid=$(head -1 "$d/data/postmaster.pid" 2>/dev/null)
+    [ -n "$pid" ] && [ -w "/proc/$pid/autogroup" ] && echo "$BENCH_NICE" > "/proc/$pid/autogroup" 2>/dev/null
+    return 0
+}
+
+cl_stop() {
+    local d
+    d=$(cl_dir "$1")
+    [ -f "$d/data/postmaster.pid" ] || return 0
+    as_pg pg_ctl -D "$d/data" -m fast -w -t 120 stop >/dev/null 2>&1 || true
+}
+
+# Create database DB with the extension, wait for the key to be available and,
+# when AM is not heap, make AM the database's default table access method.
+cl_setup_db() {
+    local name=$1 db=$2 am=$3
+    as_pg createdb -h "$WORK/sock" -p "$(cl_port "$name")" "$db" || die "createdb failed"
+    cl_psql "$name" "$db" -c "CREATE EXTENSION cmk_storage" || die "CREATE EXTENSION failed in $name"
+    local state
+    for _ in $(seq 1 120); do
+        state=$(cl_query "$name" "$db" "SELECT state FROM cmk_storage.key_status()")
+        [ "$state" = "available" ] && break
+        [ "$state" = "loading" ] || die "key state in $name is '$state': $(cl_query "$name" "$db" "SELECT reason || ' ' || coalesce(hint,'') FROM cmk_storage.key_status()")"
+        sleep 0.5
+    done
+    [ "$state" = "available" ] || die "key never became available in $name"
+    if [ "$am" != heap ]; then
+        cl_psql "$name" "$db" -c "ALTER DATABASE $db SET default_table_access_method = $am" \
+            || die "could not set default_table_access_method"
+    fi
+}
+
+# The table access method of a table.
+cl_table_am() {
+    cl_query "$1" "$2" "SELECT a.amname FROM pg_class c JOIN pg_am a ON a.oid = c.relam WHERE c.oid = '$3'::regclass"
+}
+
+# --- statistics -------------------------------------------------------------
+# median of the numbers given as arguments
+median() {
+    [ $# -gt 0 ] || { echo ""; return; }
+    printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR%2) printf "%.12g\n", a[(NR+1)/2]; else printf "%.12g\n", (a[NR/2]+a[NR/2+1])/2}'
+}
+# relative spread (max - min) / median of the arguments, in percent
+spread_pct() {
+    [ $# -gt 1 ] || { echo 0; return; }
+    local m
+    m=$(median "$@")
+    printf '%s\n' "$@" | sort -g | awk -v m="$m" 'NR==1 {lo=$1} {hi=$1} END {printf "%.0f\n", (m > 0) ? 100*(hi-lo)/m : 0}'
+}
+min_of() { printf '%s\n' "$@" | sort -g | head -1; }
+max_of() { printf '%s\n' "$@" | sort -g | tail -1; }

@@ -1,0 +1,456 @@
+#!/usr/bin/env bash
+# cmk_storage benchmark: heap vs cmk_heap on two identical clusters, measured
+# alternately in the same run.  See bench/README.md.
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+
+usage() {
+    cat <<'EOF'
+Usage: bench/run.sh [options]
+
+Builds and installs cmk_storage, creates two PostgreSQL 15 clusters with
+identical settings (pgbench tables heap in one, cmk_heap in the other),
+measures them alternately (heap, cmk, heap, cmk, ...) and prints a markdown
+table of cmk_heap/heap ratios against the targets.  The table is also saved
+to bench/results/latest.md (raw samples in bench/results/latest-raw.txt).
+
+Options:
+  --runs N             rounds per metric; each round measures heap then cmk
+                       (default 7; --quick: 3)
+  --scale S            pgbench scale factor (default 10 = 1 M accounts rows)
+  --duration SECS      seconds per pgbench run, TPC-B and select-only
+                       (default TPC-B 15, select-only 8; --quick: 5 and 5)
+  --tpcb-duration SECS   seconds per TPC-B run only
+  --select-duration SECS seconds per select-only run only
+  --clients N          pgbench clients and threads (default 2)
+  --reps N             timed repetitions of each scan query per round
+                       (default 3; --quick: 2)
+  --quick              short run (~2 minutes): fewer rounds, shorter runs
+  --nice N             when root, run servers and clients at this nice value
+                       (default -10: a larger CPU share than other work on a
+                       shared machine; 0 to disable)
+  --sync-commit on|off synchronous_commit in both clusters (default off, so
+                       TPC-B measures CPU, not this machine's fsync latency)
+  --stream-args "ARGS" extra arguments for 'cmk_restore bench'
+  --workdir DIR        parent directory for the clusters (default $TMPDIR or
+                       /tmp); must be reachable by the postgres user
+  --keep               keep the clusters (stopped) and print where they are
+  --no-build           do not run make / make install
+  --no-install-deps    do not apt-get install missing packages
+  --output FILE        also write the markdown table to FILE
+  --check              exit 1 when a target is not met (default: exit 0
+                       whenever every measurement ran)
+  -h, --help           this text
+
+Exit status: 0 when every measurement ran, 1 when one failed (or, with
+--check, a target was not met), 2 on a setup error.
+EOF
+}
+
+RUNS=""; SCALE=10; TPCB_DUR=""; SEL_DUR=""; CLIENTS=2; REPS=""; QUICK=0
+SYNC=off; STREAM_ARGS=""; WORKBASE="${TMPDIR:-/tmp}"; KEEP=0; BUILD=1; DEPS=1
+OUTPUT=""; CHECK=0; NICE=-10
+
+need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --runs) need_arg "$@"; RUNS=$2; shift 2 ;;
+        --scale) need_arg "$@"; SCALE=$2; shift 2 ;;
+        --duration) need_arg "$@"; TPCB_DUR=$2; SEL_DUR=$2; shift 2 ;;
+        --tpcb-duration) need_arg "$@"; TPCB_DUR=$2; shift 2 ;;
+        --select-duration) need_arg "$@"; SEL_DUR=$2; shift 2 ;;
+        --clients) need_arg "$@"; CLIENTS=$2; shift 2 ;;
+        --reps) need_arg "$@"; REPS=$2; shift 2 ;;
+        --quick) QUICK=1; shift ;;
+        --sync-commit) need_arg "$@"; SYNC=$2; shift 2 ;;
+        --nice) need_arg "$@"; NICE=$2; shift 2 ;;
+        --stream-args) need_arg "$@"; STREAM_ARGS=$2; shift 2 ;;
+        --workdir) need_arg "$@"; WORKBASE=$2; shift 2 ;;
+        --keep) KEEP=1; shift ;;
+        --no-build) BUILD=0; shift ;;
+        --no-install-deps) DEPS=0; shift ;;
+        --output) need_arg "$@"; OUTPUT=$2; shift 2 ;;
+        --check) CHECK=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown option: $1" ;;
+    esac
+done
+if [ "$QUICK" = 1 ]; then
+    : "${RUNS:=3}" "${TPCB_DUR:=5}" "${SEL_DUR:=5}" "${REPS:=2}"
+else
+    : "${RUNS:=7}" "${TPCB_DUR:=15}" "${SEL_DUR:=8}" "${REPS:=3}"
+fi
+for v in RUNS SCALE TPCB_DUR SEL_DUR CLIENTS REPS; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
+done
+case "$SYNC" in on|off) ;; *) die "--sync-commit must be on or off" ;; esac
+[[ $NICE =~ ^-?[0-9]+$ ]] && [ "$NICE" -ge -20 ] && [ "$NICE" -le 19 ] || die "--nice must be -20..19"
+if is_root; then export BENCH_NICE=$NICE; else NICE=0; fi
+
+START_TS=$(date +%s)
+LOADS=""                     # 1-min load average when each phase starts
+note_load() { LOADS+="${LOADS:+, }$1 $(cut -d' ' -f1 /proc/loadavg)"; }
+note_load start
+RESULTS_DIR="$BENCH_DIR/results"
+DB=bench
+CLUSTERS="heap cmk"          # measurement order inside every round
+declare -A AM=([heap]=heap [cmk]=cmk_heap)
+declare -A S=()              # samples: S[metric:cluster]="v1 v2 ..."
+declare -A ERR=()             # ERR[metric]="message" when a measurement failed
+
+add_sample() { S[$1:$2]="${S[$1:$2]:-} $3"; }
+fail_metric() { ERR[$1]="${ERR[$1]:-$2}"; warn "$1 ($2)"; }
+
+# --- setup -------------------------------------------------------------------
+if [ "$DEPS" = 1 ]; then ensure_packages; fi
+[ -x "$PG_BINDIR/postgres" ] || die "no PostgreSQL $PG_MAJOR at $PG_BINDIR"
+[ -x "$PG_BINDIR/pgbench" ] || die "no pgbench at $PG_BINDIR (install postgresql-contrib)"
+if is_root; then getent passwd postgres >/dev/null || die "no 'postgres' user to run the servers as"; fi
+if [ "$BUILD" = 1 ]; then build_and_install; fi
+SO="$(pg_config_dir pkglibdir)/cmk_storage.so"
+[ -f "$SO" ] || die "$SO is not installed (drop --no-build)"
+SO_SHA=$(sha256sum "$SO" | cut -c1-12)
+
+WORK=$(make_workdir "$WORKBASE") || die "cannot create a work directory under $WORKBASE"
+export WORK
+RAW="$WORK/raw.txt"
+: > "$RAW"
+raw() { printf '%s\n' "$*" >> "$RAW"; }
+
+cleanup() {
+    local c
+    for c in $CLUSTERS; do cl_stop "$c"; done
+    if [ "$KEEP" = 1 ]; then
+        say "clusters kept (stopped) in $WORK; start one with:"
+        say "  runuser -u postgres -- $PG_BINDIR/pg_ctl -D $WORK/cmk/data -l $WORK/cmk/server.log start"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# shared_buffers: several times the data (pgbench tables + COPY target), so a
+# sequential scan of pgbench_accounts stays below the NBuffers/4 ring-buffer
+# threshold and everything is served from shared buffers.  Two clusters run
+# at once on a 24 GiB machine: cap each at 8 GB.
+SB_MB=$((SCALE * 400)); [ "$SB_MB" -lt 1024 ] && SB_MB=1024
+if [ "$SB_MB" -gt 8192 ]; then SB_MB=8192; warn "scale $SCALE: data may not fit in shared_buffers (8GB)"; fi
+
+port=$(free_port 55432)
+for c in $CLUSTERS; do
+    say "creating cluster '$c' (port $port, shared_buffers ${SB_MB}MB)"
+    cl_create "$c" "$port" "${SB_MB}MB" "$SYNC"
+    cl_start "$c"
+    port=$(free_port $((port + 1)))
+done
+for c in $CLUSTERS; do
+    cl_setup_db "$c" "$DB" "${AM[$c]}"
+done
+
+# pgbench -i in each (timed, for information)
+for c in $CLUSTERS; do
+    say "pgbench -i -s $SCALE in '$c'"
+    t0=$(date +%s.%N)
+    as_pg pgbench -i -s "$SCALE" -h "$WORK/sock" -p "$(cl_port "$c")" "$DB" >"$WORK/$c/init.log" 2>&1 \
+        || { tail -20 "$WORK/$c/init.log" >&2; die "pgbench -i failed in '$c'"; }
+    t1=$(date +%s.%N)
+    add_sample init "$c" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')"
+    for t in pgbench_accounts pgbench_branches pgbench_tellers pgbench_history; do
+        am=$(cl_table_am "$c" "$DB" "$t")
+        [ "$am" = "${AM[$c]}" ] || die "$t in '$c' uses access method '$am', expected '${AM[$c]}'"
+    done
+    cl_psql "$c" "$DB" -c "CHECKPOINT" >/dev/null
+done
+NROWS=$(cl_query heap "$DB" "SELECT count(*) FROM pgbench_accounts")
+for c in $CLUSTERS; do
+    add_sample size_accounts "$c" "$(cl_query "$c" "$DB" "SELECT pg_table_size('pgbench_accounts')")"
+    raw "plan[$c] count(*): $(cl_psql "$c" "$DB" -At -c "SET enable_indexscan=off; SET enable_indexonlyscan=off; SET enable_bitmapscan=off; EXPLAIN SELECT count(*) FROM pgbench_accounts" | tr '\n' ' ')"
+done
+
+# Parse psql output where "@metric" lines (from \echo) precede "Time: X ms".
+collect_timings() {
+    local c=$1 file=$2 m v
+    while read -r m v; do add_sample "$m" "$c" "$v"; raw "$m $c $v"; done < <(
+        awk '/^@/ {m=substr($1,2); next} /^Time: / {if (m != "") print m, $2; m=""}' "$file")
+}
+
+# --- phase 1: scans from cache ---------------------------------------------------
+SCAN_SQL="$WORK/scans.sql"
+{
+    echo '\o /dev/null'
+    echo 'SET enable_indexscan = off; SET enable_indexonlyscan = off; SET enable_bitmapscan = off;'
+    echo '-- warm-up, untimed'
+    echo 'SELECT count(*) FROM pgbench_accounts;'
+    echo 'SELECT sum(abalance) FROM pgbench_accounts;'
+    echo "COPY pgbench_accounts TO '/dev/null';"
+    echo '\timing on'
+    for _ in $(seq 1 "$REPS"); do
+        echo '\echo @count'
+        echo 'SELECT count(*) FROM pgbench_accounts;'
+        echo '\echo @sum'
+        echo 'SELECT sum(abalance) FROM pgbench_accounts;'
+        echo '\echo @copyto'
+        echo "COPY pgbench_accounts TO '/dev/null';"
+    done
+} | as_pg bash -c "cat > '$SCAN_SQL'"
+
+note_load scans
+say "phase 1/4: count(*), sum(abalance), COPY TO /dev/null ($RUNS rounds x $REPS reps)"
+for r in $(seq 1 "$RUNS"); do
+    for c in $CLUSTERS; do
+        out="$WORK/$c/scan.$r.out"
+        if cl_psql "$c" "$DB" -f "$SCAN_SQL" >"$out" 2>"$out.err"; then
+            collect_timings "$c" "$out"
+        else
+            fail_metric count "scan queries failed in '$c': $(head -c 300 "$out.err")"
+            fail_metric sum "see count"; fail_metric copyto "see count"
+        fi
+    done
+done
+
+# --- phase 2: bulk COPY FROM into a fresh table --------------------------------
+COPY_FILE="$WORK/accounts.copy"
+cl_psql heap "$DB" -c "COPY pgbench_accounts TO '$COPY_FILE'" || die "could not write $COPY_FILE"
+COPY_SQL="$WORK/copyfrom.sql"
+as_pg bash -c "cat > '$COPY_SQL'" <<SQL
+DROP TABLE IF EXISTS bench_copy;
+CREATE TABLE bench_copy (LIKE pgbench_accounts);
+CHECKPOINT;
+\timing on
+\echo @copyfrom
+COPY bench_copy FROM '$COPY_FILE';
+SQL
+note_load copy
+say "phase 2/4: COPY FROM $NROWS rows into a fresh table ($RUNS rounds)"
+for r in $(seq 1 "$RUNS"); do
+    for c in $CLUSTERS; do
+        out="$WORK/$c/copy.$r.out"
+        if cl_psql "$c" "$DB" -f "$COPY_SQL" >"$out" 2>"$out.err"; then
+            collect_timings "$c" "$out"
+            if [ "$r" = 1 ]; then
+                am=$(cl_table_am "$c" "$DB" bench_copy)
+                [ "$am" = "${AM[$c]}" ] || die "bench_copy in '$c' uses '$am', expected '${AM[$c]}'"
+            fi
+            add_sample size_copy "$c" "$(cl_query "$c" "$DB" "SELECT pg_table_size('bench_copy')")"
+        else
+            fail_metric copyfrom "COPY FROM failed in '$c': $(head -c 300 "$out.err")"
+        fi
+    done
+done
+for c in $CLUSTERS; do cl_psql "$c" "$DB" -c "DROP TABLE IF EXISTS bench_copy" -c "CHECKPOINT"; done
+
+# --- phases 3 and 4: pgbench -------------------------------------------------------
+run_pgbench() {   # metric cluster round duration [pgbench args]
+    local m=$1 c=$2 r=$3 dur=$4; shift 4
+    local log="$WORK/$c/$m.$r.log" tps
+    cl_psql "$c" "$DB" -c "CHECKPOINT" >/dev/null
+    if as_pg pgbench -h "$WORK/sock" -p "$(cl_port "$c")" -c "$CLIENTS" -j "$CLIENTS" \
+            -T "$dur" "$@" "$DB" >"$log" 2>&1; then
+        tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$log" | head -1)
+        if [ -n "$tps" ]; then add_sample "$m" "$c" "$tps"; raw "$m $c $tps"; return; fi
+    fi
+    fail_metric "$m" "pgbench failed in '$c': $(grep -m3 -iE 'error|fatal|abort' "$log" | tr '\n' ' ' | head -c 300)"
+}
+
+note_load select
+say "phase 3/4: pgbench select-only (-S), $RUNS rounds x ${SEL_DUR}s per cluster"
+for r in $(seq 1 "$RUNS"); do
+    for c in $CLUSTERS; do run_pgbench select "$c" "$r" "$SEL_DUR" -S; done
+done
+
+note_load tpcb
+say "phase 4/4: pgbench TPC-B, $RUNS rounds x ${TPCB_DUR}s per cluster"
+for c in $CLUSTERS; do cl_query "$c" "$DB" "SELECT pg_stat_reset()" >/dev/null; done
+for r in $(seq 1 "$RUNS"); do
+    for c in $CLUSTERS; do run_pgbench tpcb "$c" "$r" "$TPCB_DUR"; done
+done
+sleep 1   # backends flush their table statistics when they exit
+declare -A HOT=() UPD=() HOTN=()
+for c in $CLUSTERS; do
+    read -r UPD[$c] HOTN[$c] < <(cl_query "$c" "$DB" \
+        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'pgbench_accounts'" | tr '|' ' ')
+    HOT[$c]=$(awk -v u="${UPD[$c]:-0}" -v h="${HOTN[$c]:-0}" 'BEGIN{ if (u > 0) printf "%.1f", 100*h/u }')
+    raw "hot $c n_tup_upd=${UPD[$c]} n_tup_hot_upd=${HOTN[$c]}"
+    [ -n "${HOT[$c]}" ] || fail_metric hot "no updates of pgbench_accounts counted in '$c'"
+done
+
+# --- stream tool ------------------------------------------------------------------
+STREAM_LINES=""
+find_stream_tool() {
+    command -v cmk_restore 2>/dev/null && return
+    find "$REPO" -path "$REPO/.git" -prune -o -type f -name cmk_restore -perm -u+x -print 2>/dev/null | head -1
+}
+STREAM_TOOL=$(find_stream_tool)
+if [ -n "$STREAM_TOOL" ]; then
+    say "stream throughput: $STREAM_TOOL bench $STREAM_ARGS"
+    # shellcheck disable=SC2086
+    if as_pg timeout 300 "$STREAM_TOOL" bench $STREAM_ARGS >"$WORK/stream.out" 2>&1; then
+        rel=${STREAM_TOOL#"$REPO"/}
+        if grep -qi 'MB/s' "$WORK/stream.out"; then
+            STREAM_LINES="stream throughput (\`$rel bench${STREAM_ARGS:+ $STREAM_ARGS}\`):"
+            while IFS= read -r l; do
+                [ -n "$l" ] && STREAM_LINES+=$'\n'"- $l"
+            done < <(head -12 "$WORK/stream.out")
+        else
+            STREAM_LINES="stream throughput: '$rel bench' printed no MB/s figure"
+            ERR[stream]="no MB/s in the output of $rel bench"
+        fi
+    else
+        STREAM_LINES="stream throughput: '$STREAM_TOOL bench' failed (exit $?): $(head -3 "$WORK/stream.out" | tr '\n' ' ')"
+        ERR[stream]=failed
+    fi
+    raw "stream: $(cat "$WORK/stream.out")"
+else
+    STREAM_LINES="stream throughput: not available"
+fi
+
+# --- report ------------------------------------------------------------------------
+note_load end
+END_TS=$(date +%s)
+ELAPSED=$((END_TS - START_TS))
+med() { median ${S[$1:$2]:-}; }
+fmt() {   # value kind
+    [ -n "$1" ] || { echo "—"; return; }
+    case "$2" in
+        tps) awk -v v="$1" 'BEGIN{printf "%.0f", v}' ;;
+        ms)  awk -v v="$1" 'BEGIN{printf "%.1f", v}' ;;
+        mb)  awk -v v="$1" 'BEGIN{printf "%.1f MB", v/1048576}' ;;
+        s)   awk -v v="$1" 'BEGIN{printf "%.1f", v}' ;;
+        *)   echo "$1" ;;
+    esac
+}
+ratio() { [ -n "$1" ] && [ -n "$2" ] && awk -v a="$1" -v b="$2" 'BEGIN{ if (a > 0) printf "%.3f", b/a }'; }
+
+# paired ratios: cmk sample / heap sample of the same round and repetition
+paired() {
+    local -a h c; local i out=""
+    read -r -a h <<< "${S[$1:heap]:-}"; read -r -a c <<< "${S[$1:cmk]:-}"
+    for i in "${!h[@]}"; do
+        [ -n "${c[$i]:-}" ] && out+=" $(awk -v a="${h[$i]}" -v b="${c[$i]}" 'BEGIN{ if (a > 0) printf "%.3f", b/a }')"
+    done
+    echo "$out"
+}
+ROWS=""; VERDICTS=""; NOT_MET=0
+row() {   # key label kind op target
+    local key=$1 label=$2 kind=$3 op=$4 target=$5
+    local h c rt verdict tgt
+    h=$(med "$key" heap); c=$(med "$key" cmk)
+    # The ratio is the median of the per-round paired ratios: heap and cmk_heap
+    # run back to back, so slow changes in machine load cancel out.  Sizes
+    # (one value per AM, or identical per round) come out the same either way.
+    # shellcheck disable=SC2046
+    rt=$(median $(paired "$key")); [ -n "$rt" ] && rt=$(awk -v r="$rt" 'BEGIN{printf "%.3f", r}')
+    [ -n "$rt" ] || rt=$(ratio "$h" "$c")
+    case "$op" in
+        ge) tgt="≥ $target" ;;
+        le) tgt="≤ $target" ;;
+        *)  tgt="(info)" ;;
+    esac
+    ROWS+="| $label | $(fmt "$h" "$kind") | $(fmt "$c" "$kind") | ${rt:-—} | $tgt |"$'\n'
+    [ "$op" = info ] && return
+    if [ -z "$rt" ]; then
+        verdict="NOT MET (not measured${ERR[$key]:+: ${ERR[$key]}})"; NOT_MET=$((NOT_MET + 1))
+    elif awk -v r="$rt" -v t="$target" -v op="$op" 'BEGIN{ exit !((op == "ge") ? r >= t : r <= t) }'; then
+        verdict="met"
+    else
+        verdict="NOT MET"; NOT_MET=$((NOT_MET + 1))
+    fi
+    local sp
+    # shellcheck disable=SC2086
+    sp=$(max_of "$(spread_pct ${S[$key:heap]:-})" "$(spread_pct ${S[$key:cmk]:-})")
+    [ "${sp:-0}" -gt 20 ] && verdict+=" (noisy: samples of one AM span ${sp}% of their median)"
+    VERDICTS+="- $label: ratio ${rt:-—}, target $tgt — **$verdict**"$'\n'
+}
+
+DUR_NOTE="median of $RUNS"
+row tpcb   "pgbench TPC-B, tps ($DUR_NOTE × ${TPCB_DUR}s)" tps ge 0.95
+row select "pgbench select-only -S, tps ($DUR_NOTE × ${SEL_DUR}s)" tps ge 0.97
+# HOT share: values in %, "ratio" column is the difference in points
+if [ -n "${HOT[heap]:-}" ] && [ -n "${HOT[cmk]:-}" ]; then
+    HOT_DIFF=$(awk -v a="${HOT[heap]}" -v b="${HOT[cmk]}" 'BEGIN{printf "%+.1f", b-a}')
+    kfmt() { awk -v n="$1" 'BEGIN{ printf (n >= 10000 ? "%.0fk" : "%d"), (n >= 10000 ? n/1000 : n) }'; }
+    ROWS+="| HOT share of pgbench_accounts updates (after TPC-B) | ${HOT[heap]} % of $(kfmt "${UPD[heap]}") | ${HOT[cmk]} % of $(kfmt "${UPD[cmk]}") | ${HOT_DIFF} pts | within 5 pts |"$'\n'
+    if awk -v d="$HOT_DIFF" 'BEGIN{ exit !(d <= 5 && d >= -5) }'; then v=met; else v="NOT MET"; NOT_MET=$((NOT_MET + 1)); fi
+    # Fewer updates in the same time lower the share by themselves: the first
+    # update on each full (fillfactor 100) page cannot be HOT.  Say so.
+    if awk -v a="${UPD[heap]}" -v b="${UPD[cmk]}" 'BEGIN{ exit !(b < 0.9 * a || a < 0.9 * b) }'; then
+        v+=" (updates: heap $(kfmt "${UPD[heap]}"), cmk_heap $(kfmt "${UPD[cmk]}"); the AM with fewer updates gets a lower share from that alone, see bench/README.md)"
+    fi
+    VERDICTS+="- HOT share: heap ${HOT[heap]} %, cmk_heap ${HOT[cmk]} %, difference ${HOT_DIFF} points, target within 5 points — **$v**"$'\n'
+else
+    ROWS+="| HOT share of pgbench_accounts updates (after TPC-B) | ${HOT[heap]:-—} | ${HOT[cmk]:-—} | — | within 5 pts |"$'\n'
+    VERDICTS+="- HOT share: not measured — **NOT MET**"$'\n'; NOT_MET=$((NOT_MET + 1))
+fi
+row count    "SELECT count(*), ms ($NROWS rows, cached)" ms le 1.05
+row sum      "SELECT sum(abalance), ms" ms le 1.15
+row copyto   "COPY pgbench_accounts TO '/dev/null', ms" ms le 1.25
+row copyfrom "COPY FROM file into a fresh table, ms ($NROWS rows)" ms le 1.15
+row size_accounts "pg_table_size(pgbench_accounts)" mb le 1.12
+row size_copy     "pg_table_size(COPY target)" mb le 1.12
+row init     "pgbench -i -s $SCALE, s" s info ""
+
+SPREAD=""
+for k in tpcb:tps select:tps count:ms sum:ms copyto:ms copyfrom:ms; do
+    kind=${k#*:}; k=${k%%:*}
+    for c in $CLUSTERS; do
+        [ -n "${S[$k:$c]:-}" ] || continue
+        # shellcheck disable=SC2086
+        SPREAD+="| $k ($kind) | ${AM[$c]} | $(echo ${S[$k:$c]} | wc -w) | $(fmt "$(min_of ${S[$k:$c]})" $kind) | $(fmt "$(med $k $c)" $kind) | $(fmt "$(max_of ${S[$k:$c]})" $kind) | $(for v in ${S[$k:$c]}; do printf '%s ' "$(fmt "$v" $kind)"; done) |"$'\n'
+    done
+    pr=$(paired "$k")
+    # shellcheck disable=SC2086
+    [ -n "$pr" ] && SPREAD+="| $k | paired ratio | $(echo $pr | wc -w) | $(min_of $pr) | $(median $pr) | $(max_of $pr) | $pr |"$'\n'
+done
+
+GIT_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ "$GIT_REV" != unknown ] && [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+    GIT_REV="$GIT_REV + uncommitted changes"
+fi
+CPU=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+REPORT=$(cat <<EOF
+# cmk_storage benchmark: heap vs cmk_heap
+
+- date: $(date -u '+%Y-%m-%d %H:%M UTC'); runtime $((ELAPSED / 60)) min $((ELAPSED % 60)) s; mode: $([ "$QUICK" = 1 ] && echo quick || echo full)
+- machine: $(nproc) cores ($CPU), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r)
+- $("$PG_BINDIR/postgres" --version); cmk_storage at $GIT_REV, installed cmk_storage.so sha256 $SO_SHA
+- two clusters, identical settings (servers and clients at nice $NICE): shared_buffers ${SB_MB}MB, synchronous_commit $SYNC, autovacuum off, jit off,
+  max_parallel_workers_per_gather 0, max_wal_size 8GB, shared_preload_libraries cmk_storage (key: RSA 3072 file)
+- 1-min load average at: $LOADS (the benchmark itself accounts for up to ~2; more means other work shared the 2 cores)
+- pgbench scale $SCALE, $CLIENTS clients/threads; $RUNS rounds, each round measures heap then cmk_heap;
+  scan queries $REPS× per round (seq scan forced), medians over all samples; CHECKPOINT before each pgbench run and each COPY FROM
+
+| metric | heap | cmk_heap | ratio | target |
+|---|---:|---:|---:|---|
+$ROWS
+heap and cmk_heap columns: medians.  Ratio: cmk_heap / heap, the median of the per-round paired ratios
+(each cmk_heap sample over the heap sample taken just before it), so slow drifts in machine load cancel;
+for tps higher is better, for times and sizes lower is better.
+
+$VERDICTS
+$STREAM_LINES
+
+<details><summary>spread of samples</summary>
+
+| metric | AM | n | min | median | max | samples in order |
+|---|---|---:|---:|---:|---:|---|
+$SPREAD
+</details>
+EOF
+)
+if [ ${#ERR[@]} -gt 0 ]; then
+    REPORT+=$'\n\n'"Errors:"$'\n'
+    for k in "${!ERR[@]}"; do REPORT+="- $k: ${ERR[$k]}"$'\n'; done
+fi
+
+echo
+echo "$REPORT"
+mkdir -p "$RESULTS_DIR"
+echo "$REPORT" > "$RESULTS_DIR/latest.md"
+cp "$RAW" "$RESULTS_DIR/latest-raw.txt"
+[ -n "$OUTPUT" ] && echo "$REPORT" > "$OUTPUT"
+say "saved to $RESULTS_DIR/latest.md (raw samples: latest-raw.txt); took ${ELAPSED}s"
+
+if [ ${#ERR[@]} -gt 0 ]; then exit 1; fi  # a measurement failed
+if [ "$CHECK" = 1 ] && [ "$NOT_MET" -gt 0 ]; then exit 1; fi
+exit 0
