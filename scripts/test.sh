@@ -99,9 +99,21 @@ run_emulator_tests() {
     add "${p:-0}" "${f:-1}"
 }
 
+# --- a short fuzz run of the Key Vault response parsers --------------------------
+run_fuzz() {
+    [ -x "$REPO/fuzz/run.sh" ] || return 0
+    say "fuzzing the Azure response parsers (${FUZZ_SECONDS:-20} s)"
+    if "$REPO/fuzz/run.sh" "${FUZZ_SECONDS:-20}" > "$WORK/fuzz.log" 2>&1; then
+        echo "fuzz azure_json ... ok"; add 1 0
+    else
+        tail -20 "$WORK/fuzz.log"; echo "fuzz azure_json ... FAILED"; add 0 1
+    fi
+}
+
 run_pg_regress
 run_tap
 run_emulator_tests
+run_fuzz
 [ "$QUICK" -eq 1 ] || run_oracle
 
 echo

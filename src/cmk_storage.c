@@ -39,6 +39,17 @@ int			cmk_key_grace_period_s = 600;
 bool		cmk_auto_rewrap = true;
 int			cmk_debug_rotation_crash = 0;
 
+/* Azure Key Vault provider settings: provider_azure.c reads them by name. */
+static char *cmk_azure_client_id = NULL;
+static char *cmk_azure_object_id = NULL;
+static char *cmk_azure_msi_res_id = NULL;
+static char *cmk_azure_token_endpoint = NULL;
+static char *cmk_azure_api_version = NULL;
+static char *cmk_ca_file = NULL;
+static int	cmk_azure_connect_timeout_ms = 5000;
+static int	cmk_azure_request_timeout_ms = 10000;
+static int	cmk_azure_retry_timeout_ms = 20000;
+
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
@@ -137,6 +148,88 @@ define_settings(void)
 							0, 0, 3,
 							PGC_SIGHUP,
 							GUC_NOT_IN_SAMPLE | GUC_SUPERUSER_ONLY,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("cmk_storage.azure_client_id",
+							   "Client id of the user-assigned managed identity that reads the Azure Key Vault key.",
+							   "Set at most one of azure_client_id, azure_object_id and azure_msi_res_id; "
+							   "with none, the platform's only (or system-assigned) identity is used.",
+							   &cmk_azure_client_id,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("cmk_storage.azure_object_id",
+							   "Object (principal) id of the user-assigned managed identity, instead of its client id.",
+							   NULL,
+							   &cmk_azure_object_id,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("cmk_storage.azure_msi_res_id",
+							   "Azure resource id of the user-assigned managed identity, instead of its client id.",
+							   NULL,
+							   &cmk_azure_msi_res_id,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("cmk_storage.azure_token_endpoint",
+							   "Managed-identity token endpoint URL; empty for IMDS (or IDENTITY_ENDPOINT on App Service).",
+							   "For tests and emulators.",
+							   &cmk_azure_token_endpoint,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("cmk_storage.azure_api_version",
+							   "Azure Key Vault REST API version.",
+							   NULL,
+							   &cmk_azure_api_version,
+							   "7.4",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("cmk_storage.ca_file",
+							   "PEM file of extra certificate authorities trusted for the key vault.",
+							   "Empty: the system's trust store.  TLS verification cannot be turned off.",
+							   &cmk_ca_file,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("cmk_storage.azure_connect_timeout",
+							"Connection timeout for Azure Key Vault and the managed-identity endpoint.",
+							NULL,
+							&cmk_azure_connect_timeout_ms,
+							5000, 100, 60000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("cmk_storage.azure_request_timeout",
+							"Time limit of one HTTP request to Azure Key Vault or the managed-identity endpoint.",
+							NULL,
+							&cmk_azure_request_timeout_ms,
+							10000, 100, 300000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("cmk_storage.azure_retry_timeout",
+							"Time limit of one key operation, retries (throttling, server errors, timeouts) included.",
+							"The key worker also serves SQL requests, so keep it short; failed checks are retried at the next interval.",
+							&cmk_azure_retry_timeout_ms,
+							20000, 1000, 600000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
 	cmk_stream_register();

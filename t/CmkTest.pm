@@ -147,4 +147,102 @@ sub random_marker
 	return $prefix . join('', map { $c[ int(rand(@c)) ] } 1 .. 24);
 }
 
+# --- Azure Key Vault emulator (emulator/README.md) ---------------------------------
+
+use File::Spec;
+use HTTP::Tiny;
+use IPC::Run;
+use JSON::PP;
+use Time::HiRes ();
+
+push @EXPORT, qw(start_emulator stop_emulator emulator_admin control_kid);
+
+# Emulators still running when the test ends (even by die) are stopped.
+my @running_emulators;
+END { local $?; stop_emulator($_) for @running_emulators; }
+
+sub emulator_script
+{
+	my $dir = $ENV{REPO} ? "$ENV{REPO}/emulator"
+	  : File::Spec->rel2abs(dirname(__FILE__) . '/../emulator');
+	return "$dir/kv-emulator.js";
+}
+
+# Start the emulator (node emulator/kv-emulator.js) on free ports, or on the
+# given ones (to bring a stopped emulator back where clients expect it).
+# Returns a hash with vault_url, token_url, app_service_url, admin_url,
+# ca_file, port, identity_port and the process handle.
+sub start_emulator
+{
+	my (%opt) = @_;
+	my $state = $opt{state_dir} or die "start_emulator: state_dir required";
+	my $out = "$state.stdout";
+	my @cmd = ('node', emulator_script(), '--port', $opt{port} // 0,
+		'--state-dir', $state);
+	push @cmd, '--identity-port', $opt{identity_port} if $opt{identity_port};
+	push @cmd, @{ $opt{args} } if $opt{args};
+	unlink $out;
+	# Files, not pipes: nobody has to keep draining them.
+	my $h = IPC::Run::start(\@cmd, '<', \undef, '>', $out, '2>>', "$state.stderr");
+	my %emu = (harness => $h, state_dir => $state);
+	my $deadline = Time::HiRes::time() + 90;
+	while (1)
+	{
+		my $text = -e $out ? slurp_bytes($out) : '';
+		if ($text =~ /^ready$/m)
+		{
+			for my $line (split /\n/, $text)
+			{
+				$emu{$1} = $2 if $line =~ /^(\w+)=(.*)$/;
+			}
+			last;
+		}
+		if (!$h->pumpable || Time::HiRes::time() > $deadline)
+		{
+			my $err = -e "$state.stderr" ? slurp_bytes("$state.stderr") : '';
+			$h->kill_kill;
+			die "emulator did not start: $err";
+		}
+		Time::HiRes::sleep(0.1);
+	}
+	($emu{port}) = $emu{vault_url} =~ /:(\d+)$/;
+	($emu{identity_port}) = $emu{token_url} =~ m{:(\d+)/};
+	push @running_emulators, \%emu;
+	return \%emu;
+}
+
+sub stop_emulator
+{
+	my ($emu) = @_;
+	return unless $emu && $emu->{harness};
+	$emu->{harness}->kill_kill(grace => 5);
+	delete $emu->{harness};
+}
+
+# Call the admin API; returns the decoded JSON body (and the status in list
+# context).  $body is a Perl structure or undef.
+sub emulator_admin
+{
+	my ($emu, $method, $path, $body) = @_;
+	my $r = HTTP::Tiny->new(timeout => 60)->request($method, "$emu->{admin_url}$path",
+		{
+			headers => { 'Content-Type' => 'application/json' },
+			content => defined $body ? encode_json($body) : ''
+		});
+	my $data = (defined $r->{content} && $r->{content} ne '')
+	  ? eval { decode_json($r->{content}) } : undef;
+	die "emulator admin $method $path: $r->{status} $r->{content}"
+	  if $r->{status} >= 400 && !wantarray;
+	return wantarray ? ($r->{status}, $data) : $data;
+}
+
+# The versioned KEK id recorded in the control file.
+sub control_kid
+{
+	my ($node) = @_;
+	my $c = slurp_bytes(control_path($node));
+	my $len = unpack('n', substr($c, 60, 2));
+	return substr($c, 576, $len);
+}
+
 1;

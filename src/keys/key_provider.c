@@ -19,12 +19,11 @@
 #include <openssl/rsa.h>
 
 #include "keys/key_provider.h"
+#include "keys/provider_azure.h"
 
 static const CmkKeyProvider *const providers[] = {
 	&cmk_file_provider,
-#ifdef CMK_HAVE_AZURE
 	&cmk_azure_provider,
-#endif
 };
 
 void
