@@ -277,6 +277,35 @@ expect_unavailable('key disabled',
 	qr/KeyDisabled/, qr/Enable it/, 'denied',
 	sub { emulator_admin($emu, 'POST', '/keys/kek/enable') });
 
+# Under load: pgbench on the encrypted table sees the revocation within an
+# interval, and works again once the key is enabled.
+{
+	my $script = "$tmp/bench.sql";
+	open my $fh, '>', $script or die;
+	print $fh "\\set id random(1, 100)\nUPDATE t SET id = id WHERE id = :id;\nSELECT count(*) FROM t WHERE id = :id;\n";
+	close $fh;
+	my @bench = ('pgbench', '-n', '-c', '2', '-f', $script,
+		'-h', $node->host, '-p', $node->port, 'postgres');
+	my ($out1, $err1) = ('', '');
+	my $t0 = time;
+	my $run = IPC::Run::start([ @bench, '-T', '8' ], '>', \$out1, '2>', \$err1);
+	sleep(1.5);
+	emulator_admin($emu, 'POST', '/keys/kek/disable');
+	my $disabled_at = time;
+	$run->finish;
+	like($err1, qr/data encryption key is unavailable: .*KeyDisabled/,
+		'pgbench under load: statements fail once the key is disabled');
+	cmp_ok(time - $disabled_at, '<', 8, 'pgbench under load: its clients stopped before the run ended');
+	my ($tx1) = $out1 =~ /actually processed: (\d+)/;
+	cmp_ok($tx1 // 0, '>', 10, "pgbench under load: transactions ran before ($tx1)");
+	emulator_admin($emu, 'POST', '/keys/kek/enable');
+	ok(defined wait_state($node, 'available'), 'pgbench under load: key back after enable');
+	my ($out2, $err2) = ('', '');
+	IPC::Run::run([ @bench, '-T', '3' ], '>', \$out2, '2>', \$err2);
+	like($out2, qr/number of failed transactions: 0 /, 'pgbench after enable: zero failed transactions');
+	is(data(), '100|5050', 'pgbench under load: data intact');
+}
+
 expect_unavailable('unwrapKey permission revoked',
 	sub { emulator_admin($emu, 'POST', '/identities/pg-server/revoke', { permissions => ['unwrapKey'] }) },
 	qr{Forbidden/AccessDenied}, qr/Unwrap Key.*Key Vault Crypto Service Encryption User/, 'denied',
