@@ -81,6 +81,8 @@ extern void cmk_deform_decrypt(Relation rel, TupleDesc desc, HeapTupleHeader td,
 							   uint32 *offp, bool *slowp);
 extern HeapTuple cmk_encrypt_tuple(Relation rel, HeapTuple plain,
 								   HeapTuple old_cipher);
+extern void cmk_encrypt_tuples(Relation rel, HeapTuple *plains, int n,
+							   HeapTuple *out);
 extern HeapTuple cmk_decrypt_tuple(Relation rel, TupleDesc desc,
 								   HeapTuple cipher);
 extern bool cmk_tuple_has_external(HeapTuple cipher);

@@ -424,6 +424,87 @@ cmk_decrypt_tuple(Relation rel, TupleDesc desc, HeapTuple cipher)
 }
 
 /*
+ * Insert-only encryption (no old version, so one fresh nonce and no
+ * collision check), writing straight into the result and queueing the
+ * keystream on a caller's batch: COPY encrypts a whole multi-insert batch
+ * with one cipher call per BATCH_BLOCKS blocks.  The result is not
+ * encrypted until the batch is flushed.
+ */
+static HeapTuple
+encrypt_for_insert(Relation rel, TupleDesc desc, uint32 tag, HeapTuple plain,
+				   XorBatch *batch)
+{
+	AttrSpan	spans[MaxTupleAttributeNumber];
+	int32		data_len = (int32) plain->t_len;
+	int			natts = walk_attrs(rel, desc, plain, data_len, spans);
+	bool		has_ext = false;
+	uint8		nonce[CMK_NONCE_LEN];
+	int32		tsize;
+	HeapTuple	out;
+	char	   *d;
+	uint8	   *tp;
+
+	for (int i = 0; i < natts; i++)
+		has_ext |= spans[i].is_ondisk;
+	tsize = trailer_size(1, natts, has_ext);
+	out = (HeapTuple) palloc(HEAPTUPLESIZE + data_len + tsize);
+	out->t_len = data_len + tsize;
+	out->t_self = plain->t_self;
+	out->t_tableOid = plain->t_tableOid;
+	out->t_data = (HeapTupleHeader) ((char *) out + HEAPTUPLESIZE);
+	d = (char *) out->t_data;
+	memcpy(d, plain->t_data, data_len);
+	out->t_data->t_infomask &= ~HEAP_HASEXTERNAL;
+
+	next_nonce(nonce);
+	tp = (uint8 *) d + data_len;
+	memset(tp, 0, tsize);
+	if (has_ext)
+	{
+		for (int i = 0; i < natts; i++)
+		{
+			if (!spans[i].is_ondisk)
+				continue;
+			SET_VARSIZE_1B(d + spans[i].start, TOAST_POINTER_SIZE);
+			memset(d + spans[i].start + VARHDRSZ_EXTERNAL +
+				   offsetof(varatt_external, va_toastrelid), 0, sizeof(Oid));
+			tp[i / 8] |= (uint8) (1 << (i % 8));
+		}
+		tp += (natts + 7) / 8;
+	}
+	memcpy(tp, nonce, CMK_NONCE_LEN);
+	tp += CMK_NONCE_LEN;
+	*tp++ = (uint8) (has_ext ? CMK_FLAG_HAS_EXTERNAL : 0);
+	memcpy(tp, &tag, 4);
+	tp += 4;
+	*tp = CMK_FORMAT_VERSION;
+
+	/* the nonce is copied into the trailer: queue against that copy */
+	for (int i = 0; i < natts; i++)
+		if (spans[i].start >= 0)
+			batch_add(batch, (uint8 *) d + data_len + (has_ext ? (natts + 7) / 8 : 0),
+					  i + 1, (uint8 *) d + spans[i].start + spans[i].hdr,
+					  spans[i].full - spans[i].hdr);
+	return out;
+}
+
+/* Encrypt n new tuples for insertion, sharing cipher calls. */
+void
+cmk_encrypt_tuples(Relation rel, HeapTuple *plains, int n, HeapTuple *out)
+{
+	uint32		tag;
+	CmkKeystream *ks = cmk_tuple_keystream(RelationGetRelationName(rel), &tag);
+	XorBatch	batch;
+
+	batch.ks = ks;
+	batch.nblocks = 0;
+	batch.used = 0;
+	for (int i = 0; i < n; i++)
+		out[i] = encrypt_for_insert(rel, RelationGetDescr(rel), tag, plains[i], &batch);
+	batch_done(&batch);
+}
+
+/*
  * Encrypt a plaintext tuple (formed by heap_form_tuple; external values are
  * on-disk TOAST pointers produced by our toaster).  With old_cipher, the
  * stored version being updated, unchanged attributes keep their stored bytes
@@ -433,6 +514,7 @@ HeapTuple
 cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
+	HeapTuple	result;
 	uint32		tag;
 	CmkKeystream *ks = cmk_tuple_keystream(RelationGetRelationName(rel), &tag);
 	AttrSpan	spans[MaxTupleAttributeNumber];
@@ -453,6 +535,12 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher)
 	int32		data_len = (int32) plain->t_len;
 	int32		tsize;
 	uint8	   *tp;
+
+	if (old_cipher == NULL)
+	{
+		cmk_encrypt_tuples(rel, &plain, 1, &result);
+		return result;
+	}
 
 	natts = walk_attrs(rel, desc, plain, data_len, spans);
 

@@ -171,6 +171,8 @@ cmkam_multi_insert(Relation rel, TupleTableSlot **slots, int nslots,
 	MemoryContext batch_cxt;
 	MemoryContext old;
 	struct CmkToastState **states;
+	HeapTuple  *plains;
+	HeapTuple  *ciphers;
 
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	if (nslots > n_cipher_slots)
@@ -205,12 +207,20 @@ cmkam_multi_insert(Relation rel, TupleTableSlot **slots, int nslots,
 									  ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(batch_cxt);
 	states = palloc(nslots * sizeof(struct CmkToastState *));
+	plains = palloc(nslots * sizeof(HeapTuple));
+	ciphers = palloc(nslots * sizeof(HeapTuple));
 	for (int i = 0; i < nslots; i++)
 	{
-		HeapTuple	cipher = encrypt_slot(rel, slots[i], options, &states[i]);
-
+		plains[i] = cmk_form_plain_tuple(rel, slots[i], NULL, options, &states[i]);
+		slots[i]->tts_tableOid = RelationGetRelid(rel);
+	}
+	/* one keystream batch for the whole multi-insert */
+	cmk_encrypt_tuples(rel, plains, nslots, ciphers);
+	for (int i = 0; i < nslots; i++)
+	{
+		ciphers[i]->t_tableOid = RelationGetRelid(rel);
 		/* owned by the slot: heap_multi_insert then needs no copy */
-		ExecStoreHeapTuple(cipher, cipher_slots[i], true);
+		ExecStoreHeapTuple(ciphers[i], cipher_slots[i], true);
 	}
 	MemoryContextSwitchTo(old);
 
