@@ -138,7 +138,12 @@ for my $step (1 .. 3)
 	sleep(0.3);
 	($ret, $out, $err) = $primary->psql('postgres', "SELECT cmk_storage.rotate_key('file://$target')");
 	isnt($ret, 0, "crash at step $step: the request did not complete");
-	$primary->poll_query_until('postgres', 'SELECT true') or die;
+	# the postmaster is reinitializing: connections may fail for a moment
+	for my $try (1 .. 100)
+	{
+		last if eval { local $SIG{PIPE} = 'IGNORE'; $primary->poll_query_until('postgres', 'SELECT true') };
+		sleep(0.2);
+	}
 	$primary->safe_psql('postgres', "ALTER SYSTEM RESET cmk_storage.debug_rotation_crash; SELECT pg_reload_conf();");
 	is(wait_key_settled($primary)->{state}, 'available', "crash at step $step: key available after recovery");
 	is(ctl_generation($primary), $gen + 1, "crash at step $step: the WAL-logged re-wrap is in place");

@@ -13,7 +13,7 @@
  *		cmkam_slot.c		the slot type that decrypts lazily per column
  *		cmkam_indexbuild.c	index build and validation scans
  *		cmkam_rewrite.c		CLUSTER / VACUUM FULL
- *		cmkam_publication.c	keeps cmk_heap tables out of publications
+ *		cmkam_logical.c		keeps cmk_heap tables out of logical decoding
  *
  * Format and invariants: docs/tuple-format.md.
  *
@@ -196,7 +196,7 @@ extern void cmkam_relation_copy_for_cluster(Relation OldHeap, Relation NewHeap,
 											double *tups_vacuumed,
 											double *tups_recently_dead);
 
-/* cmkam_publication.c */
+/* cmkam_logical.c */
 extern void cmk_publication_guard_init(void);
 
 /* cmkam_handler.c */

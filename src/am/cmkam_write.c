@@ -21,6 +21,7 @@
 #include "access/heapam.h"
 #include "access/heaptoast.h"
 #include "access/tupdesc.h"
+#include "access/xlog.h"
 #include "access/xact.h"
 #include "storage/bufmgr.h"
 #include "utils/memutils.h"
@@ -100,6 +101,19 @@ encrypt_slot(Relation rel, TupleTableSlot *slot, int options,
 	return cipher;
 }
 
+/*
+ * A relation not yet marked for logical decoding (cmkam_logical.c: created
+ * earlier in this very statement, as by CREATE TABLE AS) gets no logical
+ * tuple data in WAL, so no decoder ever sees its ciphertext.
+ */
+static inline int
+logical_options(Relation rel, int options)
+{
+	if (XLogLogicalInfoActive() && !OidIsValid(rel->rd_rel->relrewrite))
+		options |= HEAP_INSERT_NO_LOGICAL;
+	return options;
+}
+
 void
 cmkam_tuple_insert(Relation rel, TupleTableSlot *slot, CommandId cid,
 				   int options, BulkInsertState bistate)
@@ -107,6 +121,7 @@ cmkam_tuple_insert(Relation rel, TupleTableSlot *slot, CommandId cid,
 	struct CmkToastState *st;
 	HeapTuple	cipher = encrypt_slot(rel, slot, options, &st);
 
+	options = logical_options(rel, options);
 	heap_insert(rel, cipher, cid, options, bistate);
 	cmk_toast_finish(st, true);
 	stamp_slot(slot, cipher);

@@ -1,17 +1,29 @@
 /*-------------------------------------------------------------------------
  *
- * cmkam_publication.c
- *		Keep cmk_heap tables out of logical replication publications.
+ * cmkam_logical.c
+ *		Keep cmk_heap tables out of logical replication and logical
+ *		decoding.
  *
  * Logical decoding reads tuples from WAL, where cmk_heap tuples are
- * ciphertext, and pgoutput runs type output and row filters on them: the
- * subscriber would get garbage, and some output functions fed garbage can
- * fail badly.  Until a decrypting path exists, every statement that can put
- * a cmk_heap table into a publication (CREATE/ALTER PUBLICATION, CREATE
- * TABLE into a published schema or partition tree or while a FOR ALL TABLES
- * publication exists, ALTER TABLE SET ACCESS METHOD / ATTACH PARTITION /
- * SET SCHEMA) is checked after it ran and rolled back with an error if it
- * did.
+ * ciphertext, and output plugins run type output functions (and pgoutput
+ * row filters) on them: a subscriber would get garbage, and some output
+ * functions fed garbage can fail badly.  Until a decrypting path exists:
+ *
+ * 1. Every statement that can put a cmk_heap table into a publication
+ *    (CREATE/ALTER PUBLICATION, CREATE TABLE into a published schema or
+ *    partition tree or while a FOR ALL TABLES publication exists, ALTER
+ *    TABLE SET ACCESS METHOD / ATTACH PARTITION / SET SCHEMA) is checked
+ *    after it ran and rolled back with an error if it did.
+ *
+ * 2. Decoding itself skips cmk_heap relations, for every output plugin.
+ *    The reorder buffer skips changes of relations whose pg_class.relrewrite
+ *    is set (it marks the transient heaps of table rewrites); that field is
+ *    read nowhere else, so after every statement that can create a cmk_heap
+ *    relation we set it to the relation's own OID (and clear it again when a
+ *    table leaves cmk_heap).  Rows a statement inserts into a relation it
+ *    created before the mark exists (CREATE TABLE AS) are written without
+ *    logical tuple data (cmkam_write.c).  Only test_decoding's
+ *    include-rewrites option would show them.
  *
  *-------------------------------------------------------------------------
  */
@@ -20,6 +32,8 @@
 #include "access/genam.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_publication.h"
 #include "commands/defrem.h"
 #include "executor/spi.h"
@@ -117,6 +131,74 @@ check_no_published_cmk_tables(void)
 	SPI_finish();
 }
 
+/* Statements after which a cmk_heap relation may exist that is unmarked. */
+static bool
+may_create(Node *stmt)
+{
+	switch (nodeTag(stmt))
+	{
+		case T_CreateStmt:
+		case T_CreateTableAsStmt:
+		case T_AlterTableStmt:
+			return true;
+		default:
+			return false;
+	}
+}
+
+/*
+ * Mark every permanent cmk_heap relation (and its TOAST table) with
+ * relrewrite = its own OID so the reorder buffer skips it, and unmark
+ * relations that left cmk_heap.  Transient rewrite heaps (relrewrite = some
+ * other OID) are left alone.  Only rows of this transaction that need a
+ * change are updated.
+ */
+static void
+mark_for_decoding(void)
+{
+	Oid			cmk_am = get_table_am_oid("cmk_heap", true);
+	Relation	pg_class;
+	SysScanDesc scan;
+	HeapTuple	tup;
+
+	if (!OidIsValid(cmk_am))
+		return;
+	CommandCounterIncrement();
+	pg_class = table_open(RelationRelationId, RowExclusiveLock);
+	scan = systable_beginscan(pg_class, InvalidOid, false, NULL, 0, NULL);
+	while ((tup = systable_getnext(scan)) != NULL)
+	{
+		Form_pg_class c = (Form_pg_class) GETSTRUCT(tup);
+		bool		is_cmk = c->relam == cmk_am &&
+			c->relpersistence == RELPERSISTENCE_PERMANENT &&
+			(c->relkind == RELKIND_RELATION || c->relkind == RELKIND_MATVIEW ||
+			 c->relkind == RELKIND_TOASTVALUE);
+		Oid			want;
+		HeapTuple	copy;
+
+		/*
+		 * Only rows this transaction wrote (the relations the statement
+		 * created or changed): touching other sessions' rows would make
+		 * concurrent DDL fail with "tuple concurrently updated".
+		 */
+		if (!TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data)))
+			continue;
+		if (is_cmk && !OidIsValid(c->relrewrite))
+			want = c->oid;
+		else if (!is_cmk && OidIsValid(c->relrewrite) && c->relrewrite == c->oid)
+			want = InvalidOid;
+		else
+			continue;
+		copy = heap_copytuple(tup);
+		((Form_pg_class) GETSTRUCT(copy))->relrewrite = want;
+		CatalogTupleUpdate(pg_class, &copy->t_self, copy);
+		heap_freetuple(copy);
+	}
+	systable_endscan(scan);
+	table_close(pg_class, RowExclusiveLock);
+	CommandCounterIncrement();
+}
+
 static void
 cmk_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 				   bool readOnlyTree, ProcessUtilityContext context,
@@ -130,6 +212,8 @@ cmk_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
 								params, queryEnv, dest, qc);
 
+	if (may_create(pstmt->utilityStmt))
+		mark_for_decoding();
 	if (may_publish(pstmt->utilityStmt))
 		check_no_published_cmk_tables();
 }
