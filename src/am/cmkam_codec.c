@@ -183,6 +183,48 @@ corrupt_at(Relation rel, HeapTupleHeader td, const char *what)
 }
 
 /*
+ * Extent of one stored attribute at aligned offset off of the data area tp
+ * (limit bytes long): its full length and its clear header bytes.  Checks
+ * that it stays inside the data, so the trailer is never read as data.
+ */
+static inline void
+stored_extent(Relation rel, HeapTupleHeader td, Form_pg_attribute att,
+			  const char *tp, uint32 off, int32 limit, int32 *full, int32 *hdr)
+{
+	if (att->attlen > 0)
+	{
+		*full = att->attlen;
+		*hdr = 0;
+	}
+	else if (att->attlen == -1)
+	{
+		const char *p = tp + off;
+
+		if ((int32) off >= limit || VARATT_IS_1B_E(p))
+			corrupt_at(rel, td, "invalid attribute header");
+		if (VARATT_IS_1B(p))
+		{
+			*full = VARSIZE_1B(p);
+			*hdr = 1;
+		}
+		else
+		{
+			if ((int32) off + 4 > limit)
+				corrupt_at(rel, td, "attribute beyond end of data");
+			*full = VARSIZE_4B(p);
+			*hdr = 4;
+		}
+	}
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cmk_heap does not support column \"%s\" of type cstring",
+						NameStr(att->attname))));
+	if (*full < *hdr || (int32) off + *full > limit)
+		corrupt_at(rel, td, "attribute beyond end of data");
+}
+
+/*
  * Locate every attribute of a tuple, checking that none runs past data_end
  * (the trailer must never be read as data).  Returns the number of
  * physically present attributes.
@@ -795,37 +837,7 @@ cmk_deform_decrypt(Relation rel, TupleDesc desc, HeapTupleHeader td,
 				att->attcacheoff = off;
 		}
 
-		if (att->attlen > 0)
-		{
-			full = att->attlen;
-			hdr = 0;
-		}
-		else if (att->attlen == -1)
-		{
-			char	   *p = tp + off;
-
-			if ((int32) off >= limit || VARATT_IS_1B_E(p))
-				corrupt_at(rel, td, "invalid attribute header");
-			if (VARATT_IS_1B(p))
-			{
-				full = VARSIZE_1B(p);
-				hdr = 1;
-			}
-			else
-			{
-				if ((int32) off + 4 > limit)
-					corrupt_at(rel, td, "attribute beyond end of data");
-				full = VARSIZE_4B(p);
-				hdr = 4;
-			}
-		}
-		else
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("cmk_heap does not support column \"%s\" of type cstring",
-							NameStr(att->attname))));
-		if (full < hdr || (int32) off + full > limit)
-			corrupt_at(rel, td, "attribute beyond end of data");
+		stored_extent(rel, td, att, tp, off, limit, &full, &hdr);
 
 		batch_add(&batch, t->nonces + map_get(t->map, i) * CMK_NONCE_LEN, i + 1,
 				  (uint8 *) tp + off + hdr, full - hdr);
@@ -905,42 +917,15 @@ cmk_decrypt_prefixes(Relation rel, TupleDesc desc, CmkPrefixJob *jobs,
 			starts[i] = -1;
 			if (hasnulls && att_isnull(i, src->t_bits))
 				continue;
-			if (att->attlen > 0)
+			if (att->attlen == -1)
 			{
-				off = att_align_nominal(off, att->attalign);
-				full = att->attlen;
-				hdr = 0;
-			}
-			else if (att->attlen == -1)
-			{
-				char	   *p;
-
 				if ((int32) off >= limit)
 					corrupt_at(rel, src, "attribute beyond end of data");
 				off = att_align_pointer(off, att->attalign, -1, stp + off);
-				p = stp + off;
-				if ((int32) off >= limit || VARATT_IS_1B_E(p))
-					corrupt_at(rel, src, "invalid attribute header");
-				if (VARATT_IS_1B(p))
-				{
-					full = VARSIZE_1B(p);
-					hdr = 1;
-				}
-				else
-				{
-					if ((int32) off + 4 > limit)
-						corrupt_at(rel, src, "attribute beyond end of data");
-					full = VARSIZE_4B(p);
-					hdr = 4;
-				}
 			}
 			else
-				ereport(ERROR,
-						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("cmk_heap does not support column \"%s\" of type cstring",
-								NameStr(att->attname))));
-			if (full < hdr || (int32) off + full > limit)
-				corrupt_at(rel, src, "attribute beyond end of data");
+				off = att_align_nominal(off, att->attalign);
+			stored_extent(rel, src, att, stp, off, limit, &full, &hdr);
 			starts[i] = off + hdr;
 			lens[i] = full - hdr;
 			off += full;
