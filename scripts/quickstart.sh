@@ -4,36 +4,88 @@
 # create an encrypted table next to a plain one, and show that the encrypted
 # table's file holds no plaintext while the plain one's does.
 #
-#   scripts/quickstart.sh           run, then stop and remove the cluster
-#   scripts/quickstart.sh --keep    leave the cluster running and say how to connect
+#   scripts/quickstart.sh                 key from a local RSA key file
+#   scripts/quickstart.sh --azure         key in the local Azure Key Vault emulator,
+#                                         fetched as a user-assigned managed identity
+#   scripts/quickstart.sh [...] --keep    leave the cluster (and emulator) running
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 KEEP=0
-[ "${1:-}" = "--keep" ] && KEEP=1
+AZURE=0
+for arg in "$@"; do
+    case "$arg" in
+        --keep) KEEP=1 ;;
+        --azure) AZURE=1 ;;
+        *) die "unknown option $arg (use --azure and/or --keep)" ;;
+    esac
+done
 
 ensure_packages
 build_and_install
 
 DIR=$(make_workdir)
 PORT=5433
-say "cluster in $DIR/data (port $PORT), key file $DIR/kek.pem"
-as_pg openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:3072 -out "$DIR/kek.pem" 2>/dev/null
-as_pg chmod 600 "$DIR/kek.pem"
+EMU_PID=
+cleanup_emulator() { [ -n "$EMU_PID" ] && kill "$EMU_PID" 2>/dev/null; true; }
+
+if [ "$AZURE" -eq 1 ]; then
+    # The emulator's one documented command: loopback port, state directory;
+    # it prints the vault URL, the token endpoint and the CA file to trust.
+    command -v node >/dev/null || die "Node.js is needed for the Key Vault emulator"
+    as_pg bash -c "node '$REPO/emulator/kv-emulator.js' --port 0 --state-dir '$DIR/kv' > '$DIR/kv.out' 2> '$DIR/kv.err' & echo \$! > '$DIR/kv.pid'"
+    EMU_PID=$(cat "$DIR/kv.pid")
+    [ "$KEEP" -eq 1 ] || trap cleanup_emulator EXIT
+    for _ in $(seq 100); do grep -qx ready "$DIR/kv.out" 2>/dev/null && break; sleep 0.1; done
+    grep -qx ready "$DIR/kv.out" || die "the emulator did not start: $(cat "$DIR/kv.err")"
+    VAULT_URL=$(sed -n 's/^vault_url=//p' "$DIR/kv.out")
+    TOKEN_URL=$(sed -n 's/^token_url=//p' "$DIR/kv.out")
+    ADMIN_URL=$(sed -n 's/^admin_url=//p' "$DIR/kv.out")
+    CA_FILE=$(sed -n 's/^ca_file=//p' "$DIR/kv.out")
+    # a user-assigned identity allowed Get, Wrap Key, Unwrap Key, and an RSA-3072 key
+    CLIENT_ID=$(curl -sf -X POST "$ADMIN_URL/identities" \
+        -d '{"name":"pg-server","permissions":["get","wrapKey","unwrapKey"]}' |
+        sed -n 's/.*"client_id":"\([^"]*\)".*/\1/p')
+    curl -sf -X POST "$ADMIN_URL/keys/cmk-kek" -d '{"key_size":3072}' >/dev/null
+    say "Key Vault emulator at $VAULT_URL, key cmk-kek, identity $CLIENT_ID"
+    KEY_CONF="cmk_storage.key_uri = '$VAULT_URL/keys/cmk-kek'
+cmk_storage.azure_client_id = '$CLIENT_ID'
+cmk_storage.azure_token_endpoint = '$TOKEN_URL'
+cmk_storage.ca_file = '$CA_FILE'"
+else
+    as_pg openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:3072 -out "$DIR/kek.pem" 2>/dev/null
+    as_pg chmod 600 "$DIR/kek.pem"
+    say "key file $DIR/kek.pem"
+    KEY_CONF="cmk_storage.key_uri = 'file://$DIR/kek.pem'"
+fi
+
+say "cluster in $DIR/data (port $PORT)"
 as_pg initdb -D "$DIR/data" -A trust -U postgres >/dev/null
 as_pg tee -a "$DIR/data/postgresql.conf" >/dev/null <<CONF
 shared_preload_libraries = 'cmk_storage'
-cmk_storage.key_uri = 'file://$DIR/kek.pem'
+$KEY_CONF
 port = $PORT
 unix_socket_directories = '$DIR'
 listen_addresses = ''
 CONF
 as_pg pg_ctl -D "$DIR/data" -l "$DIR/server.log" -w start >/dev/null
+for _ in $(seq 100); do
+    st=$(as_pg psql -X -h "$DIR" -p "$PORT" -U postgres -d postgres -Atc \
+        "SELECT 1" >/dev/null 2>&1 && echo up || true)
+    [ "$st" = up ] && break; sleep 0.1
+done
 
 psql_q() { as_pg psql -X -h "$DIR" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
 
 psql_q -q <<'SQL'
 CREATE EXTENSION cmk_storage;
+-- the key worker unwraps (or creates) the key in the background
+DO $$ BEGIN
+  FOR i IN 1..300 LOOP
+    EXIT WHEN (SELECT state <> 'loading' FROM cmk_storage.key_status());
+    PERFORM pg_sleep(0.1);
+  END LOOP;
+END $$;
 CREATE TABLE patients (id int PRIMARY KEY, name text, diagnosis text) USING cmk_heap;
 CREATE TABLE public_notes (id int, note text) USING heap;
 INSERT INTO patients SELECT g, 'Patient ' || g, 'confidential diagnosis #' || g FROM generate_series(1, 10000) g;
@@ -62,6 +114,7 @@ fi
 
 if [ "$KEEP" -eq 1 ]; then
     echo "cluster running: psql -h $DIR -p $PORT -U postgres postgres   (stop: pg_ctl -D $DIR/data stop, as postgres)"
+    [ -n "$EMU_PID" ] && echo "emulator running: pid $EMU_PID, admin API $ADMIN_URL"
 else
     as_pg pg_ctl -D "$DIR/data" -m fast stop >/dev/null
     rm -rf "$DIR"
