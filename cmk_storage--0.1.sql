@@ -78,6 +78,14 @@ LANGUAGE C VOLATILE PARALLEL SAFE;
 
 CREATE VIEW key_events AS SELECT * FROM key_events_raw();
 
+-- Keep every cmk_heap relation of the database out of logical decoding
+-- (done automatically for relations created with the library loaded).
+CREATE FUNCTION mark_for_decoding()
+RETURNS integer
+AS 'MODULE_PATHNAME', 'cmk_mark_for_decoding'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION mark_for_decoding() FROM PUBLIC;
+
 -- Separation of duties: key management belongs to cmk_key_admin, not to
 -- every DBA.  Anyone may create and use cmk_heap tables.
 DO $$

@@ -47,6 +47,16 @@ like($changes, qr/table public\.enc_t: INSERT: id\[integer\]:100/, 'back on heap
 $node->safe_psql('postgres', q{ALTER TABLE enc_t SET ACCESS METHOD cmk_heap; INSERT INTO enc_t (id) VALUES (101);});
 $changes = $node->safe_psql('postgres', q{SELECT coalesce(string_agg(data, E'\n'), '') FROM pg_logical_slot_get_changes('s1', NULL, NULL)});
 unlike($changes, qr/enc_t/, 'cmk_heap again: skipped again');
+# A relation that escaped the mark (created without the library, say) is
+# repaired by mark_for_decoding().
+$node->safe_psql('postgres', q{SET allow_system_table_mods = on;
+	UPDATE pg_class SET relrewrite = 0 WHERE relname = 'enc_t';});
+is($node->safe_psql('postgres', 'SELECT cmk_storage.mark_for_decoding()'), '1', 'mark_for_decoding() repairs one relation');
+$node->safe_psql('postgres', q{INSERT INTO enc_t (id) VALUES (102);});
+$changes = $node->safe_psql('postgres', q{SELECT coalesce(string_agg(data, E'\n'), '') FROM pg_logical_slot_get_changes('s1', NULL, NULL)});
+unlike($changes, qr/enc_t/, 'after the repair: skipped');
+is($node->safe_psql('postgres', 'SELECT cmk_storage.mark_for_decoding()'), '0', 'mark_for_decoding() is idempotent');
+
 is($node->safe_psql('postgres', 'SELECT 1'), '1', 'server alive');
 $node->stop;
 unlike(slurp_bytes($node->logfile), qr/terminated by signal|server process .* was terminated/, 'no backend crashed');

@@ -37,6 +37,7 @@
 #include "catalog/pg_publication.h"
 #include "commands/defrem.h"
 #include "executor/spi.h"
+#include "fmgr.h"
 #include "nodes/parsenodes.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
@@ -153,16 +154,17 @@ may_create(Node *stmt)
  * other OID) are left alone.  Only rows of this transaction that need a
  * change are updated.
  */
-static void
-mark_for_decoding(void)
+static int
+mark_for_decoding(bool all_transactions)
 {
 	Oid			cmk_am = get_table_am_oid("cmk_heap", true);
 	Relation	pg_class;
 	SysScanDesc scan;
 	HeapTuple	tup;
+	int			changed = 0;
 
 	if (!OidIsValid(cmk_am))
-		return;
+		return 0;
 	CommandCounterIncrement();
 	pg_class = table_open(RelationRelationId, RowExclusiveLock);
 	scan = systable_beginscan(pg_class, InvalidOid, false, NULL, 0, NULL);
@@ -181,7 +183,8 @@ mark_for_decoding(void)
 		 * created or changed): touching other sessions' rows would make
 		 * concurrent DDL fail with "tuple concurrently updated".
 		 */
-		if (!TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data)))
+		if (!all_transactions &&
+			!TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data)))
 			continue;
 		if (is_cmk && !OidIsValid(c->relrewrite))
 			want = c->oid;
@@ -193,10 +196,26 @@ mark_for_decoding(void)
 		((Form_pg_class) GETSTRUCT(copy))->relrewrite = want;
 		CatalogTupleUpdate(pg_class, &copy->t_self, copy);
 		heap_freetuple(copy);
+		changed++;
 	}
 	systable_endscan(scan);
 	table_close(pg_class, RowExclusiveLock);
 	CommandCounterIncrement();
+	return changed;
+}
+
+/*
+ * SQL: mark every relation of the database, whoever created it (relations
+ * created while cmk_storage was not loaded, e.g. by a restore into a server
+ * without it in shared_preload_libraries, were never marked).  Returns the
+ * number of relations changed.
+ */
+PG_FUNCTION_INFO_V1(cmk_mark_for_decoding);
+
+Datum
+cmk_mark_for_decoding(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(mark_for_decoding(true));
 }
 
 static void
@@ -213,7 +232,7 @@ cmk_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 								params, queryEnv, dest, qc);
 
 	if (may_create(pstmt->utilityStmt))
-		mark_for_decoding();
+		(void) mark_for_decoding(false);
 	if (may_publish(pstmt->utilityStmt))
 		check_no_published_cmk_tables();
 }
