@@ -71,6 +71,21 @@ total_blocks(HeapScanDesc hscan)
 }
 
 /*
+ * Wait for the transaction that is inserting or deleting tuple to end; the
+ * caller looks at the tuple again.  Called and returns with the buffer
+ * share-locked.
+ */
+static void
+wait_for(Relation heapRelation, HeapScanDesc hscan, HeapTuple tuple,
+		 TransactionId xwait)
+{
+	LockBuffer(hscan->rs_cbuf, BUFFER_LOCK_UNLOCK);
+	XactLockTableWait(xwait, heapRelation, &tuple->t_self, XLTW_InsertIndexUnique);
+	CHECK_FOR_INTERRUPTS();
+	LockBuffer(hscan->rs_cbuf, BUFFER_LOCK_SHARE);
+}
+
+/*
  * Decide, as heapam_index_build_range_scan does, whether a tuple seen with
  * SnapshotAny is to be indexed and whether it counts as alive.  Returns
  * false when the caller must look at the tuple again (we waited for a
@@ -120,11 +135,7 @@ judge_tuple(Relation heapRelation, HeapScanDesc hscan, HeapTuple tuple,
 						 RelationGetRelationName(heapRelation));
 				if (checking_uniqueness)
 				{
-					LockBuffer(hscan->rs_cbuf, BUFFER_LOCK_UNLOCK);
-					XactLockTableWait(xwait, heapRelation, &tuple->t_self,
-									  XLTW_InsertIndexUnique);
-					CHECK_FOR_INTERRUPTS();
-					LockBuffer(hscan->rs_cbuf, BUFFER_LOCK_SHARE);
+					wait_for(heapRelation, hscan, tuple, xwait);
 					return false;
 				}
 			}
@@ -148,11 +159,7 @@ judge_tuple(Relation heapRelation, HeapScanDesc hscan, HeapTuple tuple,
 						 RelationGetRelationName(heapRelation));
 				if (checking_uniqueness || HeapTupleIsHotUpdated(tuple))
 				{
-					LockBuffer(hscan->rs_cbuf, BUFFER_LOCK_UNLOCK);
-					XactLockTableWait(xwait, heapRelation, &tuple->t_self,
-									  XLTW_InsertIndexUnique);
-					CHECK_FOR_INTERRUPTS();
-					LockBuffer(hscan->rs_cbuf, BUFFER_LOCK_SHARE);
+					wait_for(heapRelation, hscan, tuple, xwait);
 					return false;
 				}
 				*indexIt = true;
