@@ -22,6 +22,15 @@ tar -C "$REPO" --exclude=.git --exclude=node_modules -cf - . | tar -C "$WORK" -x
 PASSED=0
 FAILED=0
 add() { PASSED=$((PASSED + $1)); FAILED=$((FAILED + $2)); }
+# Add the counts of the last "<prefix>N passed, M failed" line of a suite's
+# output; a suite that printed none counts as one failure.
+add_summary() {
+    local out=$1 prefix=$2 line
+    line=$(echo "$out" | grep -E "^${prefix}[0-9]+ passed, [0-9]+ failed\$" | tail -1)
+    if [ -z "$line" ]; then add 0 1; return; fi
+    line=${line#"$prefix"}
+    add "$(echo "$line" | awk '{print $1}')" "$(echo "$line" | awk '{print $3}')"
+}
 
 # --- pg_regress --------------------------------------------------------------
 run_pg_regress() {
@@ -63,10 +72,7 @@ run_tap() {
     out=$(cd "$WORK" && as_pg env TESTDIR="$WORK" PG_REGRESS="$PGXS_DIR/src/test/regress/pg_regress" \
         REPO="$WORK" perl "$WORK/scripts/run-tap.pl" "$PGXS_DIR/src/test/perl" t/*.pl 2>&1)
     echo "$out"
-    local line
-    line=$(echo "$out" | grep -E '^TAP: [0-9]+ passed, [0-9]+ failed$' | tail -1)
-    if [ -z "$line" ]; then add 0 1; return; fi
-    add "$(echo "$line" | awk '{print $2}')" "$(echo "$line" | awk '{print $4}')"
+    add_summary "$out" 'TAP: '
 }
 
 # --- the PostgreSQL regression suite with heap vs cmk_heap --------------------
@@ -76,10 +82,8 @@ run_oracle() {
     local out
     out=$("$WORK/test/regress-oracle/run.sh" --am cmk_heap --cmk 2>&1)
     echo "$out" | tail -40
-    local line
-    line=$(echo "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -1)
-    if [ -z "$line" ]; then add 0 1; return; fi
-    add "$(echo "$line" | awk '{print $1}')" "$(echo "$line" | awk '{print $3}')"
+    add_summary "$out" ''
+
 }
 
 # --- the Key Vault emulator and the Azure SDK conformance test ------------------

@@ -45,6 +45,35 @@
 	(CMK_TRAILER_FIXED + CMK_MAX_NONCES * CMK_NONCE_LEN + \
 	 ((natts) + 1) / 2 + ((natts) + 7) / 8)
 
+/*
+ * Offset of attribute att, heap's way (slot_deform_heap_tuple): use and
+ * maintain attcacheoff while the layout so far is fixed.  Both the lazy
+ * decryption and the plaintext deform of cmk_heap slots walk tuples with it,
+ * so they agree with heap and with each other on where every attribute is.
+ * tp + off must be readable for varlena attributes.
+ */
+static inline uint32
+cmk_attr_offset(Form_pg_attribute att, uint32 off, bool *slow, const char *tp)
+{
+	if (!*slow && att->attcacheoff >= 0)
+		return att->attcacheoff;
+	if (att->attlen == -1)
+	{
+		if (!*slow && off == att_align_nominal(off, att->attalign))
+			att->attcacheoff = off;
+		else
+		{
+			off = att_align_pointer(off, att->attalign, -1, tp + off);
+			*slow = true;
+		}
+		return off;
+	}
+	off = att_align_nominal(off, att->attalign);
+	if (!*slow)
+		att->attcacheoff = off;
+	return off;
+}
+
 /* A parsed trailer; pointers point into the stored tuple. */
 typedef struct CmkTrailer
 {

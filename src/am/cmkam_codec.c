@@ -816,27 +816,10 @@ cmk_deform_decrypt(Relation rel, TupleDesc desc, HeapTupleHeader td,
 		}
 		isnull[i] = false;
 
-		if (!slow && att->attcacheoff >= 0)
-			off = att->attcacheoff;
-		else if (att->attlen == -1)
-		{
-			if (!slow && off == att_align_nominal(off, att->attalign))
-				att->attcacheoff = off;
-			else
-			{
-				if ((int32) off >= limit)
-					corrupt_at(rel, td, "attribute beyond end of data");
-				off = att_align_pointer(off, att->attalign, -1, tp + off);
-				slow = true;
-			}
-		}
-		else
-		{
-			off = att_align_nominal(off, att->attalign);
-			if (!slow)
-				att->attcacheoff = off;
-		}
-
+		/* a varlena's first byte decides its alignment: it must be data */
+		if (att->attlen == -1 && (int32) off >= limit)
+			corrupt_at(rel, td, "attribute beyond end of data");
+		off = cmk_attr_offset(att, off, &slow, tp);
 		stored_extent(rel, td, att, tp, off, limit, &full, &hdr);
 
 		batch_add(&batch, t->nonces + map_get(t->map, i) * CMK_NONCE_LEN, i + 1,

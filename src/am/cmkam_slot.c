@@ -279,24 +279,7 @@ deform_plain(TupleTableSlot *slot, HeapTupleHeader td, int to)
 			continue;
 		}
 		slot->tts_isnull[attnum] = false;
-		if (!slow && att->attcacheoff >= 0)
-			off = att->attcacheoff;
-		else if (att->attlen == -1)
-		{
-			if (!slow && off == att_align_nominal(off, att->attalign))
-				att->attcacheoff = off;
-			else
-			{
-				off = att_align_pointer(off, att->attalign, -1, tp + off);
-				slow = true;
-			}
-		}
-		else
-		{
-			off = att_align_nominal(off, att->attalign);
-			if (!slow)
-				att->attcacheoff = off;
-		}
+		off = cmk_attr_offset(att, off, &slow, tp);
 		slot->tts_values[attnum] = fetchatt(att, tp + off);
 		off = att_addlength_pointer(off, att->attlen, tp + off);
 		if (att->attlen <= 0)

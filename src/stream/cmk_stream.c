@@ -611,37 +611,52 @@ seal_chunk(CmkStream *s, const uint8_t *pt, size_t len, bool final)
 	return CMK_STREAM_OK;
 }
 
+typedef CmkStreamStatus (*chunk_fn) (CmkStream *s, const uint8_t *data,
+									 size_t len, bool final);
+
+/*
+ * Cut the input into units of size bytes (plaintext chunks when sealing,
+ * records when opening) and hand each full one to fn.  A full unit is never
+ * the final one (the final chunk is always shorter), so it can be processed
+ * at once; a partial one waits in s->in for more input or for finish.
+ */
 static CmkStreamStatus
-encrypt_update(CmkStream *s, const uint8_t *data, size_t len)
+feed_chunks(CmkStream *s, const uint8_t *data, size_t len, size_t size,
+			chunk_fn fn)
 {
 	while (len > 0)
 	{
 		size_t		n;
 
-		/* A full chunk is never the final one: seal it at once. */
-		if (s->in_len == 0 && len >= s->chunk)
+		if (s->in_len == 0 && len >= size)
 		{
-			if (seal_chunk(s, data, s->chunk, false) != CMK_STREAM_OK)
+			if (fn(s, data, size, false) != CMK_STREAM_OK)
 				return s->status;
-			data += s->chunk;
-			len -= s->chunk;
+			data += size;
+			len -= size;
 			continue;
 		}
-		n = s->chunk - s->in_len;
+		n = size - s->in_len;
 		if (n > len)
 			n = len;
 		memcpy(s->in + s->in_len, data, n);
 		s->in_len += n;
 		data += n;
 		len -= n;
-		if (s->in_len == s->chunk)
+		if (s->in_len == size)
 		{
-			if (seal_chunk(s, s->in, s->chunk, false) != CMK_STREAM_OK)
+			if (fn(s, s->in, size, false) != CMK_STREAM_OK)
 				return s->status;
 			s->in_len = 0;
 		}
 	}
 	return CMK_STREAM_OK;
+}
+
+static CmkStreamStatus
+encrypt_update(CmkStream *s, const uint8_t *data, size_t len)
+{
+	return feed_chunks(s, data, len, s->chunk, seal_chunk);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -779,33 +794,8 @@ decrypt_update(CmkStream *s, const uint8_t *data, size_t len)
 			return s->status;
 	}
 
-	while (len > 0)
-	{
-		size_t		n;
-
-		/* A full-size record is never the final chunk: open it at once. */
-		if (s->in_len == 0 && len >= s->record)
-		{
-			if (open_chunk(s, data, s->record, false) != CMK_STREAM_OK)
-				return s->status;
-			data += s->record;
-			len -= s->record;
-			continue;
-		}
-		n = s->record - s->in_len;
-		if (n > len)
-			n = len;
-		memcpy(s->in + s->in_len, data, n);
-		s->in_len += n;
-		data += n;
-		len -= n;
-		if (s->in_len == s->record)
-		{
-			if (open_chunk(s, s->in, s->record, false) != CMK_STREAM_OK)
-				return s->status;
-			s->in_len = 0;
-		}
-	}
+	if (feed_chunks(s, data, len, s->record, open_chunk) != CMK_STREAM_OK)
+		return s->status;
 	/* Hand over what is authenticated so far: keeps memory flat. */
 	return flush_out(s);
 }
