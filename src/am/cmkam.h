@@ -29,7 +29,7 @@
 #include "utils/rel.h"
 
 /* Trailer, read backwards from the end of the tuple (inside t_len). */
-#define CMK_FORMAT_VERSION		0xC1
+#define CMK_FORMAT_VERSION		0xC2	/* 0xC1: pre-release layout, refused */
 #define CMK_NONCE_LEN			12
 #define CMK_MAX_NONCES			8	/* distinct nonces one tuple may carry */
 #define CMK_TRAILER_FIXED		(1 + 4 + 1)	/* flags, DEK tag, version */
@@ -74,6 +74,13 @@ cmk_attr_offset(Form_pg_attribute att, uint32 off, bool *slow, const char *tp)
 	return off;
 }
 
+/* A hint to start loading memory that is about to be read. */
+#if defined(__GNUC__) || defined(__clang__)
+#define cmk_prefetch(p)		__builtin_prefetch(p)
+#else
+#define cmk_prefetch(p)		((void) 0)
+#endif
+
 /* A parsed trailer; pointers point into the stored tuple. */
 typedef struct CmkTrailer
 {
@@ -85,23 +92,29 @@ typedef struct CmkTrailer
 	int32		data_end;		/* offset where the trailer starts */
 } CmkTrailer;
 
-/* One stored tuple for page-at-a-time decryption. */
-typedef struct CmkPrefixJob
+/*
+ * One visible stored tuple of a pinned page, for page-at-a-time decryption
+ * of an attribute prefix straight into Datums.
+ */
+typedef struct CmkPageTuple
 {
-	HeapTupleHeader src;		/* in: the stored tuple (pinned page) */
+	HeapTupleHeader src;		/* in: the stored tuple (page stays pinned) */
 	uint32		src_len;		/* in: its length */
-	CmkTrailer	t;				/* in: parsed trailer; out: points at the copy */
-	HeapTupleHeader td;			/* out: header + decrypted prefix */
-	int32		copied;			/* out: bytes of td */
-	uint8	   *trailer_copy;	/* out: the trailer bytes */
-	int			ndec;			/* out: attributes in clear */
-	bool		has_ext;
-} CmkPrefixJob;
+	ItemPointerData tid;		/* in: for error messages */
+	CmkTrailer	t;				/* out: parsed trailer, pointing into the page */
+	Datum	   *values;			/* out: attributes [0, ndec) */
+	bool	   *isnull;
+	char	   *copy;			/* out: decrypted by-reference bytes */
+	int			ndec;			/* out */
+	uint32		off;			/* out: deform position after attribute ndec */
+	bool		slow;			/* out: as slot_deform_heap_tuple's "slow" */
+} CmkPageTuple;
 
 /* cmkam_codec.c */
-extern bool cmk_decrypt_prefixes(Relation rel, TupleDesc desc,
-								 CmkPrefixJob *jobs, int njobs, int natts,
-								 char *area, Size areasize);
+extern bool cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc,
+									  CmkPageTuple *tups, int ntups, int natts,
+									  Datum *values, bool *isnull,
+									  char *area, Size areasize);
 extern void cmk_parse_trailer(Relation rel, HeapTuple cipher, uint32 want_tag,
 							  CmkTrailer *t);
 extern void cmk_deform_decrypt(Relation rel, TupleDesc desc, HeapTupleHeader td,
@@ -161,7 +174,7 @@ extern HeapTuple cmk_read_cipher_tuple(Relation rel, ItemPointer tid);
 extern PGDLLIMPORT const TupleTableSlotOps TTSOpsCmkHeapTuple;
 extern TupleTableSlot *cmk_slot_raw(TupleTableSlot *slot);
 extern void cmk_slot_adopt_raw(TupleTableSlot *slot, Relation rel,
-							   HeapScanDesc scan);
+							   HeapScanDesc scan, bool new_page);
 extern HeapTuple cmk_slot_own_tuple(TupleTableSlot *slot);
 
 /* cmkam_scan.c */

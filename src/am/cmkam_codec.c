@@ -45,16 +45,33 @@ typedef struct AttrSpan
 typedef CmkTrailer Trailer;
 
 #define BATCH_BLOCKS	512
+#define BATCH_XORS		1024
 
-/* Pending keystream blocks: one cipher call serves many attributes. */
+/*
+ * Pending keystream: counter blocks to encrypt with one cipher call, and
+ * the byte ranges to XOR with them.  Attributes of the fixed-width prefix
+ * share keystream blocks, so consecutive ranges often use the same block.
+ */
 typedef struct XorBatch
 {
 	CmkKeystream *ks;
+	int			nfixed;			/* attributes [0, nfixed): region 0 */
+	int32		fixed_pos[MaxTupleAttributeNumber]; /* their region offsets */
 	int			nblocks;
 	int			used;			/* high-water mark, for wiping */
+	int			nxors;
+	/* the last block queued, for sharing */
+	const uint8 *last_nonce;
+	int			last_region;
+	int			last_blk;
 	uint8		blocks[BATCH_BLOCKS * CMK_AES_BLOCK];
-	uint8	   *dst[BATCH_BLOCKS];
-	uint8		len[BATCH_BLOCKS];
+	struct
+	{
+		uint8	   *dst;
+		uint16		block;
+		uint8		skip;
+		uint8		len;
+	}			xors[BATCH_XORS];
 } XorBatch;
 
 static struct
@@ -89,6 +106,38 @@ next_nonce(uint8 *out)
 	nonce_state.counter++;
 }
 
+/*
+ * Keystream layout of desc (docs/tuple-format.md): the attributes before
+ * the first one that is not fixed-width share region 0 of the keystream,
+ * each at the offset it has when no attribute is null (its "nominal"
+ * offset, which never moves); every other attribute has its own region.
+ */
+static void
+batch_init(XorBatch *b, CmkKeystream *ks, TupleDesc desc)
+{
+	int32		off = 0;
+	int			i;
+
+	b->ks = ks;
+	b->nblocks = 0;
+	b->used = 0;
+	b->nxors = 0;
+	b->last_nonce = NULL;
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attlen <= 0)
+			break;
+		off = att_align_nominal(off, att->attalign);
+		b->fixed_pos[i] = off;
+		off += att->attlen;
+	}
+	b->nfixed = i;
+	/* region offsets are counted in 16-bit block numbers */
+	Assert(off <= 0xFFFF * CMK_AES_BLOCK);
+}
+
 static void
 batch_flush(XorBatch *b)
 {
@@ -99,12 +148,13 @@ batch_flush(XorBatch *b)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("AES keystream generation failed")));
-	for (int i = 0; i < b->nblocks; i++)
+	for (int i = 0; i < b->nxors; i++)
 	{
-		uint8	   *ks = b->blocks + i * CMK_AES_BLOCK;
-		uint8	   *d = b->dst[i];
+		const uint8 *ks = b->blocks + b->xors[i].block * CMK_AES_BLOCK + b->xors[i].skip;
+		uint8	   *d = b->xors[i].dst;
+		int			len = b->xors[i].len;
 
-		if (b->len[i] == CMK_AES_BLOCK)
+		if (len == CMK_AES_BLOCK)
 		{
 			uint64		x0,
 						x1,
@@ -120,35 +170,72 @@ batch_flush(XorBatch *b)
 			memcpy(d, &x0, 8);
 			memcpy(d + 8, &x1, 8);
 		}
+		else if (len == 4)
+		{
+			uint32		x,
+						k;
+
+			memcpy(&x, d, 4);
+			memcpy(&k, ks, 4);
+			x ^= k;
+			memcpy(d, &x, 4);
+		}
 		else
 		{
-			for (int j = 0; j < b->len[i]; j++)
+			for (int j = 0; j < len; j++)
 				d[j] ^= ks[j];
 		}
 	}
 	b->nblocks = 0;
+	b->nxors = 0;
+	b->last_nonce = NULL;
 }
 
-/* Queue keystream for attribute attno (1-based) under nonce over data[len]. */
-static void
-batch_add(XorBatch *b, const uint8 *nonce, int attno, uint8 *data, int32 len)
+/*
+ * Queue keystream for attribute i (0-based) under nonce over data[len]: the
+ * counter block of block blk of region r under nonce N is N || r || blk
+ * (big-endian uint16 each).
+ */
+static inline void
+batch_add(XorBatch *b, const uint8 *nonce, int i, uint8 *data, int32 len)
 {
-	for (int32 blk = 0; (int64) blk * CMK_AES_BLOCK < len; blk++)
-	{
-		uint8	   *cb;
-		int32		remain = len - blk * CMK_AES_BLOCK;
+	int			region = i < b->nfixed ? 0 : i + 1;
+	int32		pos = i < b->nfixed ? b->fixed_pos[i] : 0;
 
-		if (b->nblocks == BATCH_BLOCKS)
+	while (len > 0)
+	{
+		int			blk = pos / CMK_AES_BLOCK;
+		int			skip = pos % CMK_AES_BLOCK;
+		int			n = Min(len, CMK_AES_BLOCK - skip);
+
+		if (b->nxors == BATCH_XORS)
 			batch_flush(b);
-		cb = b->blocks + b->nblocks * CMK_AES_BLOCK;
-		memcpy(cb, nonce, CMK_NONCE_LEN);
-		cb[12] = (uint8) (attno >> 8);
-		cb[13] = (uint8) attno;
-		cb[14] = (uint8) (blk >> 8);
-		cb[15] = (uint8) blk;
-		b->dst[b->nblocks] = data + blk * CMK_AES_BLOCK;
-		b->len[b->nblocks] = (uint8) Min(remain, CMK_AES_BLOCK);
-		b->nblocks++;
+		if (b->last_nonce != nonce || b->last_region != region ||
+			b->last_blk != blk)
+		{
+			uint8	   *cb;
+
+			if (b->nblocks == BATCH_BLOCKS)
+				batch_flush(b);
+			cb = b->blocks + b->nblocks * CMK_AES_BLOCK;
+			memcpy(cb, nonce, CMK_NONCE_LEN);
+			cb[12] = (uint8) (region >> 8);
+			cb[13] = (uint8) region;
+			cb[14] = (uint8) (blk >> 8);
+			cb[15] = (uint8) blk;
+			b->nblocks++;
+			b->last_nonce = nonce;
+			b->last_region = region;
+			b->last_blk = blk;
+		}
+		b->xors[b->nxors].dst = data;
+		b->xors[b->nxors].block = (uint16) (b->nblocks - 1);
+		b->xors[b->nxors].skip = (uint8) skip;
+		b->xors[b->nxors].len = (uint8) n;
+		b->nxors++;
+		data += n;
+		pos += n;
+		len -= n;
 	}
 }
 
@@ -327,6 +414,36 @@ trailer_size(int nnonces, int natts, bool has_ext)
 		(has_ext ? (natts + 7) / 8 : 0);
 }
 
+/*
+ * The common trailer (one nonce, no external references, the current DEK)
+ * without a function call; anything else goes to cmk_parse_trailer, which
+ * also reports every problem.
+ */
+static inline void
+parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
+{
+	const uint8 *base = (const uint8 *) tup->t_data;
+	int32		len = (int32) tup->t_len;
+	uint32		tag;
+
+	if (likely(len >= (int32) tup->t_data->t_hoff + CMK_TRAILER_FIXED + CMK_NONCE_LEN &&
+			   base[len - 1] == CMK_FORMAT_VERSION && base[len - 6] == 0))
+	{
+		memcpy(&tag, base + len - 5, 4);
+		if (likely(tag == want_tag))
+		{
+			t->nnonces = 1;
+			t->dek_tag = tag;
+			t->data_end = len - CMK_TRAILER_FIXED - CMK_NONCE_LEN;
+			t->nonces = base + t->data_end;
+			t->map = NULL;
+			t->extbits = NULL;
+			return;
+		}
+	}
+	cmk_parse_trailer(rel, tup, want_tag, t);
+}
+
 void
 cmk_parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
 {
@@ -338,7 +455,19 @@ cmk_parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
 
 	if (len < (int32) SizeofHeapTupleHeader + CMK_TRAILER_FIXED ||
 		base[len - 1] != CMK_FORMAT_VERSION)
+	{
+		if (len >= (int32) SizeofHeapTupleHeader + CMK_TRAILER_FIXED &&
+			base[len - 1] == 0xC1)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("tuple (%u,%u) in relation \"%s\" has cmk_heap tuple format 1, which this build does not read",
+							ItemPointerGetBlockNumberNoCheck(&tup->t_self),
+							ItemPointerGetOffsetNumberNoCheck(&tup->t_self),
+							RelationGetRelationName(rel)),
+					 errdetail("Format 1 was written only by pre-release builds of cmk_storage."),
+					 errhint("Dump the table with the build that wrote it and restore it with this one.")));
 		report_corrupt(rel, tup, "no cmk_heap trailer");
+	}
 	memcpy(&t->dek_tag, base + len - 5, 4);
 	flags = base[len - 6];
 	t->nnonces = (flags & CMK_FLAG_NONCES_MASK) + 1;
@@ -426,9 +555,7 @@ cmk_decrypt_tuple(Relation rel, TupleDesc desc, HeapTuple cipher)
 	memcpy(plain->t_data, cipher->t_data, t.data_end);
 
 	natts = walk_attrs(rel, desc, plain, t.data_end, spans);
-	batch.ks = ks;
-	batch.nblocks = 0;
-	batch.used = 0;
+	batch_init(&batch, ks, desc);
 	for (int i = 0; i < natts; i++)
 	{
 		AttrSpan   *s = &spans[i];
@@ -439,7 +566,7 @@ cmk_decrypt_tuple(Relation rel, TupleDesc desc, HeapTuple cipher)
 				report_corrupt(rel, cipher, "raw TOAST pointer in stored tuple");
 			continue;
 		}
-		batch_add(&batch, t.nonces + map_get(t.map, i) * CMK_NONCE_LEN, i + 1,
+		batch_add(&batch, t.nonces + map_get(t.map, i) * CMK_NONCE_LEN, i,
 				  (uint8 *) plain->t_data + s->start + s->hdr, s->full - s->hdr);
 	}
 	batch_done(&batch);
@@ -525,7 +652,7 @@ encrypt_for_insert(Relation rel, TupleDesc desc, uint32 tag, HeapTuple plain,
 	for (int i = 0; i < natts; i++)
 		if (spans[i].start >= 0)
 			batch_add(batch, (uint8 *) d + data_len + (has_ext ? (natts + 7) / 8 : 0),
-					  i + 1, (uint8 *) d + spans[i].start + spans[i].hdr,
+					  i, (uint8 *) d + spans[i].start + spans[i].hdr,
 					  spans[i].full - spans[i].hdr);
 	return out;
 }
@@ -538,9 +665,7 @@ cmk_encrypt_tuples(Relation rel, HeapTuple *plains, int n, HeapTuple *out)
 	CmkKeystream *ks = cmk_tuple_keystream(RelationGetRelationName(rel), &tag);
 	XorBatch	batch;
 
-	batch.ks = ks;
-	batch.nblocks = 0;
-	batch.used = 0;
+	batch_init(&batch, ks, RelationGetDescr(rel));
 	for (int i = 0; i < n; i++)
 		out[i] = encrypt_for_insert(rel, RelationGetDescr(rel), tag, plains[i], &batch);
 	batch_done(&batch);
@@ -689,14 +814,12 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher)
 		bool		collision = false;
 
 		memcpy(out->t_data, stored, data_len);
-		batch.ks = ks;
-		batch.nblocks = 0;
-		batch.used = 0;
+		batch_init(&batch, ks, desc);
 		for (int i = 0; i < natts; i++)
 		{
 			if (spans[i].start < 0 || nonce_of[i] >= 0)
 				continue;
-			batch_add(&batch, nonces + new_idx * CMK_NONCE_LEN, i + 1,
+			batch_add(&batch, nonces + new_idx * CMK_NONCE_LEN, i,
 					  (uint8 *) out->t_data + spans[i].start + spans[i].hdr,
 					  spans[i].full - spans[i].hdr);
 		}
@@ -797,9 +920,7 @@ cmk_deform_decrypt(Relation rel, TupleDesc desc, HeapTupleHeader td,
 	XorBatch	batch;
 	Oid			toastrelid = rel->rd_rel->reltoastrelid;
 
-	batch.ks = ks;
-	batch.nblocks = 0;
-	batch.used = 0;
+	batch_init(&batch, ks, desc);
 	for (int i = from; i < to; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
@@ -822,7 +943,7 @@ cmk_deform_decrypt(Relation rel, TupleDesc desc, HeapTupleHeader td,
 		off = cmk_attr_offset(att, off, &slow, tp);
 		stored_extent(rel, td, att, tp, off, limit, &full, &hdr);
 
-		batch_add(&batch, t->nonces + map_get(t->map, i) * CMK_NONCE_LEN, i + 1,
+		batch_add(&batch, t->nonces + map_get(t->map, i) * CMK_NONCE_LEN, i,
 				  (uint8 *) tp + off + hdr, full - hdr);
 		starts[i] = (int32) off;
 		off += full;
@@ -853,131 +974,190 @@ cmk_deform_decrypt(Relation rel, TupleDesc desc, HeapTupleHeader td,
 }
 
 /*
- * Page-at-a-time decryption for sequential scans: for every job (a stored
- * tuple on a pinned page), copy the header, the bytes of attributes
- * [0, natts) and the trailer into area, and decrypt those attributes there,
- * with as few cipher calls as possible (one per BATCH_BLOCKS counter blocks,
- * usually one per page): per-call overhead, not AES, is what a per-tuple
- * design pays.  Returns false if area is too small (the caller then falls
- * back to one tuple at a time).
+ * Page-at-a-time decryption for sequential scans: for every visible tuple of
+ * a pinned page, decrypt attributes [0, natts) straight into Datums, with as
+ * few cipher calls as possible (one per BATCH_BLOCKS counter blocks, usually
+ * one per page): per-call overhead, not AES, is what a per-tuple design pays.
+ *
+ * values and isnull have room for ntups * natts entries.  A by-value
+ * attribute is decrypted inside its own Datum (its stored bytes are copied
+ * there and the keystream XORed over them); a by-reference one is copied to
+ * area and decrypted there.  Nothing else of the tuple is copied or touched.
+ * Returns false if area is too small (the caller then falls back to one
+ * tuple at a time).
  */
 bool
-cmk_decrypt_prefixes(Relation rel, TupleDesc desc, CmkPrefixJob *jobs,
-					 int njobs, int natts, char *area, Size areasize)
+cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
+						  int ntups, int natts, Datum *values, bool *isnull,
+						  char *area, Size areasize)
 {
 	uint32		tag;
 	CmkKeystream *ks = cmk_tuple_keystream(RelationGetRelationName(rel), &tag);
 	XorBatch	batch;
 	Oid			toastrelid = rel->rd_rel->reltoastrelid;
 	Size		used = 0;
+	bool		any_ext = false;
 
-	batch.ks = ks;
-	batch.nblocks = 0;
-	batch.used = 0;
-	for (int j = 0; j < njobs; j++)
+	batch_init(&batch, ks, desc);
+	for (int j = 0; j < ntups; j++)
 	{
-		CmkPrefixJob *job = &jobs[j];
-		HeapTupleHeader src = job->src;
+		CmkPageTuple *pt = &tups[j];
+		HeapTupleHeader src = pt->src;
+		HeapTupleData tup;
 		bool		hasnulls = (src->t_infomask & HEAP_HASNULL) != 0;
-		char	   *stp = (char *) src + src->t_hoff;
-		int32		limit = job->t.data_end - src->t_hoff;
+		const char *stp = (const char *) src + src->t_hoff;
+		int32		limit;
 		int			n = Min(natts, HeapTupleHeaderGetNatts(src));
-		int32		starts[MaxTupleAttributeNumber];
-		int32		lens[MaxTupleAttributeNumber];
 		uint32		off = 0;
-		Size		copy_len;
-		Size		trailer_len = job->src_len - job->t.data_end;
-		char	   *dst;
-		const uint8 *tsrc = (const uint8 *) src + job->t.data_end;
+		bool		slow = false;
+		Datum	   *v = values + (Size) j * natts;
+		bool	   *nul = isnull + (Size) j * natts;
 
-		/* where the wanted attributes are (headers are in clear) */
+		tup.t_data = src;
+		tup.t_len = pt->src_len;
+		tup.t_self = pt->tid;
+		tup.t_tableOid = RelationGetRelid(rel);
+		parse_trailer(rel, &tup, tag, &pt->t);
+		limit = pt->t.data_end - src->t_hoff;
+		any_ext |= pt->t.extbits != NULL;
+
+		/* room for every byte up to the end of data; only the prefix is copied */
+		if (used + MAXALIGN(limit) > areasize)
+			return false;
+		pt->copy = area + used;
+		used += MAXALIGN(limit);
+		pt->values = v;
+		pt->isnull = nul;
+
+		/*
+		 * Fast path: no nulls and only attributes of the fixed-width prefix,
+		 * which then sit at their nominal offsets (those heap caches in
+		 * attcacheoff), all inside the data.
+		 */
+		if (!hasnulls && n <= batch.nfixed && n > 0 &&
+			batch.fixed_pos[n - 1] + TupleDescAttr(desc, n - 1)->attlen <= limit)
+		{
+			const uint8 *nonce = pt->t.nonces + map_get(pt->t.map, 0) * CMK_NONCE_LEN;
+
+			for (int i = 0; i < n; i++)
+			{
+				Form_pg_attribute att = TupleDescAttr(desc, i);
+				int32		o = batch.fixed_pos[i];
+				uint8	   *dst;
+
+				if (pt->t.map)
+					nonce = pt->t.nonces + map_get(pt->t.map, i) * CMK_NONCE_LEN;
+				nul[i] = false;
+				if (att->attbyval)
+				{
+					v[i] = (Datum) 0;
+					dst = (uint8 *) &v[i];
+					switch (att->attlen)
+					{
+						case 8:
+							memcpy(dst, stp + o, 8);
+							break;
+						case 4:
+							memcpy(dst, stp + o, 4);
+							break;
+						case 2:
+							memcpy(dst, stp + o, 2);
+							break;
+						default:
+							memcpy(dst, stp + o, att->attlen);
+							break;
+					}
+				}
+				else
+				{
+					dst = (uint8 *) pt->copy + o;
+					memcpy(dst, stp + o, att->attlen);
+					v[i] = (Datum) o;
+				}
+				batch_add(&batch, nonce, i, dst, att->attlen);
+			}
+			pt->ndec = n;
+			pt->off = batch.fixed_pos[n - 1] + TupleDescAttr(desc, n - 1)->attlen;
+			pt->slow = false;
+			continue;
+		}
+
 		for (int i = 0; i < n; i++)
 		{
 			Form_pg_attribute att = TupleDescAttr(desc, i);
+			const uint8 *nonce;
 			int32		full;
 			int32		hdr;
 
-			starts[i] = -1;
 			if (hasnulls && att_isnull(i, src->t_bits))
-				continue;
-			if (att->attlen == -1)
 			{
-				if ((int32) off >= limit)
-					corrupt_at(rel, src, "attribute beyond end of data");
-				off = att_align_pointer(off, att->attalign, -1, stp + off);
+				v[i] = (Datum) 0;
+				nul[i] = true;
+				slow = true;
+				continue;
+			}
+			nul[i] = false;
+			/* a varlena's first byte decides its alignment: it must be data */
+			if (att->attlen == -1 && (int32) off >= limit)
+				corrupt_at(rel, src, "attribute beyond end of data");
+			off = cmk_attr_offset(att, off, &slow, stp);
+			stored_extent(rel, src, att, stp, off, limit, &full, &hdr);
+			nonce = pt->t.nonces + map_get(pt->t.map, i) * CMK_NONCE_LEN;
+			if (att->attbyval)
+			{
+				/* decrypt inside the Datum; pass 2 turns bytes into a value */
+				v[i] = (Datum) 0;
+				memcpy(&v[i], stp + off, full);
+				batch_add(&batch, nonce, i, (uint8 *) &v[i], full);
 			}
 			else
-				off = att_align_nominal(off, att->attalign);
-			stored_extent(rel, src, att, stp, off, limit, &full, &hdr);
-			starts[i] = off + hdr;
-			lens[i] = full - hdr;
+			{
+				memcpy(pt->copy + off, stp + off, full);
+				batch_add(&batch, nonce, i, (uint8 *) pt->copy + off + hdr,
+						  full - hdr);
+				v[i] = (Datum) off;
+			}
 			off += full;
+			if (att->attlen <= 0)
+				slow = true;
 		}
-
-		/* header + wanted data, then the trailer (kept for validation) */
-		copy_len = src->t_hoff + off;
-		if (used + MAXALIGN(copy_len) + MAXALIGN(trailer_len) > areasize)
-			return false;
-		dst = area + used;
-		memcpy(dst, src, copy_len);
-		job->td = (HeapTupleHeader) dst;
-		job->copied = (int32) copy_len;
-		used += MAXALIGN(copy_len);
-		job->trailer_copy = (uint8 *) area + used;
-		memcpy(job->trailer_copy, tsrc, trailer_len);
-		used += MAXALIGN(trailer_len);
-		/* re-point the parsed trailer at the copy: the page may change */
-		job->t.nonces = job->trailer_copy + (job->t.nonces - tsrc);
-		if (job->t.map)
-			job->t.map = job->trailer_copy + (job->t.map - tsrc);
-		if (job->t.extbits)
-			job->t.extbits = job->trailer_copy + (job->t.extbits - tsrc);
-
-		for (int i = 0; i < n; i++)
-			if (starts[i] >= 0)
-				batch_add(&batch, job->t.nonces + map_get(job->t.map, i) * CMK_NONCE_LEN,
-						  i + 1, (uint8 *) dst + src->t_hoff + starts[i], lens[i]);
-		job->ndec = n;
-
-		/* Rare: external references get their pointer form after the XOR. */
-		if (job->t.extbits)
-			job->has_ext = true;
-		else
-			job->has_ext = false;
+		pt->ndec = n;
+		pt->off = off;
+		pt->slow = slow;
 	}
 	batch_done(&batch);
 
-	for (int j = 0; j < njobs; j++)
+	/* pass 2: bytes to values; external references get their pointer form */
+	for (int j = 0; j < ntups; j++)
 	{
-		CmkPrefixJob *job = &jobs[j];
-		HeapTupleHeader td = job->td;
-		char	   *tp = (char *) td + td->t_hoff;
-		bool		hasnulls = (td->t_infomask & HEAP_HASNULL) != 0;
-		uint32		off = 0;
+		CmkPageTuple *pt = &tups[j];
 
-		if (!job->has_ext)
-			continue;
-		for (int i = 0; i < job->ndec; i++)
+		for (int i = 0; i < pt->ndec; i++)
 		{
 			Form_pg_attribute att = TupleDescAttr(desc, i);
-			uint8	   *p;
+			Datum	   *d = &pt->values[i];
 
-			if (hasnulls && att_isnull(i, td->t_bits))
+			if (pt->isnull[i])
 				continue;
-			off = att_align_pointer(off, att->attalign, att->attlen, tp + off);
-			p = (uint8 *) tp + off;
-			if (bit_get(job->t.extbits, i))
+			if (any_ext && att->attbyval && bit_get(pt->t.extbits, i))
+				corrupt_at(rel, pt->src, "invalid external reference");
+			if (att->attbyval)
 			{
+				*d = fetch_att(d, true, att->attlen);
+				continue;
+			}
+			if (any_ext && bit_get(pt->t.extbits, i))
+			{
+				uint8	   *p = (uint8 *) pt->copy + *d;
+
 				if (att->attlen != -1 || VARSIZE_1B(p) != TOAST_POINTER_SIZE ||
 					p[1] != VARTAG_ONDISK || !OidIsValid(toastrelid))
-					corrupt_at(rel, td, "invalid external reference");
+					corrupt_at(rel, pt->src, "invalid external reference");
 				SET_VARTAG_EXTERNAL(p, VARTAG_ONDISK);
 				memcpy(p + VARHDRSZ_EXTERNAL + offsetof(varatt_external, va_toastrelid),
 					   &toastrelid, sizeof(Oid));
-				off += TOAST_POINTER_SIZE;
 			}
-			else
-				off = att_addlength_pointer(off, att->attlen, tp + off);
+			*d = PointerGetDatum(pt->copy + *d);
 		}
 	}
 	return true;

@@ -42,13 +42,22 @@ bool
 cmkam_scan_getnextslot(TableScanDesc scan, ScanDirection direction,
 					   TupleTableSlot *slot)
 {
+	HeapScanDesc hscan = (HeapScanDesc) scan;
+	BlockNumber before = hscan->rs_cblock;
+
 	if (!heap_getnextslot(scan, direction, cmk_slot_raw(slot)))
 	{
 		ExecClearTuple(slot);
 		return false;
 	}
-	/* sequential scans decrypt a page at a time (cmkam_slot.c) */
-	cmk_slot_adopt_raw(slot, scan->rs_rd, (HeapScanDesc) scan);
+
+	/*
+	 * Sequential scans decrypt a page at a time (cmkam_slot.c).  The scan
+	 * keeps its current page pinned until rs_cblock changes (heapgetpage,
+	 * rescan and the end of the scan all change it), so while it does not,
+	 * the stored tuples of the page cannot be pruned or moved.
+	 */
+	cmk_slot_adopt_raw(slot, scan->rs_rd, hscan, hscan->rs_cblock != before);
 	return true;
 }
 
@@ -61,7 +70,7 @@ cmkam_scan_getnextslot_tidrange(TableScanDesc scan, ScanDirection direction,
 		ExecClearTuple(slot);
 		return false;
 	}
-	cmk_slot_adopt_raw(slot, scan->rs_rd, NULL);
+	cmk_slot_adopt_raw(slot, scan->rs_rd, NULL, false);
 	return true;
 }
 
@@ -73,7 +82,7 @@ cmkam_index_fetch_tuple(struct IndexFetchTableData *scan, ItemPointer tid,
 	if (!HEAP_ROUTINE()->index_fetch_tuple(scan, tid, snapshot, cmk_slot_raw(slot),
 										   call_again, all_dead))
 		return false;
-	cmk_slot_adopt_raw(slot, scan->rel, NULL);
+	cmk_slot_adopt_raw(slot, scan->rel, NULL, false);
 	return true;
 }
 
@@ -84,7 +93,7 @@ cmkam_fetch_row_version(Relation rel, ItemPointer tid, Snapshot snapshot,
 	ExecClearTuple(slot);
 	if (!HEAP_ROUTINE()->tuple_fetch_row_version(rel, tid, snapshot, cmk_slot_raw(slot)))
 		return false;
-	cmk_slot_adopt_raw(slot, rel, NULL);
+	cmk_slot_adopt_raw(slot, rel, NULL, false);
 	return true;
 }
 
@@ -136,7 +145,7 @@ cmkam_tuple_lock(Relation rel, ItemPointer tid, Snapshot snapshot,
 										mode, wait_policy, flags, tmfd);
 	/* heap fills the slot on most results; callers may read it */
 	if (!TTS_EMPTY(cmk_slot_raw(slot)))
-		cmk_slot_adopt_raw(slot, rel, NULL);
+		cmk_slot_adopt_raw(slot, rel, NULL, false);
 	return result;
 }
 
@@ -151,7 +160,7 @@ cmkam_scan_analyze_next_tuple(TableScanDesc scan, TransactionId OldestXmin,
 		ExecClearTuple(slot);
 		return false;
 	}
-	cmk_slot_adopt_raw(slot, scan->rs_rd, NULL);
+	cmk_slot_adopt_raw(slot, scan->rs_rd, NULL, false);
 	return true;
 }
 
@@ -164,7 +173,7 @@ cmkam_scan_bitmap_next_tuple(TableScanDesc scan, struct TBMIterateResult *tbmres
 		ExecClearTuple(slot);
 		return false;
 	}
-	cmk_slot_adopt_raw(slot, scan->rs_rd, NULL);
+	cmk_slot_adopt_raw(slot, scan->rs_rd, NULL, false);
 	return true;
 }
 
@@ -177,6 +186,6 @@ cmkam_scan_sample_next_tuple(TableScanDesc scan, struct SampleScanState *scansta
 		ExecClearTuple(slot);
 		return false;
 	}
-	cmk_slot_adopt_raw(slot, scan->rs_rd, NULL);
+	cmk_slot_adopt_raw(slot, scan->rs_rd, NULL, false);
 	return true;
 }

@@ -30,19 +30,24 @@
 #include "keys/key_store.h"
 
 /*
- * Page cache of a sequential scan: the visible tuples of the current page,
- * copied and decrypted (attribute prefix) together, one cipher call for all.
+ * Page cache of a sequential scan: the wanted attribute prefix of every
+ * visible tuple of the current page, decrypted together into Datums with one
+ * cipher call for all.  It belongs to one "visit" of one page (see
+ * cmk_slot_adopt_raw), during which the scan keeps the page pinned.
  */
 typedef struct CmkPageCache
 {
-	HeapScanDesc scan;
-	Buffer		buffer;
-	BlockNumber block;
+	uint64		visit;			/* 0: empty */
 	int			natts;			/* prefix decrypted for every entry */
-	int			njobs;
-	CmkPrefixJob jobs[MaxHeapTuplesPerPage];
-	int16		index[MaxHeapTuplesPerPage + 1];	/* offnum -> job + 1 */
-	char		area[2 * BLCKSZ];
+	int			ntups;
+	CmkPageTuple tups[MaxHeapTuplesPerPage];
+	int16		index[MaxHeapTuplesPerPage + 1];	/* offnum -> entry + 1 */
+	Datum	   *values;			/* ntups * natts, plaintext */
+	bool	   *isnull;
+	Size		nvalues;		/* allocated entries of values/isnull */
+	Size		values_used;	/* high-water mark, for wiping */
+	char	   *area;			/* 2 * BLCKSZ, MAXALIGNed: by-reference values */
+	Size		area_used;		/* high-water mark, for wiping */
 } CmkPageCache;
 
 typedef struct CmkTupleTableSlot
@@ -51,18 +56,20 @@ typedef struct CmkTupleTableSlot
 	TupleTableSlot *raw;		/* heap buffer slot holding the stored tuple */
 	Relation	rel;			/* relation of the raw tuple */
 	HeapScanDesc scan;			/* pagemode scan it came from, or NULL */
+	uint64		visit;			/* page visit of the raw tuple, 0 if none */
 	HeapTuple	mat;			/* owned, fully decrypted (or formed) tuple */
 	/* lazy state for the raw tuple */
-	bool		prepared;
+	bool		prepared;		/* td holds a copy of the stored tuple */
 	CmkTrailer	trailer;
 	HeapTupleHeader td;			/* plaintext copy being deformed */
-	int			ndec;			/* attributes of td already decrypted */
-	CmkPrefixJob *job;			/* page-cache entry td belongs to, if any */
-	HeapTupleHeader plain;		/* own copy buffer (not page cached) */
+	HeapTupleHeader plain;		/* own copy buffer */
 	Size		bufsize;
-	uint32		off;			/* deform position in td */
+	uint32		off;			/* deform position after tts_nvalid */
 	CmkPageCache *pc;			/* allocated on first use */
 } CmkTupleTableSlot;
+
+/* Page visits of this backend's scans; 0 means "not in a visit". */
+static uint64 page_visit_counter = 0;
 
 static inline HeapTuple
 raw_tuple(CmkTupleTableSlot *cs)
@@ -90,8 +97,8 @@ cmk_slot_init(TupleTableSlot *slot)
 	cs->bufsize = 0;
 	cs->off = 0;
 	cs->scan = NULL;
+	cs->visit = 0;
 	cs->td = NULL;
-	cs->job = NULL;
 	cs->pc = NULL;
 	MemoryContextSwitchTo(old);
 }
@@ -111,6 +118,7 @@ cmk_slot_clear(TupleTableSlot *slot)
 		ExecClearTuple(cs->raw);
 	cs->rel = NULL;
 	cs->scan = NULL;
+	cs->visit = 0;
 	cs->prepared = false;
 	cs->off = 0;
 	slot->tts_nvalid = 0;
@@ -136,8 +144,17 @@ cmk_slot_release(TupleTableSlot *slot)
 	}
 	if (cs->pc)
 	{
-		explicit_bzero(cs->pc->area, sizeof(cs->pc->area));
-		pfree(cs->pc);
+		CmkPageCache *pc = cs->pc;
+
+		explicit_bzero(pc->area, pc->area_used);
+		pfree(pc->area);
+		if (pc->values)
+		{
+			explicit_bzero(pc->values, pc->values_used * sizeof(Datum));
+			pfree(pc->values);
+			pfree(pc->isnull);
+		}
+		pfree(pc);
 		cs->pc = NULL;
 	}
 }
@@ -163,93 +180,82 @@ prepare_raw(CmkTupleTableSlot *cs)
 	}
 	memcpy(cs->plain, tup->t_data, cs->trailer.data_end);
 	cs->td = cs->plain;
-	cs->ndec = 0;
-	cs->job = NULL;
-	cs->off = 0;
 	cs->prepared = true;
 }
 
 /*
  * Sequential scans: decrypt the wanted attribute prefix of every visible
  * tuple on the page at once and serve this and the following tuples from
- * there.  An entry is used only if the stored tuple at that offset still
- * has the same length and trailer (a pruned and reused line pointer holds
- * another tuple, whose nonces differ).
+ * there.  Returns the entry of the slot's raw tuple, or NULL if it is not
+ * served from a page cache.
  */
-static bool
-cache_entry_valid(CmkPageCache *pc, int idx, HeapTuple tup)
-{
-	CmkPrefixJob *j = &pc->jobs[idx];
-
-	return j->src_len == tup->t_len &&
-		memcmp(j->trailer_copy, (char *) tup->t_data + j->t.data_end,
-			   tup->t_len - j->t.data_end) == 0;
-}
-
-static bool
-prepare_from_page(CmkTupleTableSlot *cs, int natts)
+static CmkPageTuple *
+page_cache_entry(CmkTupleTableSlot *cs, int natts)
 {
 	HeapScanDesc scan = cs->scan;
-	Buffer		buf = ((BufferHeapTupleTableSlot *) cs->raw)->buffer;
 	HeapTuple	tup = raw_tuple(cs);
-	BlockNumber blk = ItemPointerGetBlockNumber(&tup->t_self);
-	OffsetNumber offnum = ItemPointerGetOffsetNumber(&tup->t_self);
 	CmkPageCache *pc = cs->pc;
-	CmkPrefixJob *job;
 	int			idx;
 
-	if (scan == NULL || !(scan->rs_base.rs_flags & SO_ALLOW_PAGEMODE) ||
-		scan->rs_cbuf != buf || !BufferIsValid(buf) || scan->rs_ntuples <= 1)
-		return false;
+	if (cs->visit == 0)
+		return NULL;
 	if (pc == NULL)
-		pc = cs->pc = MemoryContextAllocZero(cs->base.tts_mcxt, sizeof(CmkPageCache));
-
-	idx = (pc->scan == scan && pc->buffer == buf && pc->block == blk &&
-		   pc->natts >= natts) ? pc->index[offnum] - 1 : -1;
-	if (idx < 0 || !cache_entry_valid(pc, idx, tup))
 	{
-		Page		page = BufferGetPage(buf);
-		uint32		tag;
+		pc = cs->pc = MemoryContextAllocZero(cs->base.tts_mcxt, sizeof(CmkPageCache));
+		pc->area = MemoryContextAlloc(cs->base.tts_mcxt, 2 * BLCKSZ);
+	}
+	if (pc->visit != cs->visit || pc->natts < natts)
+	{
+		Page		page = BufferGetPage(scan->rs_cbuf);
+		BlockNumber blk = scan->rs_cblock;
+		Size		need = (Size) scan->rs_ntuples * natts;
 
-		(void) cmk_tuple_keystream(RelationGetRelationName(cs->rel), &tag);
+		pc->visit = 0;
+		if (need > pc->nvalues)
+		{
+			if (pc->values)
+			{
+				explicit_bzero(pc->values, pc->values_used * sizeof(Datum));
+				pfree(pc->values);
+				pfree(pc->isnull);
+			}
+			pc->nvalues = Max(need, 64 * 8);
+			pc->values = MemoryContextAlloc(cs->base.tts_mcxt, pc->nvalues * sizeof(Datum));
+			pc->isnull = MemoryContextAlloc(cs->base.tts_mcxt, pc->nvalues * sizeof(bool));
+			pc->values_used = 0;
+		}
 		memset(pc->index, 0, sizeof(pc->index));
-		pc->njobs = 0;
-		pc->scan = NULL;
 		for (int i = 0; i < scan->rs_ntuples; i++)
 		{
 			OffsetNumber o = scan->rs_vistuples[i];
 			ItemId		lp = PageGetItemId(page, o);
-			HeapTupleData t;
-			CmkPrefixJob *j = &pc->jobs[pc->njobs];
+			CmkPageTuple *pt = &pc->tups[i];
 
-			t.t_data = (HeapTupleHeader) PageGetItem(page, lp);
-			t.t_len = ItemIdGetLength(lp);
-			ItemPointerSet(&t.t_self, blk, o);
-			t.t_tableOid = RelationGetRelid(cs->rel);
-			cmk_parse_trailer(cs->rel, &t, tag, &j->t);
-			j->src = t.t_data;
-			j->src_len = t.t_len;
-			pc->index[o] = ++pc->njobs;
+			pt->src = (HeapTupleHeader) PageGetItem(page, lp);
+			pt->src_len = ItemIdGetLength(lp);
+			ItemPointerSet(&pt->tid, blk, o);
+			pc->index[o] = i + 1;
+
+			/*
+			 * Decryption reads both ends of every tuple: ask for all of
+			 * them now, so the misses overlap instead of queueing.
+			 */
+			cmk_prefetch(pt->src);
+			cmk_prefetch((char *) pt->src + pt->src_len - 1);
 		}
-		if (!cmk_decrypt_prefixes(cs->rel, cs->base.tts_tupleDescriptor, pc->jobs,
-								  pc->njobs, natts, pc->area, sizeof(pc->area)))
-			return false;
-		pc->scan = scan;
-		pc->buffer = buf;
-		pc->block = blk;
+		pc->ntups = scan->rs_ntuples;
+		pc->values_used = Max(pc->values_used, need);
+		pc->area_used = 2 * BLCKSZ;
+		if (!cmk_decrypt_page_prefixes(cs->rel, cs->base.tts_tupleDescriptor,
+									   pc->tups, pc->ntups, natts,
+									   pc->values, pc->isnull,
+									   pc->area, 2 * BLCKSZ))
+			return NULL;
+		pc->visit = cs->visit;
 		pc->natts = natts;
-		idx = pc->index[offnum] - 1;
-		if (idx < 0 || !cache_entry_valid(pc, idx, tup))
-			return false;
 	}
-	job = &pc->jobs[idx];
-	cs->trailer = job->t;
-	cs->td = job->td;
-	cs->ndec = job->ndec;
-	cs->job = job;
-	cs->off = 0;
-	cs->prepared = true;
-	return true;
+	idx = pc->index[ItemPointerGetOffsetNumber(&tup->t_self)] - 1;
+	return idx >= 0 ? &pc->tups[idx] : NULL;
 }
 
 /*
@@ -308,31 +314,47 @@ cmk_slot_getsomeattrs(TupleTableSlot *slot, int natts)
 	else
 	{
 		Assert(has_raw(cs));
-		if (!cs->prepared && !prepare_from_page(cs, natts))
-			prepare_raw(cs);
-		tupnatts = Min(HeapTupleHeaderGetNatts(cs->td), natts);
+		tupnatts = Min(HeapTupleHeaderGetNatts(raw_tuple(cs)->t_data), natts);
 
-		/* attributes already in clear, then decrypt the rest */
-		if (slot->tts_nvalid < Min(cs->ndec, tupnatts))
-			deform_plain(slot, cs->td, Min(cs->ndec, tupnatts));
-		if (slot->tts_nvalid < tupnatts && cs->job != NULL)
+		/* from the page cache, as far as it goes */
+		if (!cs->prepared && slot->tts_nvalid < tupnatts)
 		{
-			/*
-			 * The page cache holds only the prefix: continue on a full copy
-			 * (same layout, so the deform position carries over).
-			 */
-			uint32		keep_off = cs->off;
-			int			keep_ndec = cs->ndec;
+			CmkPageTuple *pt = page_cache_entry(cs, natts);
 
-			prepare_raw(cs);
-			cs->off = keep_off;
-			cs->ndec = keep_ndec;
+			if (pt != NULL)
+			{
+				int			from = slot->tts_nvalid;
+				int			to = Min(pt->ndec, tupnatts);
+
+				if (to > from)
+				{
+					memcpy(slot->tts_values + from, pt->values + from,
+						   (to - from) * sizeof(Datum));
+					memcpy(slot->tts_isnull + from, pt->isnull + from,
+						   (to - from) * sizeof(bool));
+					slot->tts_nvalid = to;
+				}
+				if (slot->tts_nvalid == pt->ndec)
+				{
+					cs->off = pt->off;
+					if (pt->slow)
+						slot->tts_flags |= TTS_FLAG_SLOW;
+					else
+						slot->tts_flags &= ~TTS_FLAG_SLOW;
+				}
+			}
 		}
+
+		/* the rest from a copy of the stored tuple, decrypted lazily */
 		if (slot->tts_nvalid < tupnatts)
 		{
-			uint32		off = slot->tts_nvalid == 0 ? 0 : cs->off;
-			bool		slow = slot->tts_nvalid == 0 ? false : TTS_SLOW(slot);
+			uint32		off;
+			bool		slow;
 
+			if (!cs->prepared)
+				prepare_raw(cs);
+			off = slot->tts_nvalid == 0 ? 0 : cs->off;
+			slow = slot->tts_nvalid == 0 ? false : TTS_SLOW(slot);
 			cmk_deform_decrypt(cs->rel, slot->tts_tupleDescriptor, cs->td,
 							   cs->trailer.data_end, &cs->trailer,
 							   slot->tts_nvalid, tupnatts,
@@ -342,7 +364,6 @@ cmk_slot_getsomeattrs(TupleTableSlot *slot, int natts)
 				slot->tts_flags |= TTS_FLAG_SLOW;
 			else
 				slot->tts_flags &= ~TTS_FLAG_SLOW;
-			cs->ndec = tupnatts;
 			slot->tts_nvalid = tupnatts;
 		}
 	}
@@ -481,13 +502,25 @@ cmk_slot_raw(TupleTableSlot *slot)
 
 /*
  * The heap filled the raw slot with a stored tuple of rel: make it the
- * slot's content, undecrypted.
+ * slot's content, undecrypted.  scan is the pagemode sequential scan it came
+ * from (or NULL), new_page whether that scan moved to another page (or
+ * re-read one) to return it.  A run of tuples from the same scan without a
+ * page change is one "visit" of a page the scan holds pinned throughout, so
+ * a page cache built during the visit stays valid for all of it; anything
+ * else starts a new visit.
  */
 void
-cmk_slot_adopt_raw(TupleTableSlot *slot, Relation rel, HeapScanDesc scan)
+cmk_slot_adopt_raw(TupleTableSlot *slot, Relation rel, HeapScanDesc scan,
+				   bool new_page)
 {
 	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
 
+	if (scan == NULL || !(scan->rs_base.rs_flags & SO_ALLOW_PAGEMODE) ||
+		scan->rs_ntuples <= 1 ||
+		((BufferHeapTupleTableSlot *) cs->raw)->buffer != scan->rs_cbuf)
+		cs->visit = 0;
+	else if (new_page || cs->scan != scan || cs->visit == 0)
+		cs->visit = ++page_visit_counter;
 	cs->scan = scan;
 	if (cs->mat)
 	{
