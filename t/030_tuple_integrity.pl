@@ -153,4 +153,57 @@ for my $am ('heap', 'cmk_heap')
 		"$am: amcheck on the \"char\" index");
 }
 
+# --- nonce forms: short (same prefix), long (after a restart), 1- and 4-bit maps ----------
+# Every update keeps the stored bytes of unchanged attributes under their old
+# nonce.  Nonces drawn since the server started share a random prefix, so the
+# fresh nonce is usually stored as its 4-byte counter; after a restart (new
+# prefix) it takes all 12 bytes.  Lengths below are exact trailer sizes.
+for my $am ('heap', 'cmk_heap')
+{
+	$node->safe_psql('postgres', qq{
+CREATE TABLE nf_$am (id int PRIMARY KEY, a int, b int, c text, d text) USING $am;
+INSERT INTO nf_$am SELECT g, g, -g, 'c' || g, repeat('d', g % 7) FROM generate_series(1, 300) g;
+});
+}
+my $lplen = sub {
+	my ($id) = @_;
+	$node->safe_psql('postgres', qq{SELECT h.lp_len FROM nf_cmk_heap t,
+		heap_page_items(get_raw_page('nf_cmk_heap', (t.ctid::text::point)[0]::int)) h
+		WHERE t.id = $id AND h.lp = (t.ctid::text::point)[1]::int});
+};
+my $same_as_heap = sub {
+	my ($what) = @_;
+	my $q = q{SELECT md5(string_agg(concat_ws('|', id, a, b, c, d), ',' ORDER BY id)) FROM nf_AM};
+	(my $h = $q) =~ s/AM/heap/;
+	(my $c = $q) =~ s/AM/cmk_heap/;
+	is($node->safe_psql('postgres', $c), $node->safe_psql('postgres', $h), "$what: same contents as heap");
+	is($node->safe_psql('postgres', q{SET enable_seqscan = off; SELECT string_agg(concat_ws('|', a, b, c, d), ',' ORDER BY id) FROM nf_cmk_heap WHERE id IN (1, 2, 3)}),
+		$node->safe_psql('postgres', q{SELECT string_agg(concat_ws('|', a, b, c, d), ',' ORDER BY id) FROM nf_heap WHERE id IN (1, 2, 3)}),
+		"$what: index fetches agree");
+	is($node->safe_psql('postgres', q{SELECT sum(a), sum(b) FROM nf_cmk_heap}),
+		$node->safe_psql('postgres', q{SELECT sum(a), sum(b) FROM nf_heap}), "$what: prefix-only scan agrees");
+};
+my %len0 = map { $_ => $lplen->($_) } (1, 2, 3);
+my $upd = sub {
+	my ($sql) = @_;
+	for my $am ('heap', 'cmk_heap')
+	{
+		(my $s = $sql) =~ s/nf_AM/nf_$am/g;
+		$node->safe_psql('postgres', $s);
+	}
+};
+$upd->('UPDATE nf_AM SET a = a + 1000 WHERE id IN (1, 3)');
+is($lplen->(1), $len0{1} + 4 + 1, 'update, same prefix: 4-byte counter and a 1-bit map (5 bytes)');
+$same_as_heap->('short nonces');
+$node->restart;
+wait_key_settled($node);
+$upd->('UPDATE nf_AM SET b = b - 1000 WHERE id IN (1, 2)');
+is($lplen->(2), $len0{2} + 12 + 1, 'after a restart: a whole second nonce and a 1-bit map');
+is($lplen->(1), $len0{1} + 12 + 12 + 3, 'three nonces, two prefixes: long form, 4-bit map');
+$same_as_heap->('long nonces');
+$upd->(q{UPDATE nf_AM SET c = c || 'x', d = NULL WHERE id IN (1, 2, 3)});
+$same_as_heap->('mixed nonces and a new NULL');
+is($node->safe_psql('postgres', "SELECT bt_index_check('nf_cmk_heap_pkey', heapallindexed => true)"), '',
+	'nonce forms: amcheck on the primary key');
+
 done_testing();

@@ -31,10 +31,13 @@
 /* Trailer, read backwards from the end of the tuple (inside t_len). */
 #define CMK_FORMAT_VERSION		0xC2	/* 0xC1: pre-release layout, refused */
 #define CMK_NONCE_LEN			12
+#define CMK_NONCE_PREFIX_LEN	8	/* random part; the rest is a counter */
+#define CMK_NONCE_SHORT_LEN		(CMK_NONCE_LEN - CMK_NONCE_PREFIX_LEN)
 #define CMK_MAX_NONCES			8	/* distinct nonces one tuple may carry */
 #define CMK_TRAILER_FIXED		(1 + 4 + 1)	/* flags, DEK tag, version */
 #define CMK_FLAG_NONCES_MASK	0x0F	/* number of nonces - 1 */
 #define CMK_FLAG_HAS_EXTERNAL	0x10	/* external-reference bitmap present */
+#define CMK_FLAG_SHORT_NONCES	0x20	/* nonces 1.. share nonce 0's prefix */
 
 /* The encrypted stand-in for an on-disk TOAST pointer: a short varlena. */
 #define CMK_EXTREF_HEADER		((uint8) ((TOAST_POINTER_SIZE_CMK << 1) | 0x01))
@@ -85,8 +88,12 @@ cmk_attr_offset(Form_pg_attribute att, uint32 off, bool *slow, const char *tp)
 typedef struct CmkTrailer
 {
 	int			nnonces;
-	const uint8 *nonces;		/* nnonces * CMK_NONCE_LEN */
-	const uint8 *map;			/* 4 bits per attribute, or NULL: all nonce 0 */
+	const uint8 *nonce0;		/* nonce 0, CMK_NONCE_LEN bytes */
+	const uint8 *more;			/* nonces 1..: CMK_NONCE_LEN bytes each, or
+								 * CMK_NONCE_SHORT_LEN with short_nonces */
+	bool		short_nonces;
+	int			map_bits;		/* 1 (two nonces) or 4 bits per attribute */
+	const uint8 *map;			/* nonce index per attribute, or NULL: all 0 */
 	const uint8 *extbits;		/* 1 bit per attribute, or NULL */
 	uint32		dek_tag;
 	int32		data_end;		/* offset where the trailer starts */

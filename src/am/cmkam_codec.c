@@ -44,6 +44,13 @@ typedef struct AttrSpan
 
 typedef CmkTrailer Trailer;
 
+/* A nonce as its 8-byte random prefix and its 4-byte counter. */
+typedef struct NonceRef
+{
+	const uint8 *pre;
+	const uint8 *ctr;
+} NonceRef;
+
 #define BATCH_BLOCKS	512
 #define BATCH_XORS		1024
 
@@ -74,36 +81,39 @@ typedef struct XorBatch
 	}			xors[BATCH_XORS];
 } XorBatch;
 
+#define NONCE_RANGE		1024	/* counters a backend reserves at a time */
+
 static struct
 {
-	int			pid;
+	int			pid;			/* owner: a forked child must not reuse them */
 	uint8		prefix[8];
-	uint32		counter;
+	uint32		next;
+	uint32		left;
 }			nonce_state;
 
 /*
- * 96-bit nonce: a random 64-bit prefix drawn per process (again after 2^32
- * nonces) and a 32-bit counter.  Two processes collide only if their random
- * prefixes do, which for 2^20 processes over a key's life is about 2^-25.
+ * 96-bit nonce: the cluster's current random 64-bit prefix and a 32-bit
+ * counter under it, reserved from shared memory NONCE_RANGE at a time
+ * (cmk_nonce_reserve).  No nonce is handed out twice under one prefix.
+ * Because all backends share the prefix, an update usually stores its fresh
+ * nonce as a 4-byte counter next to the old one (docs/tuple-format.md).
  */
 static void
 next_nonce(uint8 *out)
 {
-	if (nonce_state.pid != MyProcPid || nonce_state.counter == PG_UINT32_MAX)
+	if (nonce_state.pid != MyProcPid || nonce_state.left == 0)
 	{
-		if (!cmk_random_bytes(nonce_state.prefix, sizeof(nonce_state.prefix)))
-			ereport(ERROR,
-					(errcode(ERRCODE_INTERNAL_ERROR),
-					 errmsg("could not generate a random nonce")));
-		nonce_state.counter = 0;
+		cmk_nonce_reserve(nonce_state.prefix, &nonce_state.next, NONCE_RANGE);
+		nonce_state.left = NONCE_RANGE;
 		nonce_state.pid = MyProcPid;
 	}
 	memcpy(out, nonce_state.prefix, 8);
-	out[8] = (uint8) (nonce_state.counter >> 24);
-	out[9] = (uint8) (nonce_state.counter >> 16);
-	out[10] = (uint8) (nonce_state.counter >> 8);
-	out[11] = (uint8) nonce_state.counter;
-	nonce_state.counter++;
+	out[8] = (uint8) (nonce_state.next >> 24);
+	out[9] = (uint8) (nonce_state.next >> 16);
+	out[10] = (uint8) (nonce_state.next >> 8);
+	out[11] = (uint8) nonce_state.next;
+	nonce_state.next++;
+	nonce_state.left--;
 }
 
 /*
@@ -197,7 +207,7 @@ batch_flush(XorBatch *b)
  * (big-endian uint16 each).
  */
 static inline void
-batch_add(XorBatch *b, const uint8 *nonce, int i, uint8 *data, int32 len)
+batch_add(XorBatch *b, NonceRef nonce, int i, uint8 *data, int32 len)
 {
 	int			region = i < b->nfixed ? 0 : i + 1;
 	int32		pos = i < b->nfixed ? b->fixed_pos[i] : 0;
@@ -210,7 +220,8 @@ batch_add(XorBatch *b, const uint8 *nonce, int i, uint8 *data, int32 len)
 
 		if (b->nxors == BATCH_XORS)
 			batch_flush(b);
-		if (b->last_nonce != nonce || b->last_region != region ||
+		/* the counter pointer identifies the nonce within one batch */
+		if (b->last_nonce != nonce.ctr || b->last_region != region ||
 			b->last_blk != blk)
 		{
 			uint8	   *cb;
@@ -218,13 +229,14 @@ batch_add(XorBatch *b, const uint8 *nonce, int i, uint8 *data, int32 len)
 			if (b->nblocks == BATCH_BLOCKS)
 				batch_flush(b);
 			cb = b->blocks + b->nblocks * CMK_AES_BLOCK;
-			memcpy(cb, nonce, CMK_NONCE_LEN);
+			memcpy(cb, nonce.pre, CMK_NONCE_PREFIX_LEN);
+			memcpy(cb + CMK_NONCE_PREFIX_LEN, nonce.ctr, CMK_NONCE_SHORT_LEN);
 			cb[12] = (uint8) (region >> 8);
 			cb[13] = (uint8) region;
 			cb[14] = (uint8) (blk >> 8);
 			cb[15] = (uint8) blk;
 			b->nblocks++;
-			b->last_nonce = nonce;
+			b->last_nonce = nonce.ctr;
 			b->last_region = region;
 			b->last_blk = blk;
 		}
@@ -394,10 +406,15 @@ walk_attrs(Relation rel, TupleDesc desc, HeapTuple tup, int32 data_end,
 	return natts;
 }
 
+/* Which nonce attribute i uses. */
 static inline int
-map_get(const uint8 *map, int i)
+map_get(const Trailer *t, int i)
 {
-	return map ? (map[i / 2] >> ((i % 2) * 4)) & 0x0F : 0;
+	if (t->map == NULL)
+		return 0;
+	if (t->map_bits == 1)
+		return (t->map[i / 8] >> (i % 8)) & 0x01;
+	return (t->map[i / 2] >> ((i % 2) * 4)) & 0x0F;
 }
 
 static inline bool
@@ -406,12 +423,55 @@ bit_get(const uint8 *bits, int i)
 	return bits && (bits[i / 8] & (1 << (i % 8))) != 0;
 }
 
-static int32
-trailer_size(int nnonces, int natts, bool has_ext)
+static inline int32
+map_size(int nnonces, int natts)
 {
-	return CMK_TRAILER_FIXED + nnonces * CMK_NONCE_LEN +
-		(nnonces > 1 ? (natts + 1) / 2 : 0) +
+	if (nnonces == 1)
+		return 0;
+	return nnonces == 2 ? (natts + 7) / 8 : (natts + 1) / 2;
+}
+
+static int32
+trailer_size(int nnonces, int natts, bool has_ext, bool short_nonces)
+{
+	return CMK_TRAILER_FIXED + CMK_NONCE_LEN +
+		(nnonces - 1) * (short_nonces ? CMK_NONCE_SHORT_LEN : CMK_NONCE_LEN) +
+		map_size(nnonces, natts) +
 		(has_ext ? (natts + 7) / 8 : 0);
+}
+
+/* Nonce idx of a trailer, as its random prefix and its counter. */
+static inline NonceRef
+trailer_nonce(const Trailer *t, int idx)
+{
+	NonceRef	n;
+
+	if (idx == 0)
+		n.pre = t->nonce0;
+	else if (t->short_nonces)
+	{
+		n.pre = t->nonce0;
+		n.ctr = t->more + (idx - 1) * CMK_NONCE_SHORT_LEN;
+		return n;
+	}
+	else
+		n.pre = t->more + (idx - 1) * CMK_NONCE_LEN;
+	n.ctr = n.pre + CMK_NONCE_PREFIX_LEN;
+	return n;
+}
+
+static inline NonceRef
+attr_nonce(const Trailer *t, int i)
+{
+	return trailer_nonce(t, map_get(t, i));
+}
+
+static inline NonceRef
+plain_nonce(const uint8 *nonce)
+{
+	NonceRef	n = {nonce, nonce + CMK_NONCE_PREFIX_LEN};
+
+	return n;
 }
 
 /*
@@ -435,8 +495,11 @@ parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
 			t->nnonces = 1;
 			t->dek_tag = tag;
 			t->data_end = len - CMK_TRAILER_FIXED - CMK_NONCE_LEN;
-			t->nonces = base + t->data_end;
+			t->nonce0 = base + t->data_end;
+			t->more = NULL;
+			t->short_nonces = false;
 			t->map = NULL;
+			t->map_bits = 0;
 			t->extbits = NULL;
 			return;
 		}
@@ -471,17 +534,26 @@ cmk_parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
 	memcpy(&t->dek_tag, base + len - 5, 4);
 	flags = base[len - 6];
 	t->nnonces = (flags & CMK_FLAG_NONCES_MASK) + 1;
-	if (t->nnonces > CMK_MAX_NONCES || (flags & ~(CMK_FLAG_NONCES_MASK | CMK_FLAG_HAS_EXTERNAL)))
+	t->short_nonces = (flags & CMK_FLAG_SHORT_NONCES) != 0;
+	if (t->nnonces > CMK_MAX_NONCES ||
+		(flags & ~(CMK_FLAG_NONCES_MASK | CMK_FLAG_HAS_EXTERNAL | CMK_FLAG_SHORT_NONCES)) ||
+		(t->short_nonces && t->nnonces == 1))
 		report_corrupt(rel, tup, "invalid trailer flags");
-	size = trailer_size(t->nnonces, natts, (flags & CMK_FLAG_HAS_EXTERNAL) != 0);
+	size = trailer_size(t->nnonces, natts, (flags & CMK_FLAG_HAS_EXTERNAL) != 0,
+						t->short_nonces);
 	if (len - size < tup->t_data->t_hoff)
 		report_corrupt(rel, tup, "trailer larger than the tuple");
 	t->data_end = len - size;
 	t->extbits = (flags & CMK_FLAG_HAS_EXTERNAL) ? base + t->data_end : NULL;
 	t->map = NULL;
+	t->map_bits = 0;
 	if (t->nnonces > 1)
+	{
 		t->map = base + t->data_end + (t->extbits ? (natts + 7) / 8 : 0);
-	t->nonces = base + len - CMK_TRAILER_FIXED - t->nnonces * CMK_NONCE_LEN;
+		t->map_bits = t->nnonces == 2 ? 1 : 4;
+	}
+	t->nonce0 = base + len - CMK_TRAILER_FIXED - CMK_NONCE_LEN;
+	t->more = t->map ? t->map + map_size(t->nnonces, natts) : NULL;
 
 	if (t->dek_tag != want_tag)
 	{
@@ -501,7 +573,7 @@ cmk_parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
 				 errhint("Start the server with the control file (and key) of the cluster that wrote this data.")));
 	}
 	for (int i = 0; t->map && i < natts; i++)
-		if (map_get(t->map, i) >= t->nnonces)
+		if (map_get(t, i) >= t->nnonces)
 			report_corrupt(rel, tup, "invalid nonce reference");
 }
 
@@ -566,7 +638,7 @@ cmk_decrypt_tuple(Relation rel, TupleDesc desc, HeapTuple cipher)
 				report_corrupt(rel, cipher, "raw TOAST pointer in stored tuple");
 			continue;
 		}
-		batch_add(&batch, t.nonces + map_get(t.map, i) * CMK_NONCE_LEN, i,
+		batch_add(&batch, attr_nonce(&t, i), i,
 				  (uint8 *) plain->t_data + s->start + s->hdr, s->full - s->hdr);
 	}
 	batch_done(&batch);
@@ -615,7 +687,7 @@ encrypt_for_insert(Relation rel, TupleDesc desc, uint32 tag, HeapTuple plain,
 
 	for (int i = 0; i < natts; i++)
 		has_ext |= spans[i].is_ondisk;
-	tsize = trailer_size(1, natts, has_ext);
+	tsize = trailer_size(1, natts, has_ext, false);
 	out = (HeapTuple) palloc(HEAPTUPLESIZE + data_len + tsize);
 	out->t_len = data_len + tsize;
 	out->t_self = plain->t_self;
@@ -651,7 +723,7 @@ encrypt_for_insert(Relation rel, TupleDesc desc, uint32 tag, HeapTuple plain,
 	/* the nonce is copied into the trailer: queue against that copy */
 	for (int i = 0; i < natts; i++)
 		if (spans[i].start >= 0)
-			batch_add(batch, (uint8 *) d + data_len + (has_ext ? (natts + 7) / 8 : 0),
+			batch_add(batch, plain_nonce((uint8 *) d + data_len + (has_ext ? (natts + 7) / 8 : 0)),
 					  i, (uint8 *) d + spans[i].start + spans[i].hdr,
 					  spans[i].full - spans[i].hdr);
 	return out;
@@ -694,6 +766,7 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher)
 	int			old_natts = 0;
 	bool		has_ext = false;
 	bool		overflow = false;
+	bool		short_nonces;
 	Trailer		ot = {0};
 	HeapTuple	old_plain = NULL;
 	HeapTuple	out;
@@ -762,8 +835,12 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher)
 			bit_get(ot.extbits, i) == s->is_ondisk &&
 			memcmp(stored + s->start, (char *) old_plain->t_data + o->start, s->full) == 0)
 		{
-			const uint8 *n = ot.nonces + map_get(ot.map, i) * CMK_NONCE_LEN;
+			NonceRef	r = attr_nonce(&ot, i);
+			uint8		n[CMK_NONCE_LEN];
 			int			j;
+
+			memcpy(n, r.pre, CMK_NONCE_PREFIX_LEN);
+			memcpy(n + CMK_NONCE_PREFIX_LEN, r.ctr, CMK_NONCE_SHORT_LEN);
 
 			for (j = 0; j < nnonces; j++)
 				if (memcmp(nonces + j * CMK_NONCE_LEN, n, CMK_NONCE_LEN) == 0)
@@ -801,7 +878,8 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher)
 		next_nonce(nonces + new_idx * CMK_NONCE_LEN);
 	}
 
-	tsize = trailer_size(nnonces, natts, has_ext);
+	/* room for the long form; the nonce may still be re-drawn below */
+	tsize = trailer_size(nnonces, natts, has_ext, false);
 	out = (HeapTuple) palloc0(HEAPTUPLESIZE + data_len + tsize);
 	out->t_len = data_len + tsize;
 	out->t_self = plain->t_self;
@@ -819,7 +897,7 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher)
 		{
 			if (spans[i].start < 0 || nonce_of[i] >= 0)
 				continue;
-			batch_add(&batch, nonces + new_idx * CMK_NONCE_LEN, i,
+			batch_add(&batch, plain_nonce(nonces + new_idx * CMK_NONCE_LEN), i,
 					  (uint8 *) out->t_data + spans[i].start + spans[i].hdr,
 					  spans[i].full - spans[i].hdr);
 		}
@@ -857,7 +935,17 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher)
 		next_nonce(nonces + new_idx * CMK_NONCE_LEN);
 	}
 
-	/* Trailer: [extbits][map][nonces][flags][dek tag][version] */
+	/*
+	 * Trailer: [extbits][map][nonces 1..][nonce 0][flags][dek tag][version].
+	 * Nonces drawn since the postmaster started share one random prefix
+	 * (next_nonce), so usually only their 4-byte counters need storing.
+	 */
+	short_nonces = nnonces > 1;
+	for (int j = 1; j < nnonces; j++)
+		if (memcmp(nonces + j * CMK_NONCE_LEN, nonces, CMK_NONCE_PREFIX_LEN) != 0)
+			short_nonces = false;
+	tsize = trailer_size(nnonces, natts, has_ext, short_nonces);
+	out->t_len = data_len + tsize;
 	tp = (uint8 *) out->t_data + data_len;
 	if (has_ext)
 	{
@@ -874,13 +962,31 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher)
 			int			idx = nonce_of[i] >= 0 ? nonce_of[i] :
 				(spans[i].start >= 0 ? new_idx : 0);
 
-			tp[i / 2] |= (uint8) (idx << ((i % 2) * 4));
+			if (nnonces == 2)
+				tp[i / 8] |= (uint8) (idx << (i % 8));
+			else
+				tp[i / 2] |= (uint8) (idx << ((i % 2) * 4));
 		}
-		tp += (natts + 1) / 2;
+		tp += map_size(nnonces, natts);
 	}
-	memcpy(tp, nonces, nnonces * CMK_NONCE_LEN);
-	tp += nnonces * CMK_NONCE_LEN;
-	*tp++ = (uint8) ((nnonces - 1) | (has_ext ? CMK_FLAG_HAS_EXTERNAL : 0));
+	for (int j = 1; j < nnonces; j++)
+	{
+		if (short_nonces)
+		{
+			memcpy(tp, nonces + j * CMK_NONCE_LEN + CMK_NONCE_PREFIX_LEN,
+				   CMK_NONCE_SHORT_LEN);
+			tp += CMK_NONCE_SHORT_LEN;
+		}
+		else
+		{
+			memcpy(tp, nonces + j * CMK_NONCE_LEN, CMK_NONCE_LEN);
+			tp += CMK_NONCE_LEN;
+		}
+	}
+	memcpy(tp, nonces, CMK_NONCE_LEN);
+	tp += CMK_NONCE_LEN;
+	*tp++ = (uint8) ((nnonces - 1) | (has_ext ? CMK_FLAG_HAS_EXTERNAL : 0) |
+					 (short_nonces ? CMK_FLAG_SHORT_NONCES : 0));
 	memcpy(tp, &tag, 4);
 	tp += 4;
 	*tp++ = CMK_FORMAT_VERSION;
@@ -943,7 +1049,7 @@ cmk_deform_decrypt(Relation rel, TupleDesc desc, HeapTupleHeader td,
 		off = cmk_attr_offset(att, off, &slow, tp);
 		stored_extent(rel, td, att, tp, off, limit, &full, &hdr);
 
-		batch_add(&batch, t->nonces + map_get(t->map, i) * CMK_NONCE_LEN, i,
+		batch_add(&batch, attr_nonce(t, i), i,
 				  (uint8 *) tp + off + hdr, full - hdr);
 		starts[i] = (int32) off;
 		off += full;
@@ -1037,7 +1143,7 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 		if (!hasnulls && n <= batch.nfixed && n > 0 &&
 			batch.fixed_pos[n - 1] + TupleDescAttr(desc, n - 1)->attlen <= limit)
 		{
-			const uint8 *nonce = pt->t.nonces + map_get(pt->t.map, 0) * CMK_NONCE_LEN;
+			NonceRef	nonce = attr_nonce(&pt->t, 0);
 
 			for (int i = 0; i < n; i++)
 			{
@@ -1046,7 +1152,7 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 				uint8	   *dst;
 
 				if (pt->t.map)
-					nonce = pt->t.nonces + map_get(pt->t.map, i) * CMK_NONCE_LEN;
+					nonce = attr_nonce(&pt->t, i);
 				nul[i] = false;
 				if (att->attbyval)
 				{
@@ -1085,7 +1191,7 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 		for (int i = 0; i < n; i++)
 		{
 			Form_pg_attribute att = TupleDescAttr(desc, i);
-			const uint8 *nonce;
+			NonceRef	nonce;
 			int32		full;
 			int32		hdr;
 
@@ -1102,7 +1208,7 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 				corrupt_at(rel, src, "attribute beyond end of data");
 			off = cmk_attr_offset(att, off, &slow, stp);
 			stored_extent(rel, src, att, stp, off, limit, &full, &hdr);
-			nonce = pt->t.nonces + map_get(pt->t.map, i) * CMK_NONCE_LEN;
+			nonce = attr_nonce(&pt->t, i);
 			if (att->attbyval)
 			{
 				/* decrypt inside the Datum; pass 2 turns bytes into a value */
