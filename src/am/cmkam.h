@@ -129,7 +129,8 @@ extern void cmk_deform_decrypt(Relation rel, TupleDesc desc, HeapTupleHeader td,
 							   int to, Datum *values, bool *isnull,
 							   uint32 *offp, bool *slowp);
 extern HeapTuple cmk_encrypt_tuple(Relation rel, HeapTuple plain,
-								   HeapTuple old_cipher);
+								   HeapTuple old_cipher,
+								   HeapTuple old_decrypted);
 extern void cmk_encrypt_tuples(Relation rel, HeapTuple *plains, int n,
 							   HeapTuple *out);
 extern HeapTuple cmk_decrypt_tuple(Relation rel, TupleDesc desc,
@@ -178,11 +179,60 @@ extern TM_Result cmkam_tuple_update(Relation rel, ItemPointer otid,
 extern HeapTuple cmk_read_cipher_tuple(Relation rel, ItemPointer tid);
 
 /* cmkam_slot.c */
+struct CmkPageCache;
+typedef struct CmkTupleTableSlot
+{
+	TupleTableSlot base;
+	TupleTableSlot *raw;		/* heap buffer slot holding the stored tuple */
+	Relation	rel;			/* relation of the raw tuple */
+	HeapScanDesc scan;			/* pagemode scan it came from, or NULL */
+	uint64		visit;			/* page visit of the raw tuple, 0 if none */
+	HeapTuple	mat;			/* owned, fully decrypted (or formed) tuple */
+	/* lazy state for the raw tuple */
+	bool		prepared;		/* td holds a copy of the stored tuple */
+	CmkTrailer	trailer;
+	HeapTupleHeader td;			/* plaintext copy being deformed */
+	HeapTupleHeader plain;		/* own copy buffer */
+	Size		bufsize;
+	uint32		off;			/* deform position after tts_nvalid */
+	struct CmkPageCache *pc;			/* allocated on first use */
+} CmkTupleTableSlot;
+
 extern PGDLLIMPORT const TupleTableSlotOps TTSOpsCmkHeapTuple;
 extern TupleTableSlot *cmk_slot_raw(TupleTableSlot *slot);
-extern void cmk_slot_adopt_raw(TupleTableSlot *slot, Relation rel,
-							   HeapScanDesc scan, bool new_page);
+extern void cmk_slot_drop_mat(TupleTableSlot *slot);
 extern HeapTuple cmk_slot_own_tuple(TupleTableSlot *slot);
+
+/*
+ * The heap filled the raw slot with a stored tuple of rel: make it the
+ * slot's content, undecrypted.  Inline: every tuple of a scan passes here.
+ *
+ * scan is the pagemode sequential scan it came from (or NULL), new_page
+ * whether that scan moved to another page (or re-read one) to return it.  A
+ * run of tuples from the same scan without a page change is one "visit" of
+ * a page the scan holds pinned throughout, so a page cache built during the
+ * visit stays valid for all of it; anything else starts a new visit
+ * (visit 0: assigned when a page cache is first asked for).
+ */
+static inline void
+cmk_slot_adopt_raw(TupleTableSlot *slot, Relation rel, HeapScanDesc scan,
+				   bool new_page)
+{
+	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
+
+	if (new_page || cs->scan != scan || scan == NULL)
+		cs->visit = 0;
+	cs->scan = scan;
+	if (unlikely(cs->mat != NULL))
+		cmk_slot_drop_mat(slot);
+	cs->rel = rel;
+	cs->prepared = false;
+	cs->off = 0;
+	slot->tts_nvalid = 0;
+	slot->tts_flags &= ~TTS_FLAG_EMPTY;
+	slot->tts_tid = cs->raw->tts_tid;
+	slot->tts_tableOid = cs->raw->tts_tableOid;
+}
 
 /* cmkam_scan.c */
 extern TableScanDesc cmkam_scan_begin(Relation rel, Snapshot snapshot,

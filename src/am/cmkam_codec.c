@@ -747,10 +747,13 @@ cmk_encrypt_tuples(Relation rel, HeapTuple *plains, int n, HeapTuple *out)
  * Encrypt a plaintext tuple (formed by heap_form_tuple; external values are
  * on-disk TOAST pointers produced by our toaster).  With old_cipher, the
  * stored version being updated, unchanged attributes keep their stored bytes
- * and nonce, and changed ones are guaranteed to differ from the old bytes.
+ * and nonce, and changed ones are guaranteed to differ from the old bytes;
+ * old_decrypted, if the caller has it, is old_cipher decrypted (saves
+ * decrypting it again).
  */
 HeapTuple
-cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher)
+cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher,
+				  HeapTuple old_decrypted)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	HeapTuple	result;
@@ -803,7 +806,9 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher)
 		stored_fresh = palloc(data_len);
 		memcpy(stored_fresh, stored, data_len);
 		cmk_parse_trailer(rel, old_cipher, tag, &ot);
-		old_plain = cmk_decrypt_tuple(rel, desc, old_cipher);
+		/* our own copy: it is turned back into stored form below */
+		old_plain = old_decrypted ? heap_copytuple(old_decrypted) :
+			cmk_decrypt_tuple(rel, desc, old_cipher);
 		/* back to stored form for byte comparison */
 		old_natts = walk_attrs(rel, desc, old_cipher, ot.data_end, old_spans);
 		for (int i = 0; ot.extbits && i < old_natts; i++)

@@ -40,33 +40,19 @@ typedef struct CmkPageCache
 	uint64		visit;			/* 0: empty */
 	int			natts;			/* prefix decrypted for every entry */
 	int			ntups;
-	CmkPageTuple tups[MaxHeapTuplesPerPage];
 	int16		index[MaxHeapTuplesPerPage + 1];	/* offnum -> entry + 1 */
+	/* grown on demand: a slot is often made per query for a small table */
+	CmkPageTuple *tups;
+	int			ntups_alloc;
 	Datum	   *values;			/* ntups * natts, plaintext */
 	bool	   *isnull;
 	Size		nvalues;		/* allocated entries of values/isnull */
 	Size		values_used;	/* high-water mark, for wiping */
-	char	   *area;			/* 2 * BLCKSZ, MAXALIGNed: by-reference values */
+	char	   *area;			/* by-reference values (MAXALIGNed) */
+	Size		area_size;
 	Size		area_used;		/* high-water mark, for wiping */
 } CmkPageCache;
 
-typedef struct CmkTupleTableSlot
-{
-	TupleTableSlot base;
-	TupleTableSlot *raw;		/* heap buffer slot holding the stored tuple */
-	Relation	rel;			/* relation of the raw tuple */
-	HeapScanDesc scan;			/* pagemode scan it came from, or NULL */
-	uint64		visit;			/* page visit of the raw tuple, 0 if none */
-	HeapTuple	mat;			/* owned, fully decrypted (or formed) tuple */
-	/* lazy state for the raw tuple */
-	bool		prepared;		/* td holds a copy of the stored tuple */
-	CmkTrailer	trailer;
-	HeapTupleHeader td;			/* plaintext copy being deformed */
-	HeapTupleHeader plain;		/* own copy buffer */
-	Size		bufsize;
-	uint32		off;			/* deform position after tts_nvalid */
-	CmkPageCache *pc;			/* allocated on first use */
-} CmkTupleTableSlot;
 
 /* Page visits of this backend's scans; 0 means "not in a visit". */
 static uint64 page_visit_counter = 0;
@@ -146,14 +132,19 @@ cmk_slot_release(TupleTableSlot *slot)
 	{
 		CmkPageCache *pc = cs->pc;
 
-		explicit_bzero(pc->area, pc->area_used);
-		pfree(pc->area);
+		if (pc->area)
+		{
+			explicit_bzero(pc->area, pc->area_used);
+			pfree(pc->area);
+		}
 		if (pc->values)
 		{
 			explicit_bzero(pc->values, pc->values_used * sizeof(Datum));
 			pfree(pc->values);
 			pfree(pc->isnull);
 		}
+		if (pc->tups)
+			pfree(pc->tups);
 		pfree(pc);
 		cs->pc = NULL;
 	}
@@ -198,19 +189,36 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 	int			idx;
 
 	if (cs->visit == 0)
-		return NULL;
-	if (pc == NULL)
 	{
-		pc = cs->pc = MemoryContextAllocZero(cs->base.tts_mcxt, sizeof(CmkPageCache));
-		pc->area = MemoryContextAlloc(cs->base.tts_mcxt, 2 * BLCKSZ);
+		/* first request of a run of tuples: can it be a page visit? */
+		if (scan == NULL || !(scan->rs_base.rs_flags & SO_ALLOW_PAGEMODE) ||
+			scan->rs_ntuples <= 1 ||
+			((BufferHeapTupleTableSlot *) cs->raw)->buffer != scan->rs_cbuf)
+			return NULL;
+		cs->visit = ++page_visit_counter;
 	}
+	if (pc == NULL)
+		pc = cs->pc = MemoryContextAllocZero(cs->base.tts_mcxt, sizeof(CmkPageCache));
 	if (pc->visit != cs->visit || pc->natts < natts)
 	{
+		MemoryContext mcxt = cs->base.tts_mcxt;
 		Page		page = BufferGetPage(scan->rs_cbuf);
 		BlockNumber blk = scan->rs_cblock;
-		Size		need = (Size) scan->rs_ntuples * natts;
+		int			ntups = scan->rs_ntuples;
+		Size		need = (Size) ntups * natts;
+		Size		area_need = 0;
 
 		pc->visit = 0;
+		for (int i = 0; i < pc->ntups; i++)
+			pc->index[ItemPointerGetOffsetNumber(&pc->tups[i].tid)] = 0;
+		pc->ntups = 0;
+		if (ntups > pc->ntups_alloc)
+		{
+			if (pc->tups)
+				pfree(pc->tups);
+			pc->ntups_alloc = Max(ntups, 64);
+			pc->tups = MemoryContextAlloc(mcxt, pc->ntups_alloc * sizeof(CmkPageTuple));
+		}
 		if (need > pc->nvalues)
 		{
 			if (pc->values)
@@ -219,13 +227,12 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 				pfree(pc->values);
 				pfree(pc->isnull);
 			}
-			pc->nvalues = Max(need, 64 * 8);
-			pc->values = MemoryContextAlloc(cs->base.tts_mcxt, pc->nvalues * sizeof(Datum));
-			pc->isnull = MemoryContextAlloc(cs->base.tts_mcxt, pc->nvalues * sizeof(bool));
+			pc->nvalues = Max(need, 256);
+			pc->values = MemoryContextAlloc(mcxt, pc->nvalues * sizeof(Datum));
+			pc->isnull = MemoryContextAlloc(mcxt, pc->nvalues * sizeof(bool));
 			pc->values_used = 0;
 		}
-		memset(pc->index, 0, sizeof(pc->index));
-		for (int i = 0; i < scan->rs_ntuples; i++)
+		for (int i = 0; i < ntups; i++)
 		{
 			OffsetNumber o = scan->rs_vistuples[i];
 			ItemId		lp = PageGetItemId(page, o);
@@ -235,6 +242,7 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 			pt->src_len = ItemIdGetLength(lp);
 			ItemPointerSet(&pt->tid, blk, o);
 			pc->index[o] = i + 1;
+			area_need += MAXALIGN(pt->src_len);
 
 			/*
 			 * Decryption reads both ends of every tuple: ask for all of
@@ -243,13 +251,25 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 			cmk_prefetch(pt->src);
 			cmk_prefetch((char *) pt->src + pt->src_len - 1);
 		}
-		pc->ntups = scan->rs_ntuples;
+		pc->ntups = ntups;
+		/* every tuple's data fits in its stored length */
+		if (area_need > pc->area_size)
+		{
+			if (pc->area)
+			{
+				explicit_bzero(pc->area, pc->area_used);
+				pfree(pc->area);
+			}
+			pc->area_size = Max(area_need, 1024);
+			pc->area = MemoryContextAlloc(mcxt, pc->area_size);
+			pc->area_used = 0;
+		}
 		pc->values_used = Max(pc->values_used, need);
-		pc->area_used = 2 * BLCKSZ;
+		pc->area_used = Max(pc->area_used, area_need);
 		if (!cmk_decrypt_page_prefixes(cs->rel, cs->base.tts_tupleDescriptor,
-									   pc->tups, pc->ntups, natts,
+									   pc->tups, ntups, natts,
 									   pc->values, pc->isnull,
-									   pc->area, 2 * BLCKSZ))
+									   pc->area, pc->area_size))
 			return NULL;
 		pc->visit = cs->visit;
 		pc->natts = natts;
@@ -500,42 +520,16 @@ cmk_slot_raw(TupleTableSlot *slot)
 	return ((CmkTupleTableSlot *) slot)->raw;
 }
 
-/*
- * The heap filled the raw slot with a stored tuple of rel: make it the
- * slot's content, undecrypted.  scan is the pagemode sequential scan it came
- * from (or NULL), new_page whether that scan moved to another page (or
- * re-read one) to return it.  A run of tuples from the same scan without a
- * page change is one "visit" of a page the scan holds pinned throughout, so
- * a page cache built during the visit stays valid for all of it; anything
- * else starts a new visit.
- */
+/* Out of line part of cmk_slot_adopt_raw: drop a materialized tuple. */
 void
-cmk_slot_adopt_raw(TupleTableSlot *slot, Relation rel, HeapScanDesc scan,
-				   bool new_page)
+cmk_slot_drop_mat(TupleTableSlot *slot)
 {
 	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
 
-	if (scan == NULL || !(scan->rs_base.rs_flags & SO_ALLOW_PAGEMODE) ||
-		scan->rs_ntuples <= 1 ||
-		((BufferHeapTupleTableSlot *) cs->raw)->buffer != scan->rs_cbuf)
-		cs->visit = 0;
-	else if (new_page || cs->scan != scan || cs->visit == 0)
-		cs->visit = ++page_visit_counter;
-	cs->scan = scan;
-	if (cs->mat)
-	{
-		if (TTS_SHOULDFREE(slot))
-			heap_freetuple(cs->mat);
-		cs->mat = NULL;
-		slot->tts_flags &= ~TTS_FLAG_SHOULDFREE;
-	}
-	cs->rel = rel;
-	cs->prepared = false;
-	cs->off = 0;
-	slot->tts_nvalid = 0;
-	slot->tts_flags &= ~TTS_FLAG_EMPTY;
-	slot->tts_tid = cs->raw->tts_tid;
-	slot->tts_tableOid = cs->raw->tts_tableOid;
+	if (TTS_SHOULDFREE(slot))
+		heap_freetuple(cs->mat);
+	cs->mat = NULL;
+	slot->tts_flags &= ~TTS_FLAG_SHOULDFREE;
 }
 
 /* The tuple a slot of ours or of the heap kinds owns, if any. */

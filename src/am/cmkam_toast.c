@@ -137,7 +137,7 @@ save_value(Relation rel, Datum value, int options)
 		t_values[2] = PointerGetDatum(&chunk);
 
 		plain = heap_form_tuple(toastdesc, t_values, t_isnull);
-		cipher = cmk_encrypt_tuple(toastrel, plain, NULL);
+		cipher = cmk_encrypt_tuple(toastrel, plain, NULL, NULL);
 		heap_insert(toastrel, cipher, mycid, options, NULL);
 
 		/* The index keys (chunk_id, chunk_seq) come from the plaintext. */
@@ -476,7 +476,7 @@ cmk_prepare_tuple_for_rewrite(Relation oldrel, Relation newrel, HeapTuple plain,
 	ExecStoreVirtualTuple(vslot);
 
 	formed = cmk_form_plain_tuple(newrel, vslot, NULL, 0, &st);
-	cipher = cmk_encrypt_tuple(newrel, formed, NULL);
+	cipher = cmk_encrypt_tuple(newrel, formed, NULL, NULL);
 	cmk_toast_finish(st, true);
 	return cipher;
 }

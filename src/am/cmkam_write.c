@@ -95,7 +95,7 @@ encrypt_slot(Relation rel, TupleTableSlot *slot, int options,
 	HeapTuple	cipher;
 
 	plain = cmk_form_plain_tuple(rel, slot, NULL, options, st);
-	cipher = cmk_encrypt_tuple(rel, plain, NULL);
+	cipher = cmk_encrypt_tuple(rel, plain, NULL, NULL);
 	slot->tts_tableOid = RelationGetRelid(rel);
 	cipher->t_tableOid = slot->tts_tableOid;
 	return cipher;
@@ -290,7 +290,7 @@ cmkam_tuple_update(Relation rel, ItemPointer otid, TupleTableSlot *slot,
 	TM_Result	result;
 
 	plain = cmk_form_plain_tuple(rel, slot, old_plain, 0, &st);
-	cipher = cmk_encrypt_tuple(rel, plain, old_cipher);
+	cipher = cmk_encrypt_tuple(rel, plain, old_cipher, old_plain);
 	slot->tts_tableOid = RelationGetRelid(rel);
 	cipher->t_tableOid = slot->tts_tableOid;
 
