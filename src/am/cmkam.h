@@ -77,13 +77,6 @@ cmk_attr_offset(Form_pg_attribute att, uint32 off, bool *slow, const char *tp)
 	return off;
 }
 
-/* A hint to start loading memory that is about to be read. */
-#if defined(__GNUC__) || defined(__clang__)
-#define cmk_prefetch(p)		__builtin_prefetch(p)
-#else
-#define cmk_prefetch(p)		((void) 0)
-#endif
-
 /* A parsed trailer; pointers point into the stored tuple. */
 typedef struct CmkTrailer
 {
@@ -115,6 +108,10 @@ typedef struct CmkPageTuple
 	int			ndec;			/* out */
 	uint32		off;			/* out: deform position after attribute ndec */
 	bool		slow;			/* out: as slot_deform_heap_tuple's "slow" */
+	/* codec-private: the fast path's keystream */
+	int16		nfast;			/* attributes [0, nfast) by the fast path */
+	int8		idx1;			/* second nonce of the prefix, or -1 */
+	int16		ksblk[2];		/* first keystream block per nonce */
 } CmkPageTuple;
 
 /* cmkam_codec.c */

@@ -75,9 +75,9 @@ typedef struct XorBatch
 	struct
 	{
 		uint8	   *dst;
-		uint16		block;
-		uint8		skip;
-		uint8		len;
+		uint16		block;		/* first block; the next ones follow it */
+		uint16		skip;		/* keystream bytes of it to skip */
+		int32		len;
 	}			xors[BATCH_XORS];
 } XorBatch;
 
@@ -148,6 +148,37 @@ batch_init(XorBatch *b, CmkKeystream *ks, TupleDesc desc)
 	Assert(off <= 0xFFFF * CMK_AES_BLOCK);
 }
 
+/* d[0..n) ^= k[0..n), a word at a time */
+static inline void
+xor_bytes(uint8 *d, const uint8 *k, int32 n)
+{
+	for (; n >= 8; d += 8, k += 8, n -= 8)
+	{
+		uint64		x,
+					y;
+
+		memcpy(&x, d, 8);
+		memcpy(&y, k, 8);
+		x ^= y;
+		memcpy(d, &x, 8);
+	}
+	if (n >= 4)
+	{
+		uint32		x,
+					y;
+
+		memcpy(&x, d, 4);
+		memcpy(&y, k, 4);
+		x ^= y;
+		memcpy(d, &x, 4);
+		d += 4;
+		k += 4;
+		n -= 4;
+	}
+	for (; n > 0; n--)
+		*d++ ^= *k++;
+}
+
 static void
 batch_flush(XorBatch *b)
 {
@@ -159,43 +190,9 @@ batch_flush(XorBatch *b)
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("AES keystream generation failed")));
 	for (int i = 0; i < b->nxors; i++)
-	{
-		const uint8 *ks = b->blocks + b->xors[i].block * CMK_AES_BLOCK + b->xors[i].skip;
-		uint8	   *d = b->xors[i].dst;
-		int			len = b->xors[i].len;
-
-		if (len == CMK_AES_BLOCK)
-		{
-			uint64		x0,
-						x1,
-						k0,
-						k1;
-
-			memcpy(&x0, d, 8);
-			memcpy(&x1, d + 8, 8);
-			memcpy(&k0, ks, 8);
-			memcpy(&k1, ks + 8, 8);
-			x0 ^= k0;
-			x1 ^= k1;
-			memcpy(d, &x0, 8);
-			memcpy(d + 8, &x1, 8);
-		}
-		else if (len == 4)
-		{
-			uint32		x,
-						k;
-
-			memcpy(&x, d, 4);
-			memcpy(&k, ks, 4);
-			x ^= k;
-			memcpy(d, &x, 4);
-		}
-		else
-		{
-			for (int j = 0; j < len; j++)
-				d[j] ^= ks[j];
-		}
-	}
+		xor_bytes(b->xors[i].dst,
+				  b->blocks + b->xors[i].block * CMK_AES_BLOCK + b->xors[i].skip,
+				  b->xors[i].len);
 	b->nblocks = 0;
 	b->nxors = 0;
 	b->last_nonce = NULL;
@@ -204,7 +201,9 @@ batch_flush(XorBatch *b)
 /*
  * Queue keystream for attribute i (0-based) under nonce over data[len]: the
  * counter block of block blk of region r under nonce N is N || r || blk
- * (big-endian uint16 each).
+ * (big-endian uint16 each).  The blocks of one range are queued
+ * consecutively, so the range is XORed in one go; a range that starts in the
+ * block queued last (the fixed-width prefix shares region 0) reuses it.
  */
 static inline void
 batch_add(XorBatch *b, NonceRef nonce, int i, uint8 *data, int32 len)
@@ -216,34 +215,44 @@ batch_add(XorBatch *b, NonceRef nonce, int i, uint8 *data, int32 len)
 	{
 		int			blk = pos / CMK_AES_BLOCK;
 		int			skip = pos % CMK_AES_BLOCK;
-		int			n = Min(len, CMK_AES_BLOCK - skip);
+		bool		reuse;
+		int			nb;
+		int			first;
+		int32		n;
 
 		if (b->nxors == BATCH_XORS)
 			batch_flush(b);
 		/* the counter pointer identifies the nonce within one batch */
-		if (b->last_nonce != nonce.ctr || b->last_region != region ||
-			b->last_blk != blk)
+		reuse = b->last_nonce == nonce.ctr && b->last_region == region &&
+			b->last_blk == blk && b->nblocks > 0;
+		nb = (skip + len + CMK_AES_BLOCK - 1) / CMK_AES_BLOCK;
+		if (b->nblocks + nb - (reuse ? 1 : 0) > BATCH_BLOCKS)
 		{
-			uint8	   *cb;
+			batch_flush(b);
+			reuse = false;
+			nb = Min(nb, BATCH_BLOCKS);
+		}
+		n = Min(len, nb * CMK_AES_BLOCK - skip);
+		first = reuse ? b->nblocks - 1 : b->nblocks;
+		for (int k = reuse ? 1 : 0; k < nb; k++)
+		{
+			uint8	   *cb = b->blocks + b->nblocks * CMK_AES_BLOCK;
 
-			if (b->nblocks == BATCH_BLOCKS)
-				batch_flush(b);
-			cb = b->blocks + b->nblocks * CMK_AES_BLOCK;
 			memcpy(cb, nonce.pre, CMK_NONCE_PREFIX_LEN);
 			memcpy(cb + CMK_NONCE_PREFIX_LEN, nonce.ctr, CMK_NONCE_SHORT_LEN);
 			cb[12] = (uint8) (region >> 8);
 			cb[13] = (uint8) region;
-			cb[14] = (uint8) (blk >> 8);
-			cb[15] = (uint8) blk;
+			cb[14] = (uint8) ((blk + k) >> 8);
+			cb[15] = (uint8) (blk + k);
 			b->nblocks++;
-			b->last_nonce = nonce.ctr;
-			b->last_region = region;
-			b->last_blk = blk;
 		}
+		b->last_nonce = nonce.ctr;
+		b->last_region = region;
+		b->last_blk = blk + nb - 1;
 		b->xors[b->nxors].dst = data;
-		b->xors[b->nxors].block = (uint16) (b->nblocks - 1);
-		b->xors[b->nxors].skip = (uint8) skip;
-		b->xors[b->nxors].len = (uint8) n;
+		b->xors[b->nxors].block = (uint16) first;
+		b->xors[b->nxors].skip = (uint16) skip;
+		b->xors[b->nxors].len = n;
 		b->nxors++;
 		data += n;
 		pos += n;
@@ -1085,6 +1094,61 @@ cmk_deform_decrypt(Relation rel, TupleDesc desc, HeapTupleHeader td,
 }
 
 /*
+ * A by-value attribute of len bytes stored at cp, decrypted with keystream
+ * kp: what fetch_att would return for the plaintext bytes.  Whole-width
+ * loads, so the CPU never has to forward byte stores into a wider load.
+ */
+static inline Datum
+xor_byval(const uint8 *cp, const uint8 *kp, int16 len)
+{
+	switch (len)
+	{
+		case 1:
+			return CharGetDatum((char) (cp[0] ^ kp[0]));
+		case 2:
+			{
+				uint16		c,
+							k;
+
+				memcpy(&c, cp, 2);
+				memcpy(&k, kp, 2);
+				return Int16GetDatum((int16) (c ^ k));
+			}
+		case 4:
+			{
+				uint32		c,
+							k;
+
+				memcpy(&c, cp, 4);
+				memcpy(&k, kp, 4);
+				return Int32GetDatum((int32) (c ^ k));
+			}
+#if SIZEOF_DATUM == 8
+		case 8:
+			{
+				uint64		c,
+							k;
+
+				memcpy(&c, cp, 8);
+				memcpy(&k, kp, 8);
+				return Int64GetDatum((int64) (c ^ k));
+			}
+#endif
+		default:
+			elog(ERROR, "unsupported byval length: %d", len);
+			return (Datum) 0;
+	}
+}
+
+/*
+ * Keystream of the fast path of cmk_decrypt_page_prefixes: up to two nonces
+ * times FAST_MAX_BLOCKS blocks per tuple of a page.  Static (the function
+ * is not reentrant) and wiped after every use.
+ */
+#define FAST_MAX_BLOCKS		4
+static uint8 fast_ks[MaxHeapTuplesPerPage * 2 * FAST_MAX_BLOCKS * CMK_AES_BLOCK];
+
+/*
  * Page-at-a-time decryption for sequential scans: for every visible tuple of
  * a pinned page, decrypt attributes [0, natts) straight into Datums, with as
  * few cipher calls as possible (one per BATCH_BLOCKS counter blocks, usually
@@ -1108,8 +1172,28 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 	Oid			toastrelid = rel->rd_rel->reltoastrelid;
 	Size		used = 0;
 	bool		any_ext = false;
+	int			fast_natts;
+	int32		fast_end = -1;
+	int			fast_nblk = 0;
+	int			nfastblk = 0;
 
 	batch_init(&batch, ks, desc);
+
+	/*
+	 * The fast path's shape: the wanted attributes of the fixed-width
+	 * prefix, if it is short.  Their keystream is region 0 from block 0, one
+	 * contiguous run of blocks per nonce, XORed straight into the values.
+	 */
+	fast_natts = Min(natts, batch.nfixed);
+	if (fast_natts > 0)
+	{
+		fast_end = batch.fixed_pos[fast_natts - 1] +
+			TupleDescAttr(desc, fast_natts - 1)->attlen;
+		fast_nblk = (fast_end + CMK_AES_BLOCK - 1) / CMK_AES_BLOCK;
+		if (fast_nblk > FAST_MAX_BLOCKS)
+			fast_end = -1;
+	}
+
 	for (int j = 0; j < ntups; j++)
 	{
 		CmkPageTuple *pt = &tups[j];
@@ -1141,59 +1225,58 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 		pt->isnull = nul;
 
 		/*
-		 * Fast path: no nulls and only attributes of the fixed-width prefix,
-		 * which then sit at their nominal offsets (those heap caches in
-		 * attcacheoff), all inside the data.
+		 * Fast path for the fixed-width prefix: no nulls, so its attributes
+		 * sit at their nominal offsets (those heap caches in attcacheoff),
+		 * inside the data, under at most two nonces.  Only counter blocks are
+		 * queued here; pass 2 reads the stored bytes and XORs them into the
+		 * values.  Later attributes go the general way.
 		 */
-		if (!hasnulls && n <= batch.nfixed && n > 0 &&
-			batch.fixed_pos[n - 1] + TupleDescAttr(desc, n - 1)->attlen <= limit)
+		pt->nfast = 0;
+		if (fast_end > 0 && !hasnulls && n >= fast_natts && fast_end <= limit)
 		{
-			NonceRef	nonce = attr_nonce(&pt->t, 0);
+			int			idx0 = map_get(&pt->t, 0);
+			int			idx1 = -1;
+			bool		ok = true;
 
-			for (int i = 0; i < n; i++)
+			for (int i = 1; pt->t.map && i < fast_natts && ok; i++)
 			{
-				Form_pg_attribute att = TupleDescAttr(desc, i);
-				int32		o = batch.fixed_pos[i];
-				uint8	   *dst;
+				int			k = map_get(&pt->t, i);
 
-				if (pt->t.map)
-					nonce = attr_nonce(&pt->t, i);
-				nul[i] = false;
-				if (att->attbyval)
+				if (k != idx0 && idx1 < 0)
+					idx1 = k;
+				else if (k != idx0 && k != idx1)
+					ok = false;
+			}
+			if (ok)
+			{
+				for (int set = 0; set < 2; set++)
 				{
-					v[i] = (Datum) 0;
-					dst = (uint8 *) &v[i];
-					switch (att->attlen)
+					int			idx = set == 0 ? idx0 : idx1;
+					NonceRef	nonce;
+
+					if (idx < 0)
+						break;
+					nonce = trailer_nonce(&pt->t, idx);
+					pt->ksblk[set] = (int16) nfastblk;
+					for (int blk = 0; blk < fast_nblk; blk++)
 					{
-						case 8:
-							memcpy(dst, stp + o, 8);
-							break;
-						case 4:
-							memcpy(dst, stp + o, 4);
-							break;
-						case 2:
-							memcpy(dst, stp + o, 2);
-							break;
-						default:
-							memcpy(dst, stp + o, att->attlen);
-							break;
+						uint8	   *cb = fast_ks + (nfastblk++) * CMK_AES_BLOCK;
+
+						memcpy(cb, nonce.pre, CMK_NONCE_PREFIX_LEN);
+						memcpy(cb + CMK_NONCE_PREFIX_LEN, nonce.ctr, CMK_NONCE_SHORT_LEN);
+						cb[12] = 0; /* region 0 */
+						cb[13] = 0;
+						cb[14] = (uint8) (blk >> 8);
+						cb[15] = (uint8) blk;
 					}
 				}
-				else
-				{
-					dst = (uint8 *) pt->copy + o;
-					memcpy(dst, stp + o, att->attlen);
-					v[i] = (Datum) o;
-				}
-				batch_add(&batch, nonce, i, dst, att->attlen);
+				pt->nfast = (int16) fast_natts;
+				pt->idx1 = (int8) idx1;
+				off = fast_end;
 			}
-			pt->ndec = n;
-			pt->off = batch.fixed_pos[n - 1] + TupleDescAttr(desc, n - 1)->attlen;
-			pt->slow = false;
-			continue;
 		}
 
-		for (int i = 0; i < n; i++)
+		for (int i = pt->nfast; i < n; i++)
 		{
 			Form_pg_attribute att = TupleDescAttr(desc, i);
 			NonceRef	nonce;
@@ -1237,13 +1320,45 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 		pt->slow = slow;
 	}
 	batch_done(&batch);
+	if (nfastblk > 0 && !cmk_keystream_blocks(ks, fast_ks, nfastblk))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("AES keystream generation failed")));
 
 	/* pass 2: bytes to values; external references get their pointer form */
 	for (int j = 0; j < ntups; j++)
 	{
 		CmkPageTuple *pt = &tups[j];
 
-		for (int i = 0; i < pt->ndec; i++)
+		if (pt->nfast > 0)
+		{
+			const uint8 *stp = (const uint8 *) pt->src + pt->src->t_hoff;
+
+			for (int i = 0; i < pt->nfast; i++)
+			{
+				Form_pg_attribute att = TupleDescAttr(desc, i);
+				int32		pos = batch.fixed_pos[i];
+				int			set = (pt->idx1 >= 0 && map_get(&pt->t, i) == pt->idx1);
+				const uint8 *kp = fast_ks + pt->ksblk[set] * CMK_AES_BLOCK + pos;
+				const uint8 *cp = stp + pos;
+
+				if (any_ext && bit_get(pt->t.extbits, i))
+					corrupt_at(rel, pt->src, "invalid external reference");
+				pt->isnull[i] = false;
+				if (att->attbyval)
+					pt->values[i] = xor_byval(cp, kp, att->attlen);
+				else
+				{
+					uint8	   *dst = (uint8 *) pt->copy + pos;
+
+					for (int k = 0; k < att->attlen; k++)
+						dst[k] = cp[k] ^ kp[k];
+					pt->values[i] = PointerGetDatum(dst);
+				}
+			}
+		}
+
+		for (int i = pt->nfast; i < pt->ndec; i++)
 		{
 			Form_pg_attribute att = TupleDescAttr(desc, i);
 			Datum	   *d = &pt->values[i];
@@ -1271,5 +1386,7 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 			*d = PointerGetDatum(pt->copy + *d);
 		}
 	}
+	/* keystream is key-derived material: wipe what was used */
+	explicit_bzero(fast_ks, nfastblk * CMK_AES_BLOCK);
 	return true;
 }

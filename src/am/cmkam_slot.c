@@ -243,13 +243,6 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 			ItemPointerSet(&pt->tid, blk, o);
 			pc->index[o] = i + 1;
 			area_need += MAXALIGN(pt->src_len);
-
-			/*
-			 * Decryption reads both ends of every tuple: ask for all of
-			 * them now, so the misses overlap instead of queueing.
-			 */
-			cmk_prefetch(pt->src);
-			cmk_prefetch((char *) pt->src + pt->src_len - 1);
 		}
 		pc->ntups = ntups;
 		/* every tuple's data fits in its stored length */
@@ -333,35 +326,32 @@ cmk_slot_getsomeattrs(TupleTableSlot *slot, int natts)
 	}
 	else
 	{
+		CmkPageTuple *pt = NULL;
+
 		Assert(has_raw(cs));
+		/* first the page cache: building it brings the tuple into cache */
+		if (!cs->prepared && cs->scan != NULL)
+			pt = page_cache_entry(cs, natts);
 		tupnatts = Min(HeapTupleHeaderGetNatts(raw_tuple(cs)->t_data), natts);
 
 		/* from the page cache, as far as it goes */
-		if (!cs->prepared && slot->tts_nvalid < tupnatts)
+		if (pt != NULL && slot->tts_nvalid < tupnatts)
 		{
-			CmkPageTuple *pt = page_cache_entry(cs, natts);
+			int			to = Min(pt->ndec, tupnatts);
 
-			if (pt != NULL)
+			for (int i = slot->tts_nvalid; i < to; i++)
 			{
-				int			from = slot->tts_nvalid;
-				int			to = Min(pt->ndec, tupnatts);
-
-				if (to > from)
-				{
-					memcpy(slot->tts_values + from, pt->values + from,
-						   (to - from) * sizeof(Datum));
-					memcpy(slot->tts_isnull + from, pt->isnull + from,
-						   (to - from) * sizeof(bool));
-					slot->tts_nvalid = to;
-				}
-				if (slot->tts_nvalid == pt->ndec)
-				{
-					cs->off = pt->off;
-					if (pt->slow)
-						slot->tts_flags |= TTS_FLAG_SLOW;
-					else
-						slot->tts_flags &= ~TTS_FLAG_SLOW;
-				}
+				slot->tts_values[i] = pt->values[i];
+				slot->tts_isnull[i] = pt->isnull[i];
+			}
+			slot->tts_nvalid = Max(slot->tts_nvalid, to);
+			if (slot->tts_nvalid == pt->ndec)
+			{
+				cs->off = pt->off;
+				if (pt->slow)
+					slot->tts_flags |= TTS_FLAG_SLOW;
+				else
+					slot->tts_flags &= ~TTS_FLAG_SLOW;
 			}
 		}
 
