@@ -206,4 +206,49 @@ $same_as_heap->('mixed nonces and a new NULL');
 is($node->safe_psql('postgres', "SELECT bt_index_check('nf_cmk_heap_pkey', heapallindexed => true)"), '',
 	'nonce forms: amcheck on the primary key');
 
+# --- no nonce is ever used twice: concurrent writers, every stored version -----------
+# Four sessions insert and update at once; each stored version's fresh nonce
+# (nonce 0 of an inserted tuple, the last nonce of an updated one) is read
+# from the page and must be unique, whatever form the trailer has.
+$node->safe_psql('postgres', q{
+CREATE TABLE nz (id int PRIMARY KEY, v int, w text) USING cmk_heap WITH (fillfactor = 60);
+INSERT INTO nz SELECT g, 0, 'w' || g FROM generate_series(1, 200) g;
+CREATE TABLE nz_log (c int, k int) USING cmk_heap;
+});
+$node->pgbench('--no-vacuum --client=4 --jobs=4 --transactions=300', 0,
+	[qr{processed: 1200/1200}], [qr{^$}], 'nonces: four concurrent writers',
+	{ 'nonce_writes' => q{
+\set id random(1, 200)
+UPDATE nz SET v = v + 1 WHERE id = :id;
+INSERT INTO nz_log SELECT :client_id, g FROM generate_series(1, 3) g;
+} });
+$node->restart;    # a new nonce prefix: long forms too
+wait_key_settled($node);
+$node->pgbench('--no-vacuum --client=4 --jobs=4 --transactions=100', 0,
+	[qr{processed: 400/400}], [qr{^$}], 'nonces: writers after a restart',
+	{ 'nonce_writes2' => q{
+\set id random(1, 200)
+UPDATE nz SET v = v + 1, w = w || 'x' WHERE id = :id;
+INSERT INTO nz_log VALUES (:client_id, 0);
+} });
+my $fresh = q{
+WITH t AS (
+  SELECT i.t_data FROM pg_class c,
+    generate_series(0, pg_relation_size(c.oid) / 8192 - 1) b,
+    heap_page_items(get_raw_page(c.relname, b::int)) i
+  WHERE c.relname IN ('nz', 'nz_log') AND i.lp_flags = 1),
+f AS (SELECT t_data, length(t_data) AS n, get_byte(t_data, length(t_data) - 6) AS flags FROM t)
+SELECT count(*), count(DISTINCT nonce),
+       count(*) FILTER (WHERE flags & 32 <> 0), count(*) FILTER (WHERE flags & 15 > 0 AND flags & 32 = 0)
+FROM (SELECT flags, CASE
+  WHEN flags & 15 = 0 THEN substring(t_data FROM n - 17 FOR 12)
+  WHEN flags & 32 <> 0 THEN substring(t_data FROM n - 17 FOR 8) || substring(t_data FROM n - 21 FOR 4)
+  ELSE substring(t_data FROM n - 29 FOR 12) END AS nonce FROM f) x};
+my ($versions, $distinct, $short, $long) = split /\|/, $node->safe_psql('postgres', $fresh);
+diag("nonces: $versions stored versions, $distinct distinct fresh nonces ($short short-form, $long long-form updates)");
+cmp_ok($versions, '>=', 2000, 'nonces: thousands of stored versions');
+cmp_ok($short, '>', 0, 'nonces: short-form updates present');
+cmp_ok($long, '>', 0, 'nonces: long-form updates present');
+is($distinct, $versions, 'nonces: every stored version has its own fresh nonce');
+
 done_testing();
