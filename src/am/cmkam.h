@@ -106,6 +106,7 @@ typedef struct CmkPageTuple
 	bool	   *isnull;
 	char	   *copy;			/* out: decrypted by-reference bytes */
 	int			ndec;			/* out */
+	int			tupnatts;		/* out: HeapTupleHeaderGetNatts */
 	uint32		off;			/* out: deform position after attribute ndec */
 	bool		slow;			/* out: as slot_deform_heap_tuple's "slow" */
 	/* codec-private: the fast path's keystream */

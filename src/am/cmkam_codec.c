@@ -75,6 +75,7 @@ typedef struct XorBatch
 	struct
 	{
 		uint8	   *dst;
+		const uint8 *src;		/* dst = src ^ keystream; often src == dst */
 		uint16		block;		/* first block; the next ones follow it */
 		uint16		skip;		/* keystream bytes of it to skip */
 		int32		len;
@@ -148,16 +149,16 @@ batch_init(XorBatch *b, CmkKeystream *ks, TupleDesc desc)
 	Assert(off <= 0xFFFF * CMK_AES_BLOCK);
 }
 
-/* d[0..n) ^= k[0..n), a word at a time */
+/* d[0..n) = s[0..n) ^ k[0..n), a word at a time; d may be s */
 static inline void
-xor_bytes(uint8 *d, const uint8 *k, int32 n)
+xor_bytes(uint8 *d, const uint8 *s, const uint8 *k, int32 n)
 {
-	for (; n >= 8; d += 8, k += 8, n -= 8)
+	for (; n >= 8; d += 8, s += 8, k += 8, n -= 8)
 	{
 		uint64		x,
 					y;
 
-		memcpy(&x, d, 8);
+		memcpy(&x, s, 8);
 		memcpy(&y, k, 8);
 		x ^= y;
 		memcpy(d, &x, 8);
@@ -167,16 +168,17 @@ xor_bytes(uint8 *d, const uint8 *k, int32 n)
 		uint32		x,
 					y;
 
-		memcpy(&x, d, 4);
+		memcpy(&x, s, 4);
 		memcpy(&y, k, 4);
 		x ^= y;
 		memcpy(d, &x, 4);
 		d += 4;
+		s += 4;
 		k += 4;
 		n -= 4;
 	}
 	for (; n > 0; n--)
-		*d++ ^= *k++;
+		*d++ = *s++ ^ *k++;
 }
 
 static void
@@ -190,7 +192,7 @@ batch_flush(XorBatch *b)
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("AES keystream generation failed")));
 	for (int i = 0; i < b->nxors; i++)
-		xor_bytes(b->xors[i].dst,
+		xor_bytes(b->xors[i].dst, b->xors[i].src,
 				  b->blocks + b->xors[i].block * CMK_AES_BLOCK + b->xors[i].skip,
 				  b->xors[i].len);
 	b->nblocks = 0;
@@ -199,14 +201,16 @@ batch_flush(XorBatch *b)
 }
 
 /*
- * Queue keystream for attribute i (0-based) under nonce over data[len]: the
+ * Queue keystream for attribute i (0-based) under nonce over data[len],
+ * whose stored bytes are read from src (data itself, or a page): the
  * counter block of block blk of region r under nonce N is N || r || blk
  * (big-endian uint16 each).  The blocks of one range are queued
  * consecutively, so the range is XORed in one go; a range that starts in the
  * block queued last (the fixed-width prefix shares region 0) reuses it.
  */
 static inline void
-batch_add(XorBatch *b, NonceRef nonce, int i, uint8 *data, int32 len)
+batch_add_from(XorBatch *b, NonceRef nonce, int i, uint8 *data,
+			   const uint8 *src, int32 len)
 {
 	int			region = i < b->nfixed ? 0 : i + 1;
 	int32		pos = i < b->nfixed ? b->fixed_pos[i] : 0;
@@ -250,14 +254,23 @@ batch_add(XorBatch *b, NonceRef nonce, int i, uint8 *data, int32 len)
 		b->last_region = region;
 		b->last_blk = blk + nb - 1;
 		b->xors[b->nxors].dst = data;
+		b->xors[b->nxors].src = src;
 		b->xors[b->nxors].block = (uint16) first;
 		b->xors[b->nxors].skip = (uint16) skip;
 		b->xors[b->nxors].len = n;
 		b->nxors++;
 		data += n;
+		src += n;
 		pos += n;
 		len -= n;
 	}
+}
+
+/* The same, in place. */
+static inline void
+batch_add(XorBatch *b, NonceRef nonce, int i, uint8 *data, int32 len)
+{
+	batch_add_from(b, nonce, i, data, data, len);
 }
 
 static void
@@ -1140,6 +1153,13 @@ xor_byval(const uint8 *cp, const uint8 *kp, int16 len)
 	}
 }
 
+#if defined(__GNUC__) || defined(__clang__)
+#define prefetch_read(p)	__builtin_prefetch(p)
+#else
+#define prefetch_read(p)	((void) 0)
+#endif
+#define PREFETCH_AHEAD		4
+
 /*
  * Keystream of the fast path of cmk_decrypt_page_prefixes: up to two nonces
  * times FAST_MAX_BLOCKS blocks per tuple of a page.  Static (the function
@@ -1202,12 +1222,23 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 		bool		hasnulls = (src->t_infomask & HEAP_HASNULL) != 0;
 		const char *stp = (const char *) src + src->t_hoff;
 		int32		limit;
-		int			n = Min(natts, HeapTupleHeaderGetNatts(src));
+		int			tupnatts = HeapTupleHeaderGetNatts(src);
+		int			n = Min(natts, tupnatts);
 		uint32		off = 0;
 		bool		slow = false;
 		Datum	   *v = values + (Size) j * natts;
 		bool	   *nul = isnull + (Size) j * natts;
 
+		/*
+		 * Each tuple's header and trailer are usually two cache misses:
+		 * start them a few tuples ahead (measured: ~5 % off a sum()).
+		 */
+		if (j + PREFETCH_AHEAD < ntups)
+		{
+			prefetch_read(tups[j + PREFETCH_AHEAD].src);
+			prefetch_read((const char *) tups[j + PREFETCH_AHEAD].src +
+						  tups[j + PREFETCH_AHEAD].src_len - 1);
+		}
 		tup.t_data = src;
 		tup.t_len = pt->src_len;
 		tup.t_self = pt->tid;
@@ -1223,6 +1254,7 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 		used += MAXALIGN(limit);
 		pt->values = v;
 		pt->isnull = nul;
+		pt->tupnatts = tupnatts;
 
 		/*
 		 * Fast path for the fixed-width prefix: no nulls, so its attributes
@@ -1306,9 +1338,10 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 			}
 			else
 			{
-				memcpy(pt->copy + off, stp + off, full);
-				batch_add(&batch, nonce, i, (uint8 *) pt->copy + off + hdr,
-						  full - hdr);
+				/* the clear header, then decrypt from the page into the copy */
+				memcpy(pt->copy + off, stp + off, hdr);
+				batch_add_from(&batch, nonce, i, (uint8 *) pt->copy + off + hdr,
+							   (const uint8 *) stp + off + hdr, full - hdr);
 				v[i] = (Datum) off;
 			}
 			off += full;

@@ -329,10 +329,11 @@ cmk_slot_getsomeattrs(TupleTableSlot *slot, int natts)
 		CmkPageTuple *pt = NULL;
 
 		Assert(has_raw(cs));
-		/* first the page cache: building it brings the tuple into cache */
+		/* first the page cache, which knows the tuple's natts too */
 		if (!cs->prepared && cs->scan != NULL)
 			pt = page_cache_entry(cs, natts);
-		tupnatts = Min(HeapTupleHeaderGetNatts(raw_tuple(cs)->t_data), natts);
+		tupnatts = Min(pt ? pt->tupnatts : HeapTupleHeaderGetNatts(raw_tuple(cs)->t_data),
+					   natts);
 
 		/* from the page cache, as far as it goes */
 		if (pt != NULL && slot->tts_nvalid < tupnatts)
