@@ -191,3 +191,33 @@ DECLARE scur SCROLL CURSOR FOR SELECT a FROM copied WHERE a <= 5;
 FETCH ALL FROM scur;
 FETCH BACKWARD ALL FROM scur;
 COMMIT;
+
+-- Page-at-a-time decryption (one cache per visit of a page): a scroll cursor
+-- over a plain sequential scan crosses page boundaries both ways, and an
+-- inner sequential scan is rescanned by a nested loop and by LATERAL ...
+-- LIMIT.  Rows of one size fill pages strictly in insertion order, so the
+-- results do not depend on where pages end.
+CREATE TABLE pages (id int, n int, pad text, tail int);
+INSERT INTO pages SELECT g, g * 7, repeat(chr(97 + g % 26), 60), -g
+  FROM generate_series(1, 2000) g;
+BEGIN;
+DECLARE pc SCROLL CURSOR FOR SELECT id, n, tail FROM pages;
+FETCH 3 FROM pc;
+FETCH ABSOLUTE 700 FROM pc;
+FETCH BACKWARD 3 FROM pc;
+FETCH ABSOLUTE 1500 FROM pc;
+FETCH RELATIVE -600 FROM pc;
+FETCH LAST FROM pc;
+FETCH BACKWARD 2 FROM pc;
+MOVE ABSOLUTE 0 IN pc;
+FETCH 2 FROM pc;
+MOVE FORWARD 997 IN pc;
+FETCH BACKWARD 4 FROM pc;
+COMMIT;
+SET enable_hashjoin = off; SET enable_mergejoin = off; SET enable_material = off;
+SELECT count(*), sum(p.n) FROM generate_series(1, 5) s(g) JOIN pages p ON p.id % 400 = s.g;
+SELECT s.g, x.id, x.n, x.tail
+  FROM generate_series(1, 3) s(g),
+       LATERAL (SELECT id, n, tail FROM pages WHERE id > s.g * 600 LIMIT 2) x
+  ORDER BY 1, 2;
+RESET enable_hashjoin; RESET enable_mergejoin; RESET enable_material;
