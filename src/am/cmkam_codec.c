@@ -63,6 +63,8 @@ typedef struct XorBatch
 {
 	CmkKeystream *ks;
 	int			nfixed;			/* attributes [0, nfixed): region 0 */
+	int			ncontig;		/* [0, ncontig) of them have no padding */
+	int32		contig_len;		/* bytes of those */
 	int32		fixed_pos[MaxTupleAttributeNumber]; /* their region offsets */
 	int			nblocks;
 	int			used;			/* high-water mark, for wiping */
@@ -134,6 +136,8 @@ batch_init(XorBatch *b, CmkKeystream *ks, TupleDesc desc)
 	b->used = 0;
 	b->nxors = 0;
 	b->last_nonce = NULL;
+	b->ncontig = 0;
+	b->contig_len = 0;
 	for (i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
@@ -142,6 +146,11 @@ batch_init(XorBatch *b, CmkKeystream *ks, TupleDesc desc)
 			break;
 		off = att_align_nominal(off, att->attalign);
 		b->fixed_pos[i] = off;
+		if (b->ncontig == i && off == b->contig_len)
+		{
+			b->ncontig = i + 1;
+			b->contig_len = off + att->attlen;
+		}
 		off += att->attlen;
 	}
 	b->nfixed = i;
@@ -702,6 +711,8 @@ encrypt_for_insert(Relation rel, TupleDesc desc, uint32 tag, HeapTuple plain,
 	int			natts = walk_attrs(rel, desc, plain, data_len, spans);
 	bool		has_ext = false;
 	uint8		nonce[CMK_NONCE_LEN];
+	NonceRef	nonce_ref;
+	int			first;
 	int32		tsize;
 	HeapTuple	out;
 	char	   *d;
@@ -742,11 +753,23 @@ encrypt_for_insert(Relation rel, TupleDesc desc, uint32 tag, HeapTuple plain,
 	tp += 4;
 	*tp = CMK_FORMAT_VERSION;
 
-	/* the nonce is copied into the trailer: queue against that copy */
-	for (int i = 0; i < natts; i++)
+	/*
+	 * The nonce is copied into the trailer: queue against that copy.  Without
+	 * nulls, the leading fixed-width attributes that follow each other
+	 * without padding are one range of region 0 (the same keystream bytes
+	 * as one by one).
+	 */
+	nonce_ref = plain_nonce((uint8 *) d + data_len + (has_ext ? (natts + 7) / 8 : 0));
+	first = 0;
+	if (!HeapTupleHasNulls(plain) && batch->ncontig > 1 && natts >= batch->ncontig)
+	{
+		batch_add(batch, nonce_ref, 0, (uint8 *) d + spans[0].start,
+				  batch->contig_len);
+		first = batch->ncontig;
+	}
+	for (int i = first; i < natts; i++)
 		if (spans[i].start >= 0)
-			batch_add(batch, plain_nonce((uint8 *) d + data_len + (has_ext ? (natts + 7) / 8 : 0)),
-					  i, (uint8 *) d + spans[i].start + spans[i].hdr,
+			batch_add(batch, nonce_ref, i, (uint8 *) d + spans[i].start + spans[i].hdr,
 					  spans[i].full - spans[i].hdr);
 	return out;
 }
