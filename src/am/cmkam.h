@@ -29,7 +29,8 @@
 #include "utils/rel.h"
 
 /* Trailer, read backwards from the end of the tuple (inside t_len). */
-#define CMK_FORMAT_VERSION		0xC2	/* 0xC1: pre-release layout, refused */
+#define CMK_FORMAT_VERSION		0xC2
+#define CMK_FORMAT_VERSION_1	0xC1	/* pre-release layout: refused */
 #define CMK_NONCE_LEN			12
 #define CMK_NONCE_PREFIX_LEN	8	/* random part; the rest is a counter */
 #define CMK_NONCE_SHORT_LEN		(CMK_NONCE_LEN - CMK_NONCE_PREFIX_LEN)

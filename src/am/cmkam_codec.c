@@ -551,7 +551,7 @@ cmk_parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
 		base[len - 1] != CMK_FORMAT_VERSION)
 	{
 		if (len >= (int32) SizeofHeapTupleHeader + CMK_TRAILER_FIXED &&
-			base[len - 1] == 0xC1)
+			base[len - 1] == CMK_FORMAT_VERSION_1)
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("tuple (%u,%u) in relation \"%s\" has cmk_heap tuple format 1, which this build does not read",
