@@ -52,6 +52,21 @@ $node->start;
 like($err, qr/encrypted tuple \(0,1\) in relation "dmg" is not readable: no cmk_heap trailer/,
 	'damaged trailer: error, not garbage');
 
+# a tuple of the pre-release format 1 (version byte 0xC1): refused by name
+$node->safe_psql('postgres', q{CREATE TABLE old1 (id int, v text) USING cmk_heap;
+	INSERT INTO old1 VALUES (1, 'one'); CHECKPOINT;});
+$lp = $node->safe_psql('postgres', q{SELECT lp_off + lp_len - 1 FROM heap_page_items(get_raw_page('old1', 0)) WHERE lp = 1});
+$file = $node->data_dir . '/' . $node->safe_psql('postgres', q{SELECT pg_relation_filepath('old1')});
+$node->stop;
+$bytes = slurp_bytes($file);
+substr($bytes, $lp, 1) = "\xC1";
+spew_bytes($file, $bytes);
+$node->start;
+($ret, $out, $err) = $node->psql('postgres', 'SELECT * FROM old1');
+like($err, qr/tuple \(0,1\) in relation "old1" has cmk_heap tuple format 1, which this build does not read/,
+	'format 1 tuple: refused with its own message');
+is($out, '', 'format 1 tuple: no rows returned');
+
 # --- ALTER TABLE SET ACCESS METHOD both ways ---------------------------------------------
 my $marker = random_marker('AMTRIP');
 $node->safe_psql('postgres', qq{CREATE TABLE trip (id int, v text) USING heap;
