@@ -210,10 +210,26 @@ batch_flush(XorBatch *b)
 }
 
 /*
+ * The counter block of block blk of keystream region r under nonce N:
+ * N || r || blk, big-endian uint16 each (docs/tuple-format.md).  The one
+ * place that defines it.
+ */
+static inline void
+counter_block(uint8 *cb, NonceRef nonce, int region, int blk)
+{
+	memcpy(cb, nonce.pre, CMK_NONCE_PREFIX_LEN);
+	memcpy(cb + CMK_NONCE_PREFIX_LEN, nonce.ctr, CMK_NONCE_SHORT_LEN);
+	cb[12] = (uint8) (region >> 8);
+	cb[13] = (uint8) region;
+	cb[14] = (uint8) (blk >> 8);
+	cb[15] = (uint8) blk;
+}
+
+/*
  * Queue keystream for attribute i (0-based) under nonce over data[len],
- * whose stored bytes are read from src (data itself, or a page): the
- * counter block of block blk of region r under nonce N is N || r || blk
- * (big-endian uint16 each).  The blocks of one range are queued
+ * whose stored bytes are read from src (data itself, or a page).  The
+ * attribute's region and offset come from the batch's layout (batch_init).
+ * The blocks of one range are queued
  * consecutively, so the range is XORed in one go; a range that starts in the
  * block queued last (the fixed-width prefix shares region 0) reuses it.
  */
@@ -249,14 +265,8 @@ batch_add_from(XorBatch *b, NonceRef nonce, int i, uint8 *data,
 		first = reuse ? b->nblocks - 1 : b->nblocks;
 		for (int k = reuse ? 1 : 0; k < nb; k++)
 		{
-			uint8	   *cb = b->blocks + b->nblocks * CMK_AES_BLOCK;
-
-			memcpy(cb, nonce.pre, CMK_NONCE_PREFIX_LEN);
-			memcpy(cb + CMK_NONCE_PREFIX_LEN, nonce.ctr, CMK_NONCE_SHORT_LEN);
-			cb[12] = (uint8) (region >> 8);
-			cb[13] = (uint8) region;
-			cb[14] = (uint8) ((blk + k) >> 8);
-			cb[15] = (uint8) (blk + k);
+			counter_block(b->blocks + b->nblocks * CMK_AES_BLOCK, nonce, region,
+						  blk + k);
 			b->nblocks++;
 		}
 		b->last_nonce = nonce.ctr;
@@ -1314,16 +1324,8 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 					nonce = trailer_nonce(&pt->t, idx);
 					pt->ksblk[set] = (int16) nfastblk;
 					for (int blk = 0; blk < fast_nblk; blk++)
-					{
-						uint8	   *cb = fast_ks + (nfastblk++) * CMK_AES_BLOCK;
-
-						memcpy(cb, nonce.pre, CMK_NONCE_PREFIX_LEN);
-						memcpy(cb + CMK_NONCE_PREFIX_LEN, nonce.ctr, CMK_NONCE_SHORT_LEN);
-						cb[12] = 0; /* region 0 */
-						cb[13] = 0;
-						cb[14] = (uint8) (blk >> 8);
-						cb[15] = (uint8) blk;
-					}
+						counter_block(fast_ks + (nfastblk++) * CMK_AES_BLOCK,
+									  nonce, 0, blk);
 				}
 				pt->nfast = (int16) fast_natts;
 				pt->idx1 = (int8) idx1;
