@@ -57,6 +57,33 @@ typedef struct CmkPageCache
 /* Page visits of this backend's scans; 0 means "not in a visit". */
 static uint64 page_visit_counter = 0;
 
+/* The page cache's plaintext buffers: wiped (the part ever used), then freed. */
+static void
+drop_values(CmkPageCache *pc)
+{
+	if (pc->values == NULL)
+		return;
+	explicit_bzero(pc->values, pc->values_used * sizeof(Datum));
+	pfree(pc->values);
+	pfree(pc->isnull);
+	pc->values = NULL;
+	pc->isnull = NULL;
+	pc->nvalues = 0;
+	pc->values_used = 0;
+}
+
+static void
+drop_area(CmkPageCache *pc)
+{
+	if (pc->area == NULL)
+		return;
+	explicit_bzero(pc->area, pc->area_used);
+	pfree(pc->area);
+	pc->area = NULL;
+	pc->area_size = 0;
+	pc->area_used = 0;
+}
+
 static inline HeapTuple
 raw_tuple(CmkTupleTableSlot *cs)
 {
@@ -132,17 +159,8 @@ cmk_slot_release(TupleTableSlot *slot)
 	{
 		CmkPageCache *pc = cs->pc;
 
-		if (pc->area)
-		{
-			explicit_bzero(pc->area, pc->area_used);
-			pfree(pc->area);
-		}
-		if (pc->values)
-		{
-			explicit_bzero(pc->values, pc->values_used * sizeof(Datum));
-			pfree(pc->values);
-			pfree(pc->isnull);
-		}
+		drop_area(pc);
+		drop_values(pc);
 		if (pc->tups)
 			pfree(pc->tups);
 		pfree(pc);
@@ -221,16 +239,10 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 		}
 		if (need > pc->nvalues)
 		{
-			if (pc->values)
-			{
-				explicit_bzero(pc->values, pc->values_used * sizeof(Datum));
-				pfree(pc->values);
-				pfree(pc->isnull);
-			}
+			drop_values(pc);
 			pc->nvalues = Max(need, 256);
 			pc->values = MemoryContextAlloc(mcxt, pc->nvalues * sizeof(Datum));
 			pc->isnull = MemoryContextAlloc(mcxt, pc->nvalues * sizeof(bool));
-			pc->values_used = 0;
 		}
 		for (int i = 0; i < ntups; i++)
 		{
@@ -248,14 +260,9 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 		/* every tuple's data fits in its stored length */
 		if (area_need > pc->area_size)
 		{
-			if (pc->area)
-			{
-				explicit_bzero(pc->area, pc->area_used);
-				pfree(pc->area);
-			}
+			drop_area(pc);
 			pc->area_size = Max(area_need, 1024);
 			pc->area = MemoryContextAlloc(mcxt, pc->area_size);
-			pc->area_used = 0;
 		}
 		pc->values_used = Max(pc->values_used, need);
 		pc->area_used = Max(pc->area_used, area_need);
