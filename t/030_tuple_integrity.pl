@@ -266,4 +266,46 @@ cmp_ok($short, '>', 0, 'nonces: short-form updates present');
 cmp_ok($long, '>', 0, 'nonces: long-form updates present');
 is($distinct, $versions, 'nonces: every stored version has its own fresh nonce');
 
+# --- the bytes are what docs/tuple-format.md says ------------------------------------
+# An independent decoder written from the document (scripts/cmk_tuple_ref.py)
+# decrypts the relation file with the DEK unwrapped by openssl, through every
+# trailer form (one nonce; short and long second nonces; three nonces) and
+# NULLs, and must print exactly what SQL returns for every live tuple.
+SKIP:
+{
+	my $ref = -f 'scripts/cmk_tuple_ref.py' ? 'scripts/cmk_tuple_ref.py'
+	  : -f "$ENV{REPO}/scripts/cmk_tuple_ref.py" ? "$ENV{REPO}/scripts/cmk_tuple_ref.py" : undef;
+	skip 'reference decoder or python3-cryptography not available', 2
+	  unless $ref && system('python3 -c "import cryptography" 2>/dev/null') == 0;
+	$node->safe_psql('postgres', q{
+CREATE TABLE kat (id int, a int, b int, c text) USING cmk_heap;
+INSERT INTO kat SELECT g, g * 10, CASE WHEN g % 5 = 0 THEN NULL ELSE -g END,
+  CASE WHEN g % 7 = 0 THEN NULL ELSE 'row ' || g || repeat('.', g % 40) END
+  FROM generate_series(1, 120) g;
+UPDATE kat SET a = a + 1 WHERE id % 3 = 0;});
+	$node->restart;    # new nonce prefix: long forms from here on
+	wait_key_settled($node);
+	$node->safe_psql('postgres', q{
+UPDATE kat SET b = coalesce(b, 0) - 1000 WHERE id % 4 = 0;
+UPDATE kat SET c = coalesce(c, '') || ' updated', a = a + 2 WHERE id % 6 = 0;
+CHECKPOINT;});
+	my $want = $node->safe_psql('postgres', q{
+SELECT string_agg(format('%s|%s|%s|%s|%s', regexp_replace(ctid::text, '[()]', '', 'g'),
+  id, a, coalesce(b::text, '\N'), coalesce(c, '\N')), E'\n' ORDER BY ctid) FROM kat});
+	my $forms = $node->safe_psql('postgres', q{
+SELECT string_agg(DISTINCT (get_byte(i.t_data, length(i.t_data) - 6) & 47)::text, ',')
+FROM generate_series(0, pg_relation_size('kat') / 8192 - 1) b,
+  heap_page_items(get_raw_page('kat', b::int)) i WHERE i.lp_flags = 1});
+	my %live = map { (split /\|/)[0] => $_ } split /\n/, $want;
+	my $file = $node->data_dir . '/' . $node->safe_psql('postgres', q{SELECT pg_relation_filepath('kat')});
+	spew_bytes("$tmp/dek.bin", unwrap_dek(control_path($node), "$tmp/a.pem", $tmp));
+	my ($out, $err) = ('', '');
+	IPC::Run::run([ 'python3', $ref, "$tmp/dek.bin", $file, 'int4,int4,int4,text' ], '>', \$out, '2>', \$err);
+	unlink "$tmp/dek.bin";
+	my @got = grep { exists $live{ (split /\|/)[0] } } split /\n/, $out;
+	diag("reference decoder: $err") if $err;
+	is(join("\n", @got), $want, 'independent decoder: every live tuple decrypts to what SQL returns');
+	like($forms, qr/^(?=.*\b0\b)(?=.*\b33\b)(?=.*\b1\b)(?=.*\b2\b)/, 'independent decoder: one nonce, short, long and three-nonce trailers were present');
+}
+
 done_testing();
