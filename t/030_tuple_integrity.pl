@@ -199,7 +199,7 @@ my $same_as_heap = sub {
 		$node->safe_psql('postgres', q{SELECT sum(a), sum(b) FROM nf_heap}), "$what: prefix-only scan agrees");
 };
 my %len0 = map { $_ => $lplen->($_) } (1, 2, 3);
-my $upd = sub {
+my $update_both = sub {
 	my ($sql) = @_;
 	for my $am ('heap', 'cmk_heap')
 	{
@@ -207,16 +207,16 @@ my $upd = sub {
 		$node->safe_psql('postgres', $s);
 	}
 };
-$upd->('UPDATE nf_AM SET a = a + 1000 WHERE id IN (1, 3)');
+$update_both->('UPDATE nf_AM SET a = a + 1000 WHERE id IN (1, 3)');
 is($lplen->(1), $len0{1} + 4 + 1, 'update, same prefix: 4-byte counter and a 1-bit map (5 bytes)');
 $same_as_heap->('short nonces');
 $node->restart;
 wait_key_settled($node);
-$upd->('UPDATE nf_AM SET b = b - 1000 WHERE id IN (1, 2)');
+$update_both->('UPDATE nf_AM SET b = b - 1000 WHERE id IN (1, 2)');
 is($lplen->(2), $len0{2} + 12 + 1, 'after a restart: a whole second nonce and a 1-bit map');
 is($lplen->(1), $len0{1} + 12 + 12 + 3, 'three nonces, two prefixes: long form, 4-bit map');
 $same_as_heap->('long nonces');
-$upd->(q{UPDATE nf_AM SET c = c || 'x', d = NULL WHERE id IN (1, 2, 3)});
+$update_both->(q{UPDATE nf_AM SET c = c || 'x', d = NULL WHERE id IN (1, 2, 3)});
 $same_as_heap->('mixed nonces and a new NULL');
 is($node->safe_psql('postgres', "SELECT bt_index_check('nf_cmk_heap_pkey', heapallindexed => true)"), '',
 	'nonce forms: amcheck on the primary key');
