@@ -186,6 +186,7 @@ typedef struct CmkTupleTableSlot
 	Relation	rel;			/* relation of the raw tuple */
 	HeapScanDesc scan;			/* pagemode scan it came from, or NULL */
 	uint64		visit;			/* page visit of the raw tuple, 0 if none */
+	int			cindex;			/* its index in the scan's rs_vistuples */
 	HeapTuple	mat;			/* owned, fully decrypted (or formed) tuple */
 	/* lazy state for the raw tuple */
 	bool		prepared;		/* td holds a copy of the stored tuple */
@@ -222,6 +223,7 @@ cmk_slot_adopt_raw(TupleTableSlot *slot, Relation rel, HeapScanDesc scan,
 	if (new_page || cs->scan != scan || scan == NULL)
 		cs->visit = 0;
 	cs->scan = scan;
+	cs->cindex = scan ? scan->rs_cindex : -1;
 	if (unlikely(cs->mat != NULL))
 		cmk_slot_drop_mat(slot);
 	cs->rel = rel;

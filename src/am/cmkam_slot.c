@@ -40,7 +40,6 @@ typedef struct CmkPageCache
 	uint64		visit;			/* 0: empty */
 	int			natts;			/* prefix decrypted for every entry */
 	int			ntups;
-	int16		index[MaxHeapTuplesPerPage + 1];	/* offnum -> entry + 1 */
 	/* grown on demand: a slot is often made per query for a small table */
 	CmkPageTuple *tups;
 	int			ntups_alloc;
@@ -111,6 +110,7 @@ cmk_slot_init(TupleTableSlot *slot)
 	cs->off = 0;
 	cs->scan = NULL;
 	cs->visit = 0;
+	cs->cindex = -1;
 	cs->td = NULL;
 	cs->pc = NULL;
 	MemoryContextSwitchTo(old);
@@ -227,8 +227,6 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 		Size		area_need = 0;
 
 		pc->visit = 0;
-		for (int i = 0; i < pc->ntups; i++)
-			pc->index[ItemPointerGetOffsetNumber(&pc->tups[i].tid)] = 0;
 		pc->ntups = 0;
 		if (ntups > pc->ntups_alloc)
 		{
@@ -253,7 +251,6 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 			pt->src = (HeapTupleHeader) PageGetItem(page, lp);
 			pt->src_len = ItemIdGetLength(lp);
 			ItemPointerSet(&pt->tid, blk, o);
-			pc->index[o] = i + 1;
 			area_need += MAXALIGN(pt->src_len);
 		}
 		pc->ntups = ntups;
@@ -274,8 +271,19 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 		pc->visit = cs->visit;
 		pc->natts = natts;
 	}
-	idx = pc->index[ItemPointerGetOffsetNumber(&tup->t_self)] - 1;
-	return idx >= 0 ? &pc->tups[idx] : NULL;
+
+	/*
+	 * Entries follow the scan's rs_vistuples, which stay put for the visit,
+	 * and the heap leaves rs_cindex on the tuple it returned: that is the
+	 * entry.  The TID check is independent of the lookup (the CPU overlaps
+	 * the two) and only guards the assumption.
+	 */
+	idx = cs->cindex;
+	if (idx < 0 || idx >= pc->ntups ||
+		ItemPointerGetOffsetNumber(&pc->tups[idx].tid) !=
+		ItemPointerGetOffsetNumberNoCheck(&tup->t_self))
+		return NULL;
+	return &pc->tups[idx];
 }
 
 /*
