@@ -67,6 +67,46 @@ like($err, qr/tuple \(0,1\) in relation "old1" has cmk_heap tuple format 1, whic
 	'format 1 tuple: refused with its own message');
 is($out, '', 'format 1 tuple: no rows returned');
 
+# --- an external-reference bit on a column that holds none ---------------------------------
+# Turning an external reference into a TOAST pointer writes 18 bytes: every read
+# path (page-at-a-time scan, lazy deform after an index fetch, full decrypt in an
+# index build) must refuse anything but a well-formed one.
+$node->safe_psql('postgres', q{CREATE TABLE xref (id int PRIMARY KEY, v text) USING cmk_heap;
+	ALTER TABLE xref ALTER COLUMN v SET STORAGE EXTERNAL;
+	INSERT INTO xref SELECT 4645, string_agg(md5(g::text), '') FROM generate_series(1, 100) g;
+	INSERT INTO xref SELECT 2, string_agg(md5(g::text), '') FROM generate_series(2, 101) g;
+	INSERT INTO xref SELECT 3, string_agg(md5(g::text), '') FROM generate_series(3, 102) g;
+	CHECKPOINT;});
+my ($xoff, $xlen) = split /\|/, $node->safe_psql('postgres',
+	q{SELECT lp_off, lp_len FROM heap_page_items(get_raw_page('xref', 0)) WHERE lp = 1});
+$file = $node->data_dir . '/' . $node->safe_psql('postgres', q{SELECT pg_relation_filepath('xref')});
+$node->stop;
+$bytes = slurp_bytes($file);
+# trailer of a one-nonce tuple with external references:
+# [external bitmap: 1 byte for 2 columns][nonce 12][flags][DEK tag 4][version]
+is(ord(substr($bytes, $xoff + $xlen - 6, 1)), 0x10, 'xref: flags say "external bitmap present"');
+is(ord(substr($bytes, $xoff + $xlen - 19, 1)), 0x02, 'xref: only column v is an external reference');
+# id claims to be one too; 4645 = 0x1225 decrypts to 25 12 00 00, which reads
+# as a one-byte varlena header of length 18 and VARTAG_ONDISK: only the
+# column's type tells it from a TOAST pointer (rewriting it would overwrite
+# 14 bytes past the int)
+substr($bytes, $xoff + $xlen - 19, 1) = "\x03";
+spew_bytes($file, $bytes);
+$node->start;
+for my $case (
+	[ 'sequential scan', 'SELECT id FROM xref' ],
+	[ 'index fetch', 'SET enable_seqscan = off; SET enable_bitmapscan = off; SELECT length(v) FROM xref WHERE id = 4645' ],
+	[ 'index build', 'CREATE INDEX ON xref (id)' ])
+{
+	my ($what, $sql) = @$case;
+	($ret, $out, $err) = $node->psql('postgres', $sql);
+	like($err, qr/encrypted tuple.* in relation "xref" is not readable: invalid external reference/,
+		"bad external-reference bit, $what: data-corrupted error");
+	is($out, '', "bad external-reference bit, $what: no rows returned");
+}
+is($node->safe_psql('postgres', 'SET enable_seqscan = off; SET enable_bitmapscan = off; SELECT count(v) FROM xref WHERE id < 4645'),
+	'2', 'bad external-reference bit: the other rows still read by index');
+
 # --- ALTER TABLE SET ACCESS METHOD both ways ---------------------------------------------
 my $marker = random_marker('AMTRIP');
 $node->safe_psql('postgres', qq{CREATE TABLE trip (id int, v text) USING heap;

@@ -323,6 +323,28 @@ corrupt_at(Relation rel, HeapTupleHeader td, const char *what)
 }
 
 /*
+ * A decrypted external reference of attribute att at p (its clear one-byte
+ * varlena header, then the decrypted pointer body) becomes the on-disk TOAST
+ * pointer the heap's toaster wrote: header 0x01, VARTAG_ONDISK and the
+ * relation's TOAST table.  The one place that does it, for the full decrypt,
+ * the lazy deform and the page path alike; false (the caller reports
+ * corruption) unless it is exactly that, since the rewrite writes all
+ * TOAST_POINTER_SIZE bytes at p.
+ */
+static inline bool
+extref_to_toast_pointer(Form_pg_attribute att, uint8 *p, Oid toastrelid)
+{
+	if (att->attlen != -1 || !VARATT_IS_1B(p) || VARATT_IS_1B_E(p) ||
+		VARSIZE_1B(p) != TOAST_POINTER_SIZE || p[1] != VARTAG_ONDISK ||
+		!OidIsValid(toastrelid))
+		return false;
+	SET_VARTAG_EXTERNAL(p, VARTAG_ONDISK);
+	memcpy(p + VARHDRSZ_EXTERNAL + offsetof(varatt_external, va_toastrelid),
+		   &toastrelid, sizeof(Oid));
+	return true;
+}
+
+/*
  * Extent of one stored attribute at aligned offset off of the data area tp
  * (limit bytes long): its full length and its clear header bytes.  Checks
  * that it stays inside the data, so the trailer is never read as data.
@@ -691,13 +713,11 @@ cmk_decrypt_tuple(Relation rel, TupleDesc desc, HeapTuple cipher)
 
 		if (!bit_get(t.extbits, i))
 			continue;
-		p = (uint8 *) plain->t_data + spans[i].start;
-		if (spans[i].start < 0 || spans[i].full != TOAST_POINTER_SIZE ||
-			p[1] != VARTAG_ONDISK || !OidIsValid(toastrelid))
+		if (spans[i].start < 0)
 			report_corrupt(rel, cipher, "invalid external reference");
-		SET_VARTAG_EXTERNAL(p, VARTAG_ONDISK);
-		memcpy(p + VARHDRSZ_EXTERNAL + offsetof(varatt_external, va_toastrelid),
-			   &toastrelid, sizeof(Oid));
+		p = (uint8 *) plain->t_data + spans[i].start;
+		if (!extref_to_toast_pointer(TupleDescAttr(desc, i), p, toastrelid))
+			report_corrupt(rel, cipher, "invalid external reference");
 		has_ext = true;
 	}
 	if (has_ext)
@@ -1120,20 +1140,13 @@ cmk_deform_decrypt(Relation rel, TupleDesc desc, HeapTupleHeader td,
 
 	for (int i = from; i < to; i++)
 	{
-		if (starts[i] < 0)
-			continue;
-		if (bit_get(t->extbits, i))
-		{
-			uint8	   *p = (uint8 *) tp + starts[i];
-
-			if (VARSIZE_ANY(p) != TOAST_POINTER_SIZE || p[1] != VARTAG_ONDISK ||
-				!OidIsValid(toastrelid))
-				corrupt_at(rel, td, "invalid external reference");
-			SET_VARTAG_EXTERNAL(p, VARTAG_ONDISK);
-			memcpy(p + VARHDRSZ_EXTERNAL + offsetof(varatt_external, va_toastrelid),
-				   &toastrelid, sizeof(Oid));
-		}
-		values[i] = fetchatt(TupleDescAttr(desc, i), tp + starts[i]);
+		if (bit_get(t->extbits, i) &&
+			(starts[i] < 0 ||
+			 !extref_to_toast_pointer(TupleDescAttr(desc, i),
+									  (uint8 *) tp + starts[i], toastrelid)))
+			corrupt_at(rel, td, "invalid external reference");
+		if (starts[i] >= 0)
+			values[i] = fetchatt(TupleDescAttr(desc, i), tp + starts[i]);
 	}
 	*offp = off;
 	*slowp = slow;
@@ -1200,6 +1213,14 @@ xor_byval(const uint8 *cp, const uint8 *kp, int16 len)
  */
 #define FAST_MAX_BLOCKS		4
 static uint8 fast_ks[MaxHeapTuplesPerPage * 2 * FAST_MAX_BLOCKS * CMK_AES_BLOCK];
+
+/* Corruption found while fast_ks holds keystream: wipe it, then report. */
+static void
+page_corrupt(Relation rel, HeapTupleHeader td, const char *what, int nfastblk)
+{
+	explicit_bzero(fast_ks, nfastblk * CMK_AES_BLOCK);
+	corrupt_at(rel, td, what);
+}
 
 /*
  * Page-at-a-time decryption for sequential scans: for every visible tuple of
@@ -1379,9 +1400,12 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 	}
 	batch_done(&batch);
 	if (nfastblk > 0 && !cmk_keystream_blocks(ks, fast_ks, nfastblk))
+	{
+		explicit_bzero(fast_ks, nfastblk * CMK_AES_BLOCK);
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("AES keystream generation failed")));
+	}
 
 	/* pass 2: bytes to values; external references get their pointer form */
 	for (int j = 0; j < ntups; j++)
@@ -1401,7 +1425,7 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 				const uint8 *cp = stp + pos;
 
 				if (any_ext && bit_get(pt->t.extbits, i))
-					corrupt_at(rel, pt->src, "invalid external reference");
+					page_corrupt(rel, pt->src, "invalid external reference", nfastblk);
 				pt->isnull[i] = false;
 				if (att->attbyval)
 					pt->values[i] = xor_byval(cp, kp, att->attlen);
@@ -1421,27 +1445,16 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 			Form_pg_attribute att = TupleDescAttr(desc, i);
 			Datum	   *d = &pt->values[i];
 
+			if (any_ext && bit_get(pt->t.extbits, i) &&
+				(pt->isnull[i] || att->attbyval ||
+				 !extref_to_toast_pointer(att, (uint8 *) pt->copy + *d, toastrelid)))
+				page_corrupt(rel, pt->src, "invalid external reference", nfastblk);
 			if (pt->isnull[i])
 				continue;
-			if (any_ext && att->attbyval && bit_get(pt->t.extbits, i))
-				corrupt_at(rel, pt->src, "invalid external reference");
 			if (att->attbyval)
-			{
 				*d = fetch_att(d, true, att->attlen);
-				continue;
-			}
-			if (any_ext && bit_get(pt->t.extbits, i))
-			{
-				uint8	   *p = (uint8 *) pt->copy + *d;
-
-				if (att->attlen != -1 || VARSIZE_1B(p) != TOAST_POINTER_SIZE ||
-					p[1] != VARTAG_ONDISK || !OidIsValid(toastrelid))
-					corrupt_at(rel, pt->src, "invalid external reference");
-				SET_VARTAG_EXTERNAL(p, VARTAG_ONDISK);
-				memcpy(p + VARHDRSZ_EXTERNAL + offsetof(varatt_external, va_toastrelid),
-					   &toastrelid, sizeof(Oid));
-			}
-			*d = PointerGetDatum(pt->copy + *d);
+			else
+				*d = PointerGetDatum(pt->copy + *d);
 		}
 	}
 	/* keystream is key-derived material: wipe what was used */
