@@ -11,8 +11,10 @@ Usage: bench/run.sh [options]
 Builds and installs cmk_storage, creates two PostgreSQL 15 clusters with
 identical settings (pgbench tables heap in one, cmk_heap in the other),
 measures them alternately (heap, cmk, heap, cmk, ...) and prints a markdown
-table of cmk_heap/heap ratios against the targets.  The table is also saved
-to bench/results/latest.md (raw samples in bench/results/latest-raw.txt).
+table of cmk_heap/heap ratios against the targets.  The heap cluster also
+scans a heap table whose rows are padded to cmk_heap's stored length, to
+tell the cost of longer rows from that of decryption.  The table is also
+saved to bench/results/latest.md (raw samples in bench/results/latest-raw.txt).
 
 Options:
   --runs N             rounds per metric; each round measures heap then cmk
@@ -163,6 +165,20 @@ for c in $CLUSTERS; do
     cl_psql "$c" "$DB" -c "CHECKPOINT" >/dev/null
 done
 NROWS=$(cl_query heap "$DB" "SELECT count(*) FROM pgbench_accounts")
+
+# A heap table whose rows are as long as cmk_heap's stored ones (filler
+# widened by the 18-byte trailer of a freshly inserted cmk_heap tuple): the
+# same number of pages and the same tuple stride.  Scanning it shows what the
+# longer rows alone cost, so cmk_heap / padded heap is the decryption's share.
+PAD=18
+# pgbench -i loads with COPY FREEZE (all pages all-visible and frozen); a
+# synchronous commit and VACUUM (FREEZE) give the padded table the same state.
+cl_psql heap "$DB" -c "CREATE TABLE accounts_padded (aid int NOT NULL, bid int, abalance int, filler char($((84 + PAD))))" \
+    -c "SET synchronous_commit = on" \
+    -c "INSERT INTO accounts_padded SELECT aid, bid, abalance, filler FROM pgbench_accounts" >/dev/null \
+    || die "could not create accounts_padded"
+cl_psql heap "$DB" -c "VACUUM (FREEZE) accounts_padded" -c "CHECKPOINT" >/dev/null
+add_sample size_padded heap "$(cl_query heap "$DB" "SELECT pg_table_size('accounts_padded')")"
 for c in $CLUSTERS; do
     add_sample size_accounts "$c" "$(cl_query "$c" "$DB" "SELECT pg_table_size('pgbench_accounts')")"
     raw "plan[$c] count(*): $(cl_psql "$c" "$DB" -At -c "SET enable_indexscan=off; SET enable_indexonlyscan=off; SET enable_bitmapscan=off; EXPLAIN SELECT count(*) FROM pgbench_accounts" | tr '\n' ' ')"
@@ -195,12 +211,30 @@ SCAN_SQL="$WORK/scans.sql"
     done
 } | as_pg bash -c "cat > '$SCAN_SQL'"
 
+# the heap cluster also scans the padded table, in the same round
+SCAN_SQL_HEAP="$WORK/scans-heap.sql"
+{
+    sed '/^\\timing on/,$d' "$SCAN_SQL"
+    echo 'SELECT sum(abalance) FROM accounts_padded;'
+    echo "COPY accounts_padded TO '/dev/null';"
+    echo '\timing on'
+    for _ in $(seq 1 "$REPS"); do
+        for q in count:'SELECT count(*) FROM pgbench_accounts;' count_pad:'SELECT count(*) FROM accounts_padded;' \
+                 sum:'SELECT sum(abalance) FROM pgbench_accounts;' sum_pad:'SELECT sum(abalance) FROM accounts_padded;' \
+                 copyto:"COPY pgbench_accounts TO '/dev/null';" copyto_pad:"COPY accounts_padded TO '/dev/null';"; do
+            echo "\\echo @${q%%:*}"
+            echo "${q#*:}"
+        done
+    done
+} | as_pg bash -c "cat > '$SCAN_SQL_HEAP'"
+
 note_load scans
 say "phase 1/4: count(*), sum(abalance), COPY TO /dev/null ($RUNS rounds x $REPS reps)"
 for r in $(seq 1 "$RUNS"); do
     for c in $CLUSTERS; do
         out="$WORK/$c/scan.$r.out"
-        if cl_psql "$c" "$DB" -f "$SCAN_SQL" >"$out" 2>"$out.err"; then
+        sql=$SCAN_SQL; [ "$c" = heap ] && sql=$SCAN_SQL_HEAP
+        if cl_psql "$c" "$DB" -f "$sql" >"$out" 2>"$out.err"; then
             collect_timings "$c" "$out"
         else
             fail_metric count "scan queries failed in '$c': $(head -c 300 "$out.err")"
@@ -323,9 +357,9 @@ fmt() {   # value kind
 ratio() { [ -n "$1" ] && [ -n "$2" ] && awk -v a="$1" -v b="$2" 'BEGIN{ if (a > 0) printf "%.3f", b/a }'; }
 
 # paired ratios: cmk sample / heap sample of the same round and repetition
-paired() {
+paired() {   # key [reference key, default the same] -> cmk / heap per sample
     local -a h c; local i out=""
-    read -r -a h <<< "${S[$1:heap]:-}"; read -r -a c <<< "${S[$1:cmk]:-}"
+    read -r -a h <<< "${S[${2:-$1}:heap]:-}"; read -r -a c <<< "${S[$1:cmk]:-}"
     for i in "${!h[@]}"; do
         [ -n "${c[$i]:-}" ] && out+=" $(awk -v a="${h[$i]}" -v b="${c[$i]}" 'BEGIN{ if (a > 0) printf "%.3f", b/a }')"
     done
@@ -390,6 +424,21 @@ row size_accounts "pg_table_size(pgbench_accounts)" mb le 1.12
 row size_copy     "pg_table_size(COPY target)" mb le 1.12
 row init     "pgbench -i -s $SCALE, s" s info ""
 
+# cmk_heap against heap with rows of cmk_heap's stored length (info only)
+PADDED=""
+if [ -n "${S[count_pad:heap]:-}" ]; then
+    PADDED="Heap with rows as long as cmk_heap's (\`accounts_padded\`: filler widened by the ${PAD}-byte trailer,"
+    PADDED+=" $(fmt "$(med size_padded heap)" mb) vs cmk_heap's $(fmt "$(med size_accounts cmk)" mb)), scanned in the same rounds:"
+    PADDED+=$'\n\n'"| query | heap | padded heap | cmk_heap | padded / heap | cmk_heap / padded |"$'\n'"|---|---:|---:|---:|---:|---:|"$'\n'
+    for k in count sum copyto; do
+        # shellcheck disable=SC2046
+        PADDED+="| $k | $(fmt "$(med $k heap)" ms) | $(fmt "$(med ${k}_pad heap)" ms) | $(fmt "$(med $k cmk)" ms) |"
+        PADDED+=" $(ratio "$(med $k heap)" "$(med ${k}_pad heap)") | $(median $(paired "$k" "${k}_pad") | awk '{printf "%.3f", $1}') |"$'\n'
+    done
+    PADDED+=$'\n'"The first ratio is the cost of the longer rows alone (more pages, a tuple stride that is no"
+    PADDED+=$'\n'"multiple of the 64-byte cache line); the second, paired per round, what decryption adds on top."
+fi
+
 SPREAD=""
 for k in tpcb:tps select:tps count:ms sum:ms copyto:ms copyfrom:ms; do
     kind=${k#*:}; k=${k%%:*}
@@ -428,6 +477,8 @@ heap and cmk_heap columns: medians.  Ratio: cmk_heap / heap, the median of the p
 for tps higher is better, for times and sizes lower is better.
 
 $VERDICTS
+$PADDED
+
 $STREAM_LINES
 
 <details><summary>spread of samples</summary>
