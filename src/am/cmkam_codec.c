@@ -1214,6 +1214,16 @@ xor_byval(const uint8 *cp, const uint8 *kp, int16 len)
 #define FAST_MAX_BLOCKS		4
 static uint8 fast_ks[MaxHeapTuplesPerPage * 2 * FAST_MAX_BLOCKS * CMK_AES_BLOCK];
 
+/* No null among the first n attributes of a tuple with a null bitmap. */
+static inline bool
+no_null_before(const bits8 *bits, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (att_isnull(i, bits))
+			return false;
+	return true;
+}
+
 /* Corruption found while fast_ks holds keystream: wipe it, then report. */
 static void
 page_corrupt(Relation rel, HeapTupleHeader td, const char *what, int nfastblk)
@@ -1311,14 +1321,16 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 		pt->tupnatts = tupnatts;
 
 		/*
-		 * Fast path for the fixed-width prefix: no nulls, so its attributes
-		 * sit at their nominal offsets (those heap caches in attcacheoff),
-		 * inside the data, under at most two nonces.  Only counter blocks are
-		 * queued here; pass 2 reads the stored bytes and XORs them into the
-		 * values.  Later attributes go the general way.
+		 * Fast path for the fixed-width prefix: no nulls in it, so its
+		 * attributes sit at their nominal offsets (those heap caches in
+		 * attcacheoff; nulls after them move nothing), inside the data, under
+		 * at most two nonces.  Only counter blocks are queued here; pass 2
+		 * reads the stored bytes and XORs them into the values.  Later
+		 * attributes go the general way.
 		 */
 		pt->nfast = 0;
-		if (fast_end > 0 && !hasnulls && n >= fast_natts && fast_end <= limit)
+		if (fast_end > 0 && n >= fast_natts && fast_end <= limit &&
+			(!hasnulls || no_null_before(src->t_bits, fast_natts)))
 		{
 			int			idx0 = map_get(&pt->t, 0);
 			int			idx1 = -1;

@@ -221,3 +221,21 @@ SELECT s.g, x.id, x.n, x.tail
        LATERAL (SELECT id, n, tail FROM pages WHERE id > s.g * 600 LIMIT 2) x
   ORDER BY 1, 2;
 RESET enable_hashjoin; RESET enable_mergejoin; RESET enable_material;
+
+-- The page path's fast prefix with NULLs: a null after the fixed-width
+-- prefix moves nothing (the fast path applies), a null inside it does (the
+-- general path).  Small tables updated through sequential scans, as TPC-B
+-- does with its branches and tellers (whose filler is NULL).
+CREATE TABLE tellers (tid int NOT NULL, bid int, tbalance int, filler char(84));
+INSERT INTO tellers SELECT g, 1 + g / 10,
+    CASE WHEN g % 17 = 0 THEN NULL ELSE g * 3 END,
+    CASE WHEN g % 5 = 0 THEN 'f' || g END
+  FROM generate_series(1, 600) g;
+SET enable_indexscan = off; SET enable_bitmapscan = off;
+SELECT count(*), count(tbalance), sum(tbalance), sum(bid), count(filler) FROM tellers;
+UPDATE tellers SET tbalance = tbalance + 5 WHERE tid % 7 = 3;
+UPDATE tellers SET tbalance = 1 WHERE tbalance IS NULL AND tid % 2 = 0;
+UPDATE tellers SET filler = NULL WHERE tid % 10 = 0;
+SELECT count(*), count(tbalance), sum(tbalance), sum(bid), count(filler), sum(tid) FILTER (WHERE filler IS NULL) FROM tellers;
+SELECT tid, bid, tbalance, rtrim(filler) FROM tellers WHERE tid IN (5, 10, 17, 34, 35, 595, 600) ORDER BY tid;
+RESET enable_indexscan; RESET enable_bitmapscan;
