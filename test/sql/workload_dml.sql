@@ -239,3 +239,9 @@ UPDATE tellers SET filler = NULL WHERE tid % 10 = 0;
 SELECT count(*), count(tbalance), sum(tbalance), sum(bid), count(filler), sum(tid) FILTER (WHERE filler IS NULL) FROM tellers;
 SELECT tid, bid, tbalance, rtrim(filler) FROM tellers WHERE tid IN (5, 10, 17, 34, 35, 595, 600) ORDER BY tid;
 RESET enable_indexscan; RESET enable_bitmapscan;
+
+-- Sequential scans count every tuple they return, whoever steps through the
+-- page (cmk_heap takes the within-page steps itself).
+SELECT pg_stat_force_next_flush();
+SELECT relname, seq_scan, seq_tup_read FROM pg_stat_user_tables
+  WHERE schemaname = :'schema' AND relname IN ('pages', 'tellers') ORDER BY relname;
