@@ -601,6 +601,70 @@ free_body(char *body)
 	}
 }
 
+/* Settings and the key reference of a key URI: what every operation starts with. */
+static bool
+open_key(const char *uri, AzureSettings *s, AzureKeyRef *ref, CmkError *err)
+{
+	load_settings(s);
+	if (!parse_uri(uri, ref, err))
+		return false;
+	s->resource = vault_resource(ref);
+	return true;
+}
+
+/*
+ * One wrapkey (wrap) or unwrapkey call on exactly key version ver of the
+ * vault ref names, whose full key id is ver_kid: the request (its body, holding key material, is
+ * wiped), the decoded result in out[out_size], and the check that the vault
+ * answered with that very version.  On success *resp is the caller's to
+ * check further and free; on failure it is freed and err says why, with the
+ * vault's response attached.
+ */
+static bool
+key_op(const AzureSettings *s, bool wrap,
+	   const AzureKeyRef *ref, const AzureKeyRef *ver, const char *ver_kid,
+	   CmkWrapAlg alg, const uint8_t *in, size_t in_len,
+	   uint8_t *out, size_t out_size, size_t *out_len,
+	   AzureHttpResponse *resp, CmkError *err)
+{
+	const char *path = wrap ? "/wrapkey" : "/unwrapkey";
+	AzureKeyRef got;
+	char		rkid[CMK_MAX_KID];
+	char	   *body;
+	const char *why;
+	bool		ok;
+
+	body = key_op_body(alg, in, in_len, err);
+	if (body == NULL)
+		return false;
+	ok = vault_call(s, wrap ? "wrapKey" : "unwrapKey", "POST", ref, ver->name, ver->version, path, body, resp, err);
+	free_body(body);
+	if (!ok)
+		return false;
+
+	*out_len = 0;
+	ok = azj_parse_key_result(resp->body, resp->body_len, rkid, sizeof(rkid),
+							  out, out_size, out_len, &why);
+	if (!ok)
+		cmk_error_set(err, CMK_ERR_INTERNAL, "MalformedResponse", HINT_MALFORMED,
+					  "malformed %s response from Azure Key Vault for key \"%s\": %s",
+					  path + 1, ver->name, why);
+	else if (azj_parse_key_url(rkid, strlen(rkid), &got) != AZURE_URL_OK ||
+			 !same_key(&got, ver) || strcmp(got.version, ver->version) != 0)
+	{
+		ok = false;
+		cmk_error_set(err, CMK_ERR_INTERNAL, "UnexpectedKid", NULL,
+					  "Azure Key Vault %s with key id \"%.200s\", not with the requested \"%.200s\"",
+					  wrap ? "wrapped" : "unwrapped", rkid, ver_kid);
+	}
+	if (!ok)
+	{
+		vault_detail(err, ref, ver->version, resp);
+		azure_http_free(resp);
+	}
+	return ok;
+}
+
 /* ------------------------------------------------------------------------
  * The provider
  * ------------------------------------------------------------------------
@@ -614,11 +678,7 @@ azure_describe(const char *uri, CmkKekInfo *info, CmkError *err)
 	AzureKeyBundle kb;
 	CmkError	dates;
 
-	load_settings(&s);
-	if (!parse_uri(uri, &ref, err))
-		return false;
-	s.resource = vault_resource(&ref);
-	if (!get_key(&s, &ref, &kb, err))
+	if (!open_key(uri, &s, &ref, err) || !get_key(&s, &ref, &kb, err))
 		return false;
 	memset(info, 0, sizeof(*info));
 	strlcpy(info->kid, kb.kid, sizeof(info->kid));
@@ -637,17 +697,10 @@ azure_wrap(const char *uri, CmkWrapAlg alg, const uint8_t *dek, size_t dek_len,
 	AzureKeyRef ref;
 	AzureKeyBundle kb;
 	AzureHttpResponse resp;
-	AzureKeyRef got;
-	char		rkid[CMK_MAX_KID];
-	char	   *body;
-	const char *why;
-	size_t		len = 0;
-	bool		ok;
+	size_t		len;
 
-	load_settings(&s);
-	if (!parse_uri(uri, &ref, err))
+	if (!open_key(uri, &s, &ref, err))
 		return false;
-	s.resource = vault_resource(&ref);
 
 	/*
 	 * Look the key up first and wrap with exactly that version: we check
@@ -672,39 +725,18 @@ azure_wrap(const char *uri, CmkWrapAlg alg, const uint8_t *dek, size_t dek_len,
 		return false;
 	}
 
-	body = key_op_body(alg, dek, dek_len, err);
-	if (body == NULL)
+	if (!key_op(&s, true, &ref, &kb.ref, kb.kid, alg, dek, dek_len,
+				wrapped, CMK_MAX_WRAPPED, &len, &resp, err))
 		return false;
-	ok = vault_call(&s, "wrapKey", "POST", &ref, kb.ref.name, kb.ref.version,
-					"/wrapkey", body, &resp, err);
-	free_body(body);
-	if (!ok)
-		return false;
-
-	ok = azj_parse_key_result(resp.body, resp.body_len, rkid, sizeof(rkid),
-							  wrapped, CMK_MAX_WRAPPED, &len, &why);
-	if (!ok)
-		cmk_error_set(err, CMK_ERR_INTERNAL, "MalformedResponse", HINT_MALFORMED,
-					  "malformed wrapkey response from Azure Key Vault for key \"%s\": %s", ref.name, why);
-	else if (azj_parse_key_url(rkid, strlen(rkid), &got) != AZURE_URL_OK ||
-			 !same_key(&got, &kb.ref) || strcmp(got.version, kb.ref.version) != 0)
+	if (len * 8 != (size_t) kb.bits)
 	{
-		ok = false;
-		cmk_error_set(err, CMK_ERR_INTERNAL, "UnexpectedKid", NULL,
-					  "Azure Key Vault wrapped with key id \"%.200s\", not with the requested \"%.200s\"",
-					  rkid, kb.kid);
-	}
-	else if (len * 8 != (size_t) kb.bits)
-	{
-		ok = false;
 		cmk_error_set(err, CMK_ERR_INTERNAL, "MalformedResponse", HINT_MALFORMED,
 					  "Azure Key Vault returned a wrapped key of %zu bytes for a %d-bit key", len, kb.bits);
-	}
-	if (!ok)
 		vault_detail(err, &ref, kb.ref.version, &resp);
-	azure_http_free(&resp);
-	if (!ok)
+		azure_http_free(&resp);
 		return false;
+	}
+	azure_http_free(&resp);
 	*wrapped_len = len;
 	strlcpy(kid, kb.kid, kid_size);
 	return true;
@@ -718,19 +750,13 @@ azure_unwrap(const char *uri, const char *kid, CmkWrapAlg alg,
 	AzureSettings s;
 	AzureKeyRef ref;
 	AzureKeyRef want;
-	AzureKeyRef got;
 	AzureHttpResponse resp;
 	uint8_t		out[AZJ_MAX_RSA_BYTES];
-	char		rkid[CMK_MAX_KID];
-	char	   *body;
-	const char *why;
 	size_t		len = 0;
 	bool		ok;
 
-	load_settings(&s);
-	if (!parse_uri(uri, &ref, err))
+	if (!open_key(uri, &s, &ref, err))
 		return false;
-	s.resource = vault_resource(&ref);
 
 	/*
 	 * The recorded kid picks the key version, never the host: the token only
@@ -748,38 +774,21 @@ azure_unwrap(const char *uri, const char *kid, CmkWrapAlg alg,
 	}
 	/* A versioned URI naming another version is fine: the record decides. */
 
-	body = key_op_body(alg, wrapped, wrapped_len, err);
-	if (body == NULL)
-		return false;
-	ok = vault_call(&s, "unwrapKey", "POST", &ref, want.name, want.version,
-					"/unwrapkey", body, &resp, err);
-	free_body(body);
-	if (!ok)
-		return false;
-
-	ok = azj_parse_key_result(resp.body, resp.body_len, rkid, sizeof(rkid),
-							  out, sizeof(out), &len, &why);
-	if (!ok)
-		cmk_error_set(err, CMK_ERR_INTERNAL, "MalformedResponse", HINT_MALFORMED,
-					  "malformed unwrapkey response from Azure Key Vault for key \"%s\": %s", want.name, why);
-	else if (azj_parse_key_url(rkid, strlen(rkid), &got) != AZURE_URL_OK ||
-			 !same_key(&got, &want) || strcmp(got.version, want.version) != 0)
+	if (!key_op(&s, false, &ref, &want, kid, alg, wrapped, wrapped_len,
+				out, sizeof(out), &len, &resp, err))
 	{
-		ok = false;
-		cmk_error_set(err, CMK_ERR_INTERNAL, "UnexpectedKid", NULL,
-					  "Azure Key Vault unwrapped with key id \"%.200s\", not with the requested \"%.200s\"",
-					  rkid, kid);
+		OPENSSL_cleanse(out, sizeof(out));
+		return false;
 	}
-	else if (len != CMK_DEK_LEN)
+	ok = len == CMK_DEK_LEN;
+	if (!ok)
 	{
-		ok = false;
 		cmk_error_set(err, CMK_ERR_WRONG_KEY, "DekLengthMismatch",
 					  "The wrapped key in the control file was not made by cmk_storage with this key.",
 					  "Azure Key Vault unwrapped %zu bytes, not a %d-byte data encryption key",
 					  len, CMK_DEK_LEN);
-	}
-	if (!ok)
 		vault_detail(err, &ref, want.version, &resp);
+	}
 	azure_http_free(&resp);
 	if (ok)
 	{
