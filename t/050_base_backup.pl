@@ -60,7 +60,7 @@ ok(scalar(files_containing($node->data_dir . '/base', $m1[0])) > 0,
 # --- encrypted base backups: plain, and with server-side compression ------------------
 my %bk;
 for my $variant ([ 'plain', [] ], [ 'gzip', [ '--compress=server-gzip' ] ],
-	[ 'zstd', [ '--compress=server-zstd' ] ])
+	[ 'lz4', [ '--compress=server-lz4' ] ], [ 'zstd', [ '--compress=server-zstd' ] ])
 {
 	my ($name, $opts) = @$variant;
 	$bk{$name} = "$tmp/backup_$name";
@@ -72,6 +72,7 @@ my $ts_oid = $node->safe_psql('postgres', q{SELECT oid FROM pg_tablespace WHERE 
 is_deeply(\@plain_files, [ sort('base.tar.cmk', "$ts_oid.tar.cmk", 'backup_manifest.cmk', 'backup_end.cmk') ],
 	'backup holds the encrypted archives, manifest and end marker, nothing else');
 ok(-f "$bk{gzip}/base.tar.gz.cmk", 'server-side gzip: the target encrypts the compressed tar');
+ok(-f "$bk{lz4}/base.tar.lz4.cmk", 'server-side lz4: the target encrypts the compressed tar');
 for my $name (sort keys %bk)
 {
 	is_deeply([ files_containing($bk{$name}, @m1, 'PG_VERSION', 'backup_label', 'pg_control') ], [],
@@ -145,7 +146,7 @@ ok($restored->log_contains(qr/recovery stopping before commit/), 'recovery stopp
 $restored->stop;
 
 # --- compressed backups restore to the same files ------------------------------------------
-for my $name ('gzip', 'zstd')
+for my $name ('gzip', 'lz4', 'zstd')
 {
   SKIP:
 	{
