@@ -192,10 +192,13 @@ cmkam_index_build_range_scan(Relation heapRelation, Relation indexRelation,
 									   indexInfo->ii_ExclusionOps != NULL);
 	EState	   *estate = CreateExecutorState();
 	ExprContext *econtext = GetPerTupleExprContext(estate);
-	TupleTableSlot *raw = MakeSingleTupleTableSlot(RelationGetDescr(heapRelation),
-												   &TTSOpsBufferHeapTuple);
-	TupleTableSlot *plainslot = MakeSingleTupleTableSlot(RelationGetDescr(heapRelation),
-														 &TTSOpsHeapTuple);
+	/*
+	 * Index values come from our lazily decrypting slot: an index on aid
+	 * decrypts aid, not the whole row.  The heap fills its raw slot.
+	 */
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(RelationGetDescr(heapRelation),
+													&TTSOpsCmkHeapTuple);
+	TupleTableSlot *raw = cmk_slot_raw(slot);
 	ExprState  *predicate;
 	Snapshot	snapshot;
 	bool		need_unregister_snapshot = false;
@@ -210,7 +213,7 @@ cmkam_index_build_range_scan(Relation heapRelation, Relation indexRelation,
 
 	Assert(!(anyvisible && checking_uniqueness));
 
-	econtext->ecxt_scantuple = plainslot;
+	econtext->ecxt_scantuple = slot;
 	predicate = ExecPrepareQual(indexInfo->ii_Predicate, estate);
 
 	/*
@@ -247,10 +250,10 @@ cmkam_index_build_range_scan(Relation heapRelation, Relation indexRelation,
 	{
 		HeapTuple	tuple = ((BufferHeapTupleTableSlot *) raw)->base.tuple;
 		bool		tupleIsAlive;
-		HeapTuple	plain;
 		ItemPointerData tid;
 
 		CHECK_FOR_INTERRUPTS();
+		cmk_slot_adopt_raw(slot, heapRelation, NULL, false);
 
 		if (progress)
 		{
@@ -292,12 +295,9 @@ cmkam_index_build_range_scan(Relation heapRelation, Relation indexRelation,
 		}
 
 		MemoryContextReset(econtext->ecxt_per_tuple_memory);
-		plain = cmk_decrypt_tuple(heapRelation, RelationGetDescr(heapRelation), tuple);
-		ExecStoreHeapTuple(plain, plainslot, true);
-
 		if (predicate != NULL && !ExecQual(predicate, econtext))
 			continue;
-		FormIndexDatum(indexInfo, plainslot, estate, values, isnull);
+		FormIndexDatum(indexInfo, slot, estate, values, isnull);
 
 		tid = tuple->t_self;
 		if (HeapTupleIsHeapOnly(tuple))
@@ -328,8 +328,7 @@ cmkam_index_build_range_scan(Relation heapRelation, Relation indexRelation,
 	table_endscan(scan);
 	if (need_unregister_snapshot)
 		UnregisterSnapshot(snapshot);
-	ExecDropSingleTupleTableSlot(plainslot);
-	ExecDropSingleTupleTableSlot(raw);
+	ExecDropSingleTupleTableSlot(slot);
 	FreeExecutorState(estate);
 	indexInfo->ii_ExpressionsState = NIL;
 	indexInfo->ii_PredicateState = NULL;
@@ -369,10 +368,13 @@ cmkam_index_validate_scan(Relation heapRelation, Relation indexRelation,
 	hscan = (HeapScanDesc) scan;
 	pgstat_progress_update_param(PROGRESS_SCAN_BLOCKS_TOTAL, hscan->rs_nblocks);
 
-	/* Our own getnextslot: the slot holds the decrypted tuple. */
+	/*
+	 * Our own getnextslot: the slot decrypts lazily what the predicate and
+	 * the index read; the stored header (heap-only or not) is its raw tuple.
+	 */
 	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
 	{
-		HeapTuple	tuple = ExecFetchSlotHeapTuple(slot, false, NULL);
+		HeapTuple	tuple = ((BufferHeapTupleTableSlot *) cmk_slot_raw(slot))->base.tuple;
 		ItemPointerData rootTuple = slot->tts_tid;
 		OffsetNumber root_offnum = ItemPointerGetOffsetNumber(&rootTuple);
 
