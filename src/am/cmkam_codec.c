@@ -22,6 +22,8 @@
  */
 #include "postgres.h"
 
+#include <openssl/crypto.h>
+
 #include "access/detoast.h"
 #include "access/heaptoast.h"
 #include "miscadmin.h"
@@ -197,9 +199,12 @@ batch_flush(XorBatch *b)
 		return;
 	b->used = Max(b->used, b->nblocks);
 	if (!cmk_keystream_blocks(b->ks, b->blocks, b->nblocks))
+	{
+		OPENSSL_cleanse(b->blocks, b->used * CMK_AES_BLOCK);
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("AES keystream generation failed")));
+	}
 	for (int i = 0; i < b->nxors; i++)
 		xor_bytes(b->xors[i].dst, b->xors[i].src,
 				  b->blocks + b->xors[i].block * CMK_AES_BLOCK + b->xors[i].skip,
@@ -297,7 +302,7 @@ batch_done(XorBatch *b)
 {
 	batch_flush(b);
 	/* keystream is key-derived material: wipe what was used */
-	explicit_bzero(b->blocks, b->used * CMK_AES_BLOCK);
+	OPENSSL_cleanse(b->blocks, b->used * CMK_AES_BLOCK);
 }
 
 static void
@@ -1228,7 +1233,7 @@ no_null_before(const bits8 *bits, int n)
 static void
 page_corrupt(Relation rel, HeapTupleHeader td, const char *what, int nfastblk)
 {
-	explicit_bzero(fast_ks, nfastblk * CMK_AES_BLOCK);
+	OPENSSL_cleanse(fast_ks, nfastblk * CMK_AES_BLOCK);
 	corrupt_at(rel, td, what);
 }
 
@@ -1413,7 +1418,7 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 	batch_done(&batch);
 	if (nfastblk > 0 && !cmk_keystream_blocks(ks, fast_ks, nfastblk))
 	{
-		explicit_bzero(fast_ks, nfastblk * CMK_AES_BLOCK);
+		OPENSSL_cleanse(fast_ks, nfastblk * CMK_AES_BLOCK);
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("AES keystream generation failed")));
@@ -1470,6 +1475,6 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 		}
 	}
 	/* keystream is key-derived material: wipe what was used */
-	explicit_bzero(fast_ks, nfastblk * CMK_AES_BLOCK);
+	OPENSSL_cleanse(fast_ks, nfastblk * CMK_AES_BLOCK);
 	return true;
 }

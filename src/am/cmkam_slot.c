@@ -20,6 +20,8 @@
  */
 #include "postgres.h"
 
+#include <openssl/crypto.h>
+
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "executor/tuptable.h"
@@ -62,7 +64,7 @@ drop_values(CmkPageCache *pc)
 {
 	if (pc->values == NULL)
 		return;
-	explicit_bzero(pc->values, pc->values_used * sizeof(Datum));
+	OPENSSL_cleanse(pc->values, pc->values_used * sizeof(Datum));
 	pfree(pc->values);
 	pfree(pc->isnull);
 	pc->values = NULL;
@@ -76,7 +78,7 @@ drop_area(CmkPageCache *pc)
 {
 	if (pc->area == NULL)
 		return;
-	explicit_bzero(pc->area, pc->area_used);
+	OPENSSL_cleanse(pc->area, pc->area_used);
 	pfree(pc->area);
 	pc->area = NULL;
 	pc->area_size = 0;
@@ -151,7 +153,7 @@ cmk_slot_release(TupleTableSlot *slot)
 	}
 	if (cs->plain)
 	{
-		explicit_bzero(cs->plain, cs->bufsize);
+		OPENSSL_cleanse(cs->plain, cs->bufsize);
 		pfree(cs->plain);
 		cs->plain = NULL;
 	}
@@ -181,7 +183,7 @@ prepare_raw(CmkTupleTableSlot *cs)
 	{
 		if (cs->plain)
 		{
-			explicit_bzero(cs->plain, cs->bufsize);
+			OPENSSL_cleanse(cs->plain, cs->bufsize);
 			pfree(cs->plain);
 		}
 		cs->bufsize = Max(MAXALIGN(cs->trailer.data_end), 256);

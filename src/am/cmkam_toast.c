@@ -22,6 +22,8 @@
  */
 #include "postgres.h"
 
+#include <openssl/crypto.h>
+
 #include "access/detoast.h"
 #include "access/genam.h"
 #include "access/heapam.h"
@@ -156,7 +158,7 @@ save_value(Relation rel, Datum value, int options)
 		data_todo -= chunk_size;
 		data_p += chunk_size;
 	}
-	explicit_bzero(&chunk, sizeof(chunk));
+	OPENSSL_cleanse(&chunk, sizeof(chunk));
 
 	toast_close_indexes(toastidxs, num_indexes, NoLock);
 	table_close(toastrel, NoLock);
