@@ -19,7 +19,8 @@ CREATE FUNCTION key_status(
     OUT last_check timestamptz,
     OUT last_ok timestamptz,
     OUT checks_ok bigint,
-    OUT checks_failed bigint)
+    OUT checks_failed bigint,
+    OUT nonce_epochs integer)
 RETURNS record
 AS 'MODULE_PATHNAME', 'cmk_key_status'
 LANGUAGE C STRICT VOLATILE PARALLEL SAFE;

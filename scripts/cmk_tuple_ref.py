@@ -1,18 +1,25 @@
 #!/usr/bin/env python3
-"""Independent reference decoder of docs/tuple-format.md (format 2).
+"""Independent reference decoder of docs/tuple-format.md (format 3).
 
 Written from the document, not from the C code, to check that the document
 describes the bytes cmk_heap writes.  Needs python3-cryptography.  Reads a
 relation file of a table whose columns are int4 and short, inline text
 (no TOAST), and prints every normal line pointer's tuple, decrypted:
 
-  cmk_tuple_ref.py DEKFILE RELFILE COLUMNS
+  cmk_tuple_ref.py DEKFILE EPOCHFILE RELFILE COLUMNS
 
-  DEKFILE  the raw 32-byte DEK (test use only)
-  COLUMNS  comma-separated types, each int4 or text, e.g. int4,int4,text
+  DEKFILE    the raw 32-byte DEK (test use only)
+  EPOCHFILE  the cluster's nonce epoch table, $PGDATA/cmk_storage/nonce_epochs
+  COLUMNS    comma-separated types, each int4 or text, e.g. int4,int4,text
+
+Every nonce epoch a tuple names must be in EPOCHFILE with this DEK's tag: the
+first 4 bytes of the DEK identifier, which is
+HMAC-SHA256(DEK, "cmk_storage/v1/dek-identifier") (docs/control-file.md).
 
 Output: one line per tuple, "block,offset|v1|v2|...", NULL as \\N.
 """
+import hashlib
+import hmac
 import struct
 import sys
 
@@ -21,7 +28,50 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 BLCKSZ = 8192
-VERSION = 0xC2
+EPOCH_MAGIC = b"CMKEPOCH"
+EPOCH_VERSION = 1
+
+
+def crc32c(data):
+    """CRC-32C (Castagnoli), as PostgreSQL's pg_crc32c."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def crc32c_table():
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+CRC32C_TABLE = crc32c_table()
+
+
+def read_epochs(data):
+    """{epoch id: (DEK tag, 8-byte nonce prefix)} from a nonce_epochs file."""
+    if len(data) < 20 or data[:8] != EPOCH_MAGIC:
+        raise ValueError("not a nonce_epochs file")
+    version, n = struct.unpack_from(">II", data, 8)
+    if version != EPOCH_VERSION:
+        raise ValueError("nonce_epochs format %d, not %d" % (version, EPOCH_VERSION))
+    end = 16 + 16 * n
+    if len(data) != end + 4:
+        raise ValueError("nonce_epochs file has %d bytes, not %d" % (len(data), end + 4))
+    if struct.unpack_from(">I", data, end)[0] != crc32c(data[:end]):
+        raise ValueError("nonce_epochs CRC-32C mismatch")
+    epochs = {}
+    for j in range(n):
+        eid, reserved = struct.unpack_from(">HH", data, 16 + 16 * j)
+        if reserved != 0 or eid in epochs:
+            raise ValueError("nonce_epochs entry %d is malformed" % j)
+        epochs[eid] = (data[20 + 16 * j:24 + 16 * j], data[24 + 16 * j:32 + 16 * j])
+    return epochs
 
 
 def keystream(ecb, nonce, region, start, length):
@@ -32,42 +82,55 @@ def keystream(ecb, nonce, region, start, length):
     return ks[start - first * 16:start - first * 16 + length]
 
 
-def trailer(tup, natts):
+def trailer(tup, natts, epochs, dek_tag):
     """(nonces, nonce index per attribute, data end) from the trailer."""
     n = len(tup)
-    if tup[n - 1] != VERSION:
-        raise ValueError("not a format 2 tuple")
-    flags = tup[n - 6]
-    k = (flags & 0x0F) + 1
-    short = bool(flags & 0x20)
-    if flags & 0x10:
+    flags = tup[n - 1]
+    if flags & 0xE0 != 0xA0:
+        raise ValueError("not a format 3 tuple (last byte 0x%02X)" % flags)
+    k = (flags & 0x07) + 1
+    short = bool(flags & 0x10)
+    if flags & 0x08:
         raise ValueError("external references are not handled here")
-    nonce0 = tup[n - 18:n - 6]
-    more_len = (k - 1) * (4 if short else 12)
-    more = tup[n - 18 - more_len:n - 18]
-    nonces = [nonce0]
+
+    def nonce(epoch_id, counter):
+        if epoch_id not in epochs:
+            raise ValueError("names nonce epoch %d, which is not in the nonce_epochs file" % epoch_id)
+        tag, prefix = epochs[epoch_id]
+        if tag != dek_tag:
+            raise ValueError("nonce epoch %d belongs to DEK tag %s, not this DEK's %s"
+                             % (epoch_id, tag.hex(), dek_tag.hex()))
+        return prefix + counter
+
+    epoch0 = struct.unpack_from(">H", tup, n - 7)[0]
+    nonces = [nonce(epoch0, tup[n - 5:n - 1])]
+    more_len = (k - 1) * (4 if short else 6)
+    more = tup[n - 7 - more_len:n - 7]
     for j in range(k - 1):
         if short:
-            nonces.append(nonce0[:8] + more[4 * j:4 * j + 4])
+            nonces.append(nonce(epoch0, more[4 * j:4 * j + 4]))
         else:
-            nonces.append(more[12 * j:12 * j + 12])
+            nonces.append(nonce(struct.unpack_from(">H", more, 6 * j)[0], more[6 * j + 2:6 * j + 6]))
+    end = n - 7 - more_len
     if k == 1:
         map_len, which = 0, [0] * natts
     elif k == 2:
         map_len = (natts + 7) // 8
-        m = tup[n - 18 - more_len - map_len:n - 18 - more_len]
+        m = tup[end - map_len:end]
         which = [(m[i // 8] >> (i % 8)) & 1 for i in range(natts)]
     else:
         map_len = (natts + 1) // 2
-        m = tup[n - 18 - more_len - map_len:n - 18 - more_len]
+        m = tup[end - map_len:end]
         which = [(m[i // 2] >> (4 * (i % 2))) & 0x0F for i in range(natts)]
-    return nonces, which, n - 18 - more_len - map_len
+    if any(w >= k for w in which):
+        raise ValueError("nonce map names a nonce the tuple does not have")
+    return nonces, which, end - map_len
 
 
-def decode(ecb, tup, cols):
+def decode(ecb, tup, cols, epochs, dek_tag):
     infomask2, infomask, hoff = struct.unpack_from("<HHB", tup, 18)
     natts = infomask2 & 0x07FF
-    nonces, which, data_end = trailer(tup, natts)
+    nonces, which, data_end = trailer(tup, natts, epochs, dek_tag)
     # the fixed-width prefix: attributes before the first non-fixed one,
     # at their nominal offsets (as if no attribute were null)
     nominal, off = [], 0
@@ -106,8 +169,10 @@ def decode(ecb, tup, cols):
 
 def main():
     dek = open(sys.argv[1], "rb").read()
-    rel = open(sys.argv[2], "rb").read()
-    cols = sys.argv[3].split(",")
+    epochs = read_epochs(open(sys.argv[2], "rb").read())
+    rel = open(sys.argv[3], "rb").read()
+    cols = sys.argv[4].split(",")
+    dek_tag = hmac.new(dek, b"cmk_storage/v1/dek-identifier", hashlib.sha256).digest()[:4]
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
                info=b"cmk_storage/v1/tuple").derive(dek)
     ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
@@ -119,7 +184,10 @@ def main():
             lp_off, lp_flags, lp_len = v & 0x7FFF, (v >> 15) & 3, v >> 17
             if lp_flags != 1:
                 continue
-            vals = decode(ecb, page[lp_off:lp_off + lp_len], cols)
+            try:
+                vals = decode(ecb, page[lp_off:lp_off + lp_len], cols, epochs, dek_tag)
+            except ValueError as e:
+                sys.exit("tuple (%d,%d): %s" % (blk, lp + 1, e))
             print("%d,%d|%s" % (blk, lp + 1, "|".join(vals)))
 
 

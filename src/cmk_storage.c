@@ -69,6 +69,7 @@ cmk_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(cmk_audit_shmem_size());
+	cmk_epochs_shmem_request();
 }
 
 static void
@@ -78,6 +79,7 @@ cmk_shmem_startup(void)
 		prev_shmem_startup_hook();
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	cmk_audit_shmem_init();
+	cmk_epochs_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 

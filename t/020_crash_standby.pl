@@ -68,6 +68,28 @@ is($standby->safe_psql('postgres', q{SET enable_seqscan = off; SELECT count(*) F
 	$primary->safe_psql('postgres', q{SELECT count(*) FROM t WHERE v = 'changed'}),
 	'standby index scans agree');
 
+# A nonce epoch reaches the standby through WAL: every start registers its own
+# epoch on its first write, so rows the restarted primary writes name an epoch
+# the standby's copy of nonce_epochs does not have until redo writes it.
+my $epochs = q{SELECT nonce_epochs FROM cmk_storage.status};
+my $n_before = $primary->safe_psql('postgres', $epochs);
+$primary->restart;
+wait_key_settled($primary);
+$primary->safe_psql('postgres', q{
+INSERT INTO t SELECT g, 'new epoch', repeat(md5(g::text), 200) FROM generate_series(6000, 6100) g;
+UPDATE t SET v = 'epoch ' || id WHERE id % 11 = 0;
+});
+is($primary->safe_psql('postgres', $epochs), $n_before + 1, 'a restart registers one new nonce epoch on its first write');
+$primary->wait_for_catchup($standby);
+is($standby->safe_psql('postgres', $digest), $primary->safe_psql('postgres', $digest),
+	'standby reads rows of an epoch it learned from WAL');
+ok(slurp_bytes($standby->data_dir . '/cmk_storage/nonce_epochs') eq
+	  slurp_bytes($primary->data_dir . '/cmk_storage/nonce_epochs'), 'standby: redo wrote the primary\'s epoch file');
+$standby->restart;
+wait_key_settled($standby);
+is($standby->safe_psql('postgres', $digest), $primary->safe_psql('postgres', $digest),
+	'standby after a restart: epochs read back from its file');
+
 # A standby without the control file never makes a key of its own.
 my $orphan = PostgreSQL::Test::Cluster->new('orphan');
 $orphan->init_from_backup($primary, 'bb', has_streaming => 1);

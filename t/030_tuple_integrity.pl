@@ -1,4 +1,4 @@
-# Tuples the key cannot read are errors naming the table and key, never
+# Tuples the cluster cannot read are errors naming the table, never
 # garbage; ALTER TABLE SET ACCESS METHOD encrypts and decrypts in place;
 # an index on a one-byte column stays consistent through tens of thousands
 # of updates, with HOT exactly as on heap.
@@ -15,7 +15,19 @@ $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION cmk_storage; CREATE EXTENSION amcheck; CREATE EXTENSION pageinspect;');
 wait_key_settled($node);
 
+# The ids of the nonce epochs a cluster has registered (docs/tuple-format.md).
+sub nonce_epoch_ids
+{
+	my ($n) = @_;
+	my $f = slurp_bytes($n->data_dir . '/cmk_storage/nonce_epochs');
+	die 'nonce_epochs: bad magic' unless substr($f, 0, 8) eq 'CMKEPOCH';
+	my $count = unpack('N', substr($f, 12, 4));
+	return map { unpack('n', substr($f, 16 + 16 * $_, 2)) } 0 .. $count - 1;
+}
+
 # --- a file written under another DEK ----------------------------------------------
+# Its tuples name the other cluster's nonce epoch, which this one never
+# registered.
 my $other = cmk_node('b', new_kek("$tmp/b.pem"));
 $other->start;
 $other->safe_psql('postgres', 'CREATE EXTENSION cmk_storage');
@@ -31,41 +43,101 @@ $other->stop;
 $node->stop;
 spew_bytes($dst, slurp_bytes($src));
 $node->start;
-my ($ret, $out, $err) = $node->psql('postgres', 'SELECT * FROM moved');
-isnt($ret, 0, 'foreign DEK: query fails');
-like($err, qr/tuple \(0,1\) in relation "moved" was encrypted with another data encryption key/,
-	'foreign DEK: error names the table');
-like($err, qr/DETAIL:  The tuple names DEK [0-9a-f]{8}; the current DEK is [0-9a-f]{8}/, 'foreign DEK: detail names both keys');
-is($out, '', 'foreign DEK: no rows returned');
+my $theirs = $node->safe_psql('postgres', q{SELECT get_byte(t_data, length(t_data) - 7) * 256 + get_byte(t_data, length(t_data) - 6)
+	FROM heap_page_items(get_raw_page('moved', 0)) WHERE lp = 1});
+my ($ret, $out, $err);
+SKIP:
+{
+	# epoch ids are random 16-bit numbers: rarely, by chance, both clusters have one
+	skip "epoch $theirs of the other cluster is registered here too", 3
+	  if grep { $_ == $theirs } nonce_epoch_ids($node);
+	($ret, $out, $err) = $node->psql('postgres', 'SELECT * FROM moved');
+	isnt($ret, 0, 'foreign DEK: query fails');
+	like($err, qr/tuple \(0,1\) in relation "moved" names nonce epoch $theirs, which this cluster never registered/,
+		'foreign DEK: error names the table and the epoch');
+	is($out, '', 'foreign DEK: no rows returned');
+}
 
 # --- a damaged trailer ---------------------------------------------------------------
+# (0,1): the flags byte (the tuple's last) is no cmk_heap one; (0,2): nonce 0
+# (the 6 bytes before it) names an epoch this cluster never registered.
 $node->safe_psql('postgres', q{CREATE TABLE dmg (id int, v text) USING cmk_heap;
-	INSERT INTO dmg VALUES (1, 'one'); CHECKPOINT;});
-my $lp = $node->safe_psql('postgres', q{SELECT lp_off + lp_len - 1 FROM heap_page_items(get_raw_page('dmg', 0)) WHERE lp = 1});
+	INSERT INTO dmg VALUES (1, 'one'), (2, 'two'); CHECKPOINT;});
+my ($lp, $lp2) = split /\n/, $node->safe_psql('postgres',
+	q{SELECT lp_off + lp_len - 1 FROM heap_page_items(get_raw_page('dmg', 0)) WHERE lp IN (1, 2) ORDER BY lp});
 my $file = $node->data_dir . '/' . $node->safe_psql('postgres', q{SELECT pg_relation_filepath('dmg')});
 $node->stop;
+my %registered = map { $_ => 1 } nonce_epoch_ids($node);
+my $unregistered = 0;
+$unregistered++ while $registered{$unregistered};
 my $bytes = slurp_bytes($file);
-substr($bytes, $lp, 1) = "\x00";    # the format-version byte
+substr($bytes, $lp, 1) = "\x00";    # the flags byte
+substr($bytes, $lp2 - 6, 2) = pack('n', $unregistered);    # nonce 0's epoch id
 spew_bytes($file, $bytes);
 $node->start;
 ($ret, $out, $err) = $node->psql('postgres', 'SELECT * FROM dmg');
 like($err, qr/encrypted tuple \(0,1\) in relation "dmg" is not readable: no cmk_heap trailer/,
 	'damaged trailer: error, not garbage');
+($ret, $out, $err) = $node->psql('postgres', q{SELECT * FROM dmg WHERE ctid = '(0,2)'});
+like($err, qr/tuple \(0,2\) in relation "dmg" names nonce epoch $unregistered, which this cluster never registered/,
+	'unregistered nonce epoch: error names the tuple and the epoch');
+is($out, '', 'unregistered nonce epoch: no rows returned');
 
-# a tuple of the pre-release format 1 (version byte 0xC1): refused by name
+# tuples of the earlier formats, whose last byte was a version byte: the
+# pre-release format 1 (0xC1) and format 2 (0xC2): refused by name
 $node->safe_psql('postgres', q{CREATE TABLE old1 (id int, v text) USING cmk_heap;
-	INSERT INTO old1 VALUES (1, 'one'); CHECKPOINT;});
-$lp = $node->safe_psql('postgres', q{SELECT lp_off + lp_len - 1 FROM heap_page_items(get_raw_page('old1', 0)) WHERE lp = 1});
+	INSERT INTO old1 VALUES (1, 'one'), (2, 'two'); CHECKPOINT;});
+($lp, $lp2) = split /\n/, $node->safe_psql('postgres',
+	q{SELECT lp_off + lp_len - 1 FROM heap_page_items(get_raw_page('old1', 0)) WHERE lp IN (1, 2) ORDER BY lp});
 $file = $node->data_dir . '/' . $node->safe_psql('postgres', q{SELECT pg_relation_filepath('old1')});
 $node->stop;
 $bytes = slurp_bytes($file);
 substr($bytes, $lp, 1) = "\xC1";
+substr($bytes, $lp2, 1) = "\xC2";
 spew_bytes($file, $bytes);
 $node->start;
 ($ret, $out, $err) = $node->psql('postgres', 'SELECT * FROM old1');
 like($err, qr/tuple \(0,1\) in relation "old1" has cmk_heap tuple format 1, which this build does not read/,
 	'format 1 tuple: refused with its own message');
 is($out, '', 'format 1 tuple: no rows returned');
+($ret, $out, $err) = $node->psql('postgres', q{SELECT * FROM old1 WHERE ctid = '(0,2)'});
+like($err, qr/tuple \(0,2\) in relation "old1" has cmk_heap tuple format 2, which this build does not read/,
+	'format 2 tuple: refused with its own message');
+is($out, '', 'format 2 tuple: no rows returned');
+
+# --- the nonce epoch file: damaged or missing ------------------------------------------
+# Every tuple names an epoch of $PGDATA/cmk_storage/nonce_epochs.  A damaged or
+# missing file leaves the server running and every encrypted table refused
+# with the cause (a write must not start a new file and lose the old epochs);
+# restoring the file heals.
+$node->safe_psql('postgres', q{CREATE TABLE ep (id int, v text) USING cmk_heap;
+	INSERT INTO ep SELECT g, 'v' || g FROM generate_series(1, 100) g;});
+my $epfile = $node->data_dir . '/cmk_storage/nonce_epochs';
+$node->stop;
+my $good = slurp_bytes($epfile);
+my $bad = $good;
+substr($bad, 20, 1) = chr(ord(substr($bad, 20, 1)) ^ 0x01);    # a DEK tag bit of the first entry
+for my $case ([ 'damaged', $bad, qr/"cmk_storage\/nonce_epochs" has a wrong checksum/ ],
+	[ 'missing', undef, qr/"cmk_storage\/nonce_epochs" is missing/ ])
+{
+	my ($what, $content, $why) = @$case;
+	defined $content ? spew_bytes($epfile, $content) : unlink($epfile);
+	$node->start;
+	($ret, $out, $err) = $node->psql('postgres', 'SELECT count(*), max(v) FROM ep');
+	like($err, qr/cmk_storage nonce epochs are not available: $why/, "$what epoch file: reads refused with the cause");
+	is($out, '', "$what epoch file: no rows returned");
+	($ret, $out, $err) = $node->psql('postgres', q{INSERT INTO ep VALUES (0, 'x')});
+	like($err, qr/nonce epochs are not available/, "$what epoch file: writes refused");
+	is($node->safe_psql('postgres', q{SELECT nonce_epochs IS NULL FROM cmk_storage.status}), 't',
+		"$what epoch file: status shows no epoch count");
+	is(-e $epfile ? slurp_bytes($epfile) : undef, $content, "$what epoch file: left as it was");
+	$node->stop;
+}
+like(slurp_file($node->logfile), qr/WARNING:  cmk_storage: "cmk_storage\/nonce_epochs" has a wrong checksum/,
+	'damaged epoch file: reported at start-up');
+spew_bytes($epfile, $good);
+$node->start;
+is($node->safe_psql('postgres', 'SELECT count(*), max(v) FROM ep'), '100|v99', 'restored epoch file: readable again');
 
 # --- an external-reference bit on a column that holds none ---------------------------------
 # Turning an external reference into a TOAST pointer writes 18 bytes: every read
@@ -83,14 +155,14 @@ $file = $node->data_dir . '/' . $node->safe_psql('postgres', q{SELECT pg_relatio
 $node->stop;
 $bytes = slurp_bytes($file);
 # trailer of a one-nonce tuple with external references:
-# [external bitmap: 1 byte for 2 columns][nonce 12][flags][DEK tag 4][version]
-is(ord(substr($bytes, $xoff + $xlen - 6, 1)), 0x10, 'xref: flags say "external bitmap present"');
-is(ord(substr($bytes, $xoff + $xlen - 19, 1)), 0x02, 'xref: only column v is an external reference');
+# [external bitmap: 1 byte for 2 columns][nonce 0: epoch 2, counter 4][flags]
+is(ord(substr($bytes, $xoff + $xlen - 1, 1)), 0xA8, 'xref: flags say "one nonce, external bitmap present"');
+is(ord(substr($bytes, $xoff + $xlen - 8, 1)), 0x02, 'xref: only column v is an external reference');
 # id claims to be one too; 4645 = 0x1225 decrypts to 25 12 00 00, which reads
 # as a one-byte varlena header of length 18 and VARTAG_ONDISK: only the
 # column's type tells it from a TOAST pointer (rewriting it would overwrite
 # 14 bytes past the int)
-substr($bytes, $xoff + $xlen - 19, 1) = "\x03";
+substr($bytes, $xoff + $xlen - 8, 1) = "\x03";
 spew_bytes($file, $bytes);
 $node->start;
 for my $case (
@@ -208,11 +280,12 @@ for my $am ('heap', 'cmk_heap')
 		"$am: amcheck on the \"char\" index");
 }
 
-# --- nonce forms: short (same prefix), long (after a restart), 1- and 4-bit maps ----------
+# --- nonce forms: short (same epoch), long (after a restart), 1- and 4-bit maps ----------
 # Every update keeps the stored bytes of unchanged attributes under their old
-# nonce.  Nonces drawn since the server started share a random prefix, so the
+# nonce.  Nonces drawn since the server started share a nonce epoch, so the
 # fresh nonce is usually stored as its 4-byte counter; after a restart (new
-# prefix) it takes all 12 bytes.  Lengths below are exact trailer sizes.
+# epoch) it takes 6 bytes (epoch id and counter).  Lengths below are exact
+# trailer sizes.
 for my $am ('heap', 'cmk_heap')
 {
 	$node->safe_psql('postgres', qq{
@@ -248,13 +321,13 @@ my $update_both = sub {
 	}
 };
 $update_both->('UPDATE nf_AM SET a = a + 1000 WHERE id IN (1, 3)');
-is($lplen->(1), $len0{1} + 4 + 1, 'update, same prefix: 4-byte counter and a 1-bit map (5 bytes)');
+is($lplen->(1), $len0{1} + 4 + 1, 'update, same epoch: 4-byte counter and a 1-bit map (5 bytes)');
 $same_as_heap->('short nonces');
 $node->restart;
 wait_key_settled($node);
 $update_both->('UPDATE nf_AM SET b = b - 1000 WHERE id IN (1, 2)');
-is($lplen->(2), $len0{2} + 12 + 1, 'after a restart: a whole second nonce and a 1-bit map');
-is($lplen->(1), $len0{1} + 12 + 12 + 3, 'three nonces, two prefixes: long form, 4-bit map');
+is($lplen->(2), $len0{2} + 6 + 1, 'after a restart: a second nonce with its epoch and a 1-bit map (7 bytes)');
+is($lplen->(1), $len0{1} + 6 + 6 + 3, 'three nonces, two epochs: long form, 4-bit map');
 $same_as_heap->('long nonces');
 $update_both->(q{UPDATE nf_AM SET c = c || 'x', d = NULL WHERE id IN (1, 2, 3)});
 $same_as_heap->('mixed nonces and a new NULL');
@@ -264,7 +337,8 @@ is($node->safe_psql('postgres', "SELECT bt_index_check('nf_cmk_heap_pkey', heapa
 # --- no nonce is ever used twice: concurrent writers, every stored version -----------
 # Four sessions insert and update at once; each stored version's fresh nonce
 # (nonce 0 of an inserted tuple, the last nonce of an updated one) is read
-# from the page and must be unique, whatever form the trailer has.
+# from the page as epoch id || counter and must be unique, whatever form the
+# trailer has.
 $node->safe_psql('postgres', q{
 CREATE TABLE nz (id int PRIMARY KEY, v int, w text) USING cmk_heap WITH (fillfactor = 60);
 INSERT INTO nz SELECT g, 0, 'w' || g FROM generate_series(1, 200) g;
@@ -277,7 +351,7 @@ $node->pgbench('--no-vacuum --client=4 --jobs=4 --transactions=300', 0,
 UPDATE nz SET v = v + 1 WHERE id = :id;
 INSERT INTO nz_log SELECT :client_id, g FROM generate_series(1, 3) g;
 } });
-$node->restart;    # a new nonce prefix: long forms too
+$node->restart;    # a new nonce epoch: long forms too
 wait_key_settled($node);
 $node->pgbench('--no-vacuum --client=4 --jobs=4 --transactions=100', 0,
 	[qr{processed: 400/400}], [qr{^$}], 'nonces: writers after a restart',
@@ -292,13 +366,13 @@ WITH t AS (
     generate_series(0, pg_relation_size(c.oid) / 8192 - 1) b,
     heap_page_items(get_raw_page(c.relname, b::int)) i
   WHERE c.relname IN ('nz', 'nz_log') AND i.lp_flags = 1),
-f AS (SELECT t_data, length(t_data) AS n, get_byte(t_data, length(t_data) - 6) AS flags FROM t)
+f AS (SELECT t_data, length(t_data) AS n, get_byte(t_data, length(t_data) - 1) AS flags FROM t)
 SELECT count(*), count(DISTINCT nonce),
-       count(*) FILTER (WHERE flags & 32 <> 0), count(*) FILTER (WHERE flags & 15 > 0 AND flags & 32 = 0)
+       count(*) FILTER (WHERE flags & 7 > 0 AND flags & 16 <> 0), count(*) FILTER (WHERE flags & 7 > 0 AND flags & 16 = 0)
 FROM (SELECT flags, CASE
-  WHEN flags & 15 = 0 THEN substring(t_data FROM n - 17 FOR 12)
-  WHEN flags & 32 <> 0 THEN substring(t_data FROM n - 17 FOR 8) || substring(t_data FROM n - 21 FOR 4)
-  ELSE substring(t_data FROM n - 29 FOR 12) END AS nonce FROM f) x};
+  WHEN flags & 7 = 0 THEN substring(t_data FROM n - 6 FOR 6)
+  WHEN flags & 16 <> 0 THEN substring(t_data FROM n - 6 FOR 2) || substring(t_data FROM n - 10 FOR 4)
+  ELSE substring(t_data FROM n - 12 FOR 6) END AS nonce FROM f) x};
 my ($versions, $distinct, $short, $long) = split /\|/, $node->safe_psql('postgres', $fresh);
 diag("nonces: $versions stored versions, $distinct distinct fresh nonces ($short short-form, $long long-form updates)");
 cmp_ok($versions, '>=', 2000, 'nonces: thousands of stored versions');
@@ -323,7 +397,7 @@ INSERT INTO kat SELECT g, g * 10, CASE WHEN g % 5 = 0 THEN NULL ELSE -g END,
   CASE WHEN g % 7 = 0 THEN NULL ELSE 'row ' || g || repeat('.', g % 40) END
   FROM generate_series(1, 120) g;
 UPDATE kat SET a = a + 1 WHERE id % 3 = 0;});
-	$node->restart;    # new nonce prefix: long forms from here on
+	$node->restart;    # new nonce epoch: long forms from here on
 	wait_key_settled($node);
 	$node->safe_psql('postgres', q{
 UPDATE kat SET b = coalesce(b, 0) - 1000 WHERE id % 4 = 0;
@@ -333,19 +407,22 @@ CHECKPOINT;});
 SELECT string_agg(format('%s|%s|%s|%s|%s', regexp_replace(ctid::text, '[()]', '', 'g'),
   id, a, coalesce(b::text, '\N'), coalesce(c, '\N')), E'\n' ORDER BY ctid) FROM kat});
 	my $forms = $node->safe_psql('postgres', q{
-SELECT string_agg(DISTINCT (get_byte(i.t_data, length(i.t_data) - 6) & 47)::text, ',')
+SELECT string_agg(DISTINCT (get_byte(i.t_data, length(i.t_data) - 1) & 23)::text, ',')
 FROM generate_series(0, pg_relation_size('kat') / 8192 - 1) b,
   heap_page_items(get_raw_page('kat', b::int)) i WHERE i.lp_flags = 1});
 	my %live = map { (split /\|/)[0] => $_ } split /\n/, $want;
 	my $file = $node->data_dir . '/' . $node->safe_psql('postgres', q{SELECT pg_relation_filepath('kat')});
 	spew_bytes("$tmp/dek.bin", unwrap_dek(control_path($node), "$tmp/a.pem", $tmp));
 	my ($out, $err) = ('', '');
-	IPC::Run::run([ 'python3', $ref, "$tmp/dek.bin", $file, 'int4,int4,int4,text' ], '>', \$out, '2>', \$err);
+	IPC::Run::run([ 'python3', $ref, "$tmp/dek.bin", $node->data_dir . '/cmk_storage/nonce_epochs', $file, 'int4,int4,int4,text' ],
+		'>', \$out, '2>', \$err);
 	unlink "$tmp/dek.bin";
 	my @got = grep { exists $live{ (split /\|/)[0] } } split /\n/, $out;
 	diag("reference decoder: $err") if $err;
 	is(join("\n", @got), $want, 'independent decoder: every live tuple decrypts to what SQL returns');
-	like($forms, qr/^(?=.*\b0\b)(?=.*\b33\b)(?=.*\b1\b)(?=.*\b2\b)/, 'independent decoder: one nonce, short, long and three-nonce trailers were present');
+	# flags & 23 (k-1 and the short bit): 0 one nonce, 17 short second nonce,
+	# 1 long second nonce, 2 three nonces (long: two epochs)
+	like($forms, qr/^(?=.*\b0\b)(?=.*\b17\b)(?=.*\b1\b)(?=.*\b2\b)/, 'independent decoder: one nonce, short, long and three-nonce trailers were present');
 }
 
 done_testing();

@@ -6,6 +6,7 @@
  *
  *		cmkam_handler.c		the TableAmRoutine and callbacks heap serves as is
  *		cmkam_codec.c		tuple format: encrypt, decrypt, trailer
+ *		cmkam_nonce.c		nonce epochs and the counters under them
  *		cmkam_write.c		insert, multi-insert, speculative insert, update,
  *							delete
  *		cmkam_toast.c		our own toaster and encrypted TOAST chunks
@@ -26,19 +27,30 @@
 #include "access/htup_details.h"
 #include "access/tableam.h"
 #include "executor/tuptable.h"
+#include "lib/stringinfo.h"
 #include "utils/rel.h"
 
-/* Trailer, read backwards from the end of the tuple (inside t_len). */
-#define CMK_FORMAT_VERSION		0xC2
-#define CMK_FORMAT_VERSION_1	0xC1	/* pre-release layout: refused */
-#define CMK_NONCE_LEN			12
-#define CMK_NONCE_PREFIX_LEN	8	/* random part; the rest is a counter */
-#define CMK_NONCE_SHORT_LEN		(CMK_NONCE_LEN - CMK_NONCE_PREFIX_LEN)
+/*
+ * Trailer (format 3), read backwards from the end of the tuple (inside
+ * t_len): its last byte is the flags byte, whose top three bits are always
+ * CMK_FLAGS_MARKER.  A stored nonce is a 16-bit epoch id and a 32-bit
+ * counter; the epoch's random prefix is in the cluster's epoch table.
+ */
+#define CMK_FLAGS_MARKER		0xA0	/* bits 5-7 of the flags byte */
+#define CMK_FLAGS_MARKER_MASK	0xE0
+#define CMK_FLAG_NONCES_MASK	0x07	/* number of nonces - 1 */
+#define CMK_FLAG_HAS_EXTERNAL	0x08	/* external-reference bitmap present */
+#define CMK_FLAG_SHORT_NONCES	0x10	/* nonces 1.. share nonce 0's epoch */
+#define CMK_FORMAT_VERSION_1	0xC1	/* pre-release layouts: refused */
+#define CMK_FORMAT_VERSION_2	0xC2
+#define CMK_NONCE_EPOCH_LEN		2		/* epoch id, big-endian */
+#define CMK_NONCE_CTR_LEN		4		/* counter, big-endian */
+#define CMK_NONCE_LEN			(CMK_NONCE_EPOCH_LEN + CMK_NONCE_CTR_LEN)
+#define CMK_NONCE_SHORT_LEN		CMK_NONCE_CTR_LEN
+#define CMK_NONCE_PREFIX_LEN	8		/* random prefix of an epoch */
 #define CMK_MAX_NONCES			8	/* distinct nonces one tuple may carry */
-#define CMK_TRAILER_FIXED		(1 + 4 + 1)	/* flags, DEK tag, version */
-#define CMK_FLAG_NONCES_MASK	0x0F	/* number of nonces - 1 */
-#define CMK_FLAG_HAS_EXTERNAL	0x10	/* external-reference bitmap present */
-#define CMK_FLAG_SHORT_NONCES	0x20	/* nonces 1.. share nonce 0's prefix */
+#define CMK_TRAILER_FIXED		1	/* the flags byte */
+#define CMK_TRAILER_MIN			(CMK_TRAILER_FIXED + CMK_NONCE_LEN)
 
 /* The encrypted stand-in for an on-disk TOAST pointer: a short varlena. */
 #define CMK_EXTREF_HEADER		((uint8) ((TOAST_POINTER_SIZE_CMK << 1) | 0x01))
@@ -78,18 +90,66 @@ cmk_attr_offset(Form_pg_attribute att, uint32 off, bool *slow, const char *tp)
 	return off;
 }
 
+/*
+ * The cluster's nonce epochs (cmkam_nonce.c): up to 65,536 random 64-bit
+ * nonce prefixes, each registered once, durably, under one DEK, and never
+ * changed or removed.  Readers look entries up without a lock: an entry is
+ * valid before any tuple naming it can be seen.
+ */
+#define CMK_NONCE_EPOCHS		65536
+#define CMK_EPOCH_RECORD_LEN	16
+
+typedef struct CmkEpoch
+{
+	uint32		valid;
+	uint32		dek_tag;		/* first 4 bytes of the DEK identifier */
+	uint8		prefix[CMK_NONCE_PREFIX_LEN];
+} CmkEpoch;
+
+struct CmkEpochTable;
+extern PGDLLIMPORT struct CmkEpochTable *cmk_epoch_table;
+extern PGDLLIMPORT CmkEpoch *cmk_epochs;	/* its entries */
+
+/* The epoch a stored nonce names (2 bytes, big-endian). */
+static inline const CmkEpoch *
+cmk_epoch(const uint8 *id)
+{
+	return &cmk_epochs[(id[0] << 8) | id[1]];
+}
+
+/* May a tuple of the DEK tagged want_tag name this epoch? */
+static inline bool
+cmk_epoch_usable(const CmkEpoch *e, uint32 want_tag)
+{
+	return e->valid && e->dek_tag == want_tag;
+}
+
+/* cmkam_nonce.c */
+extern Size cmk_epochs_shmem_size(void);
+extern void cmk_epochs_shmem_request(void);
+extern void cmk_epochs_shmem_init(void);
+extern bool cmk_epochs_write_empty(const char *path);
+extern void cmk_nonce_reserve(uint32 dek_tag, uint16 *epoch, uint32 *first,
+							  uint32 count);
+extern void cmk_epoch_record(uint8 *rec, uint16 id, const CmkEpoch *e);
+extern void cmk_epoch_redo(const uint8 *rec, Size len);
+extern void cmk_epoch_desc(StringInfo buf, const uint8 *rec, Size len);
+extern int	cmk_epochs_used(void);
+extern void cmk_report_bad_epoch(Relation rel, ItemPointer tid, uint16 id,
+								 uint32 want_tag) pg_attribute_noreturn();
+
 /* A parsed trailer; pointers point into the stored tuple. */
 typedef struct CmkTrailer
 {
 	int			nnonces;
 	const uint8 *nonce0;		/* nonce 0, CMK_NONCE_LEN bytes */
+	const uint8 *pre0;			/* its epoch's prefix */
 	const uint8 *more;			/* nonces 1..: CMK_NONCE_LEN bytes each, or
 								 * CMK_NONCE_SHORT_LEN with short_nonces */
 	bool		short_nonces;
 	int			map_bits;		/* 1 (two nonces) or 4 bits per attribute */
 	const uint8 *map;			/* nonce index per attribute, or NULL: all 0 */
 	const uint8 *extbits;		/* 1 bit per attribute, or NULL */
-	uint32		dek_tag;
 	int32		data_end;		/* offset where the trailer starts */
 } CmkTrailer;
 

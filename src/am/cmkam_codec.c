@@ -7,8 +7,9 @@
  * A stored tuple stays a valid heap tuple for the relation's descriptor:
  * header, null bitmap, alignment padding and varlena length headers are in
  * clear; every attribute's bytes after its length header are XORed with an
- * AES-256-CTR keystream; a trailer inside t_len carries the nonces, the DEK
- * tag and the format version.  Each attribute names one of up to
+ * AES-256-CTR keystream; a trailer inside t_len carries the nonces (each a
+ * 16-bit nonce epoch and a 32-bit counter: cmkam_nonce.c) and the flags
+ * that say how to read it.  Each attribute names one of up to
  * CMK_MAX_NONCES nonces, so an update can keep the stored bytes of every
  * unchanged attribute (HOT and lock strength then behave as on heap) while
  * every changed attribute gets fresh keystream and is re-rolled until its
@@ -46,7 +47,11 @@ typedef struct AttrSpan
 
 typedef CmkTrailer Trailer;
 
-/* A nonce as its 8-byte random prefix and its 4-byte counter. */
+/*
+ * A nonce as its 8-byte random prefix (its epoch's) and its 4-byte counter.
+ * Both point into stable memory (the epoch table, a tuple, a trailer being
+ * built), so the counter pointer identifies the nonce within one batch.
+ */
 typedef struct NonceRef
 {
 	const uint8 *pre;
@@ -91,32 +96,38 @@ typedef struct XorBatch
 static struct
 {
 	int			pid;			/* owner: a forked child must not reuse them */
-	uint8		prefix[8];
+	uint32		dek_tag;		/* the DEK they were reserved under */
+	uint16		epoch;
 	uint32		next;
 	uint32		left;
 }			nonce_state;
 
 /*
- * 96-bit nonce: the cluster's current random 64-bit prefix and a 32-bit
- * counter under it, reserved from shared memory NONCE_RANGE at a time
- * (cmk_nonce_reserve).  No nonce is handed out twice under one prefix.
- * Because all backends share the prefix, an update usually stores its fresh
- * nonce as a 4-byte counter next to the old one (docs/tuple-format.md).
+ * A fresh nonce in stored form (CMK_NONCE_LEN bytes: epoch id, counter,
+ * big-endian): the cluster's current nonce epoch and a counter under it,
+ * reserved from shared memory NONCE_RANGE at a time (cmk_nonce_reserve).
+ * No counter is handed out twice under one epoch.  Because all backends
+ * share the epoch, an update usually stores its fresh nonce as a 4-byte
+ * counter next to the old one (docs/tuple-format.md).
  */
 static void
-next_nonce(uint8 *out)
+next_nonce(uint8 *out, uint32 dek_tag)
 {
-	if (nonce_state.pid != MyProcPid || nonce_state.left == 0)
+	if (nonce_state.pid != MyProcPid || nonce_state.left == 0 ||
+		nonce_state.dek_tag != dek_tag)
 	{
-		cmk_nonce_reserve(nonce_state.prefix, &nonce_state.next, NONCE_RANGE);
+		cmk_nonce_reserve(dek_tag, &nonce_state.epoch, &nonce_state.next,
+						  NONCE_RANGE);
 		nonce_state.left = NONCE_RANGE;
 		nonce_state.pid = MyProcPid;
+		nonce_state.dek_tag = dek_tag;
 	}
-	memcpy(out, nonce_state.prefix, 8);
-	out[8] = (uint8) (nonce_state.next >> 24);
-	out[9] = (uint8) (nonce_state.next >> 16);
-	out[10] = (uint8) (nonce_state.next >> 8);
-	out[11] = (uint8) nonce_state.next;
+	out[0] = (uint8) (nonce_state.epoch >> 8);
+	out[1] = (uint8) nonce_state.epoch;
+	out[2] = (uint8) (nonce_state.next >> 24);
+	out[3] = (uint8) (nonce_state.next >> 16);
+	out[4] = (uint8) (nonce_state.next >> 8);
+	out[5] = (uint8) nonce_state.next;
 	nonce_state.next++;
 	nonce_state.left--;
 }
@@ -223,7 +234,7 @@ static inline void
 counter_block(uint8 *cb, NonceRef nonce, int region, int blk)
 {
 	memcpy(cb, nonce.pre, CMK_NONCE_PREFIX_LEN);
-	memcpy(cb + CMK_NONCE_PREFIX_LEN, nonce.ctr, CMK_NONCE_SHORT_LEN);
+	memcpy(cb + CMK_NONCE_PREFIX_LEN, nonce.ctr, CMK_NONCE_CTR_LEN);
 	cb[12] = (uint8) (region >> 8);
 	cb[13] = (uint8) region;
 	cb[14] = (uint8) (blk >> 8);
@@ -515,17 +526,39 @@ trailer_nonce(const Trailer *t, int idx)
 	NonceRef	n;
 
 	if (idx == 0)
-		n.pre = t->nonce0;
+	{
+		n.pre = t->pre0;
+		n.ctr = t->nonce0 + CMK_NONCE_EPOCH_LEN;
+	}
 	else if (t->short_nonces)
 	{
-		n.pre = t->nonce0;
+		n.pre = t->pre0;
 		n.ctr = t->more + (idx - 1) * CMK_NONCE_SHORT_LEN;
-		return n;
 	}
 	else
-		n.pre = t->more + (idx - 1) * CMK_NONCE_LEN;
-	n.ctr = n.pre + CMK_NONCE_PREFIX_LEN;
+	{
+		const uint8 *e = t->more + (idx - 1) * CMK_NONCE_LEN;
+
+		n.pre = cmk_epoch(e)->prefix;
+		n.ctr = e + CMK_NONCE_EPOCH_LEN;
+	}
 	return n;
+}
+
+/* Nonce idx of a trailer in stored form (epoch id, counter). */
+static inline void
+trailer_nonce_stored(const Trailer *t, int idx, uint8 *out)
+{
+	if (idx == 0)
+		memcpy(out, t->nonce0, CMK_NONCE_LEN);
+	else if (t->short_nonces)
+	{
+		memcpy(out, t->nonce0, CMK_NONCE_EPOCH_LEN);
+		memcpy(out + CMK_NONCE_EPOCH_LEN,
+			   t->more + (idx - 1) * CMK_NONCE_SHORT_LEN, CMK_NONCE_CTR_LEN);
+	}
+	else
+		memcpy(out, t->more + (idx - 1) * CMK_NONCE_LEN, CMK_NONCE_LEN);
 }
 
 static inline NonceRef
@@ -534,16 +567,17 @@ attr_nonce(const Trailer *t, int i)
 	return trailer_nonce(t, map_get(t, i));
 }
 
+/* A nonce in stored form whose epoch is registered. */
 static inline NonceRef
 plain_nonce(const uint8 *nonce)
 {
-	NonceRef	n = {nonce, nonce + CMK_NONCE_PREFIX_LEN};
+	NonceRef	n = {cmk_epoch(nonce)->prefix, nonce + CMK_NONCE_EPOCH_LEN};
 
 	return n;
 }
 
 /*
- * The common trailer (one nonce, no external references, the current DEK)
+ * The common trailer (one nonce, no external references, a usable epoch)
  * without a function call; anything else goes to cmk_parse_trailer, which
  * also reports every problem.
  */
@@ -552,18 +586,18 @@ parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
 {
 	const uint8 *base = (const uint8 *) tup->t_data;
 	int32		len = (int32) tup->t_len;
-	uint32		tag;
 
-	if (likely(len >= (int32) tup->t_data->t_hoff + CMK_TRAILER_FIXED + CMK_NONCE_LEN &&
-			   base[len - 1] == CMK_FORMAT_VERSION && base[len - 6] == 0))
+	if (likely(len >= (int32) tup->t_data->t_hoff + CMK_TRAILER_MIN &&
+			   base[len - 1] == CMK_FLAGS_MARKER))
 	{
-		memcpy(&tag, base + len - 5, 4);
-		if (likely(tag == want_tag))
+		const CmkEpoch *e = cmk_epoch(base + len - CMK_TRAILER_MIN);
+
+		if (likely(cmk_epoch_usable(e, want_tag)))
 		{
 			t->nnonces = 1;
-			t->dek_tag = tag;
-			t->data_end = len - CMK_TRAILER_FIXED - CMK_NONCE_LEN;
+			t->data_end = len - CMK_TRAILER_MIN;
 			t->nonce0 = base + t->data_end;
+			t->pre0 = e->prefix;
 			t->more = NULL;
 			t->short_nonces = false;
 			t->map = NULL;
@@ -575,6 +609,18 @@ parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
 	cmk_parse_trailer(rel, tup, want_tag, t);
 }
 
+/* The epoch of a stored nonce, which must be usable under want_tag. */
+static inline const CmkEpoch *
+checked_epoch(Relation rel, HeapTuple tup, const uint8 *nonce, uint32 want_tag)
+{
+	const CmkEpoch *e = cmk_epoch(nonce);
+
+	if (!cmk_epoch_usable(e, want_tag))
+		cmk_report_bad_epoch(rel, &tup->t_self, (nonce[0] << 8) | nonce[1],
+							 want_tag);
+	return e;
+}
+
 void
 cmk_parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
 {
@@ -584,28 +630,27 @@ cmk_parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
 	uint8		flags;
 	int32		size;
 
-	if (len < (int32) SizeofHeapTupleHeader + CMK_TRAILER_FIXED ||
-		base[len - 1] != CMK_FORMAT_VERSION)
+	if (len < (int32) SizeofHeapTupleHeader + CMK_TRAILER_MIN ||
+		(base[len - 1] & CMK_FLAGS_MARKER_MASK) != CMK_FLAGS_MARKER)
 	{
-		if (len >= (int32) SizeofHeapTupleHeader + CMK_TRAILER_FIXED &&
-			base[len - 1] == CMK_FORMAT_VERSION_1)
+		if (len >= (int32) SizeofHeapTupleHeader + CMK_TRAILER_MIN &&
+			(base[len - 1] == CMK_FORMAT_VERSION_1 ||
+			 base[len - 1] == CMK_FORMAT_VERSION_2))
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("tuple (%u,%u) in relation \"%s\" has cmk_heap tuple format 1, which this build does not read",
+					 errmsg("tuple (%u,%u) in relation \"%s\" has cmk_heap tuple format %d, which this build does not read",
 							ItemPointerGetBlockNumberNoCheck(&tup->t_self),
 							ItemPointerGetOffsetNumberNoCheck(&tup->t_self),
-							RelationGetRelationName(rel)),
-					 errdetail("Format 1 was written only by pre-release builds of cmk_storage."),
+							RelationGetRelationName(rel),
+							base[len - 1] == CMK_FORMAT_VERSION_1 ? 1 : 2),
+					 errdetail("Formats 1 and 2 were written only by pre-release builds of cmk_storage."),
 					 errhint("Dump the table with the build that wrote it and restore it with this one.")));
 		report_corrupt(rel, tup, "no cmk_heap trailer");
 	}
-	memcpy(&t->dek_tag, base + len - 5, 4);
-	flags = base[len - 6];
+	flags = base[len - 1];
 	t->nnonces = (flags & CMK_FLAG_NONCES_MASK) + 1;
 	t->short_nonces = (flags & CMK_FLAG_SHORT_NONCES) != 0;
-	if (t->nnonces > CMK_MAX_NONCES ||
-		(flags & ~(CMK_FLAG_NONCES_MASK | CMK_FLAG_HAS_EXTERNAL | CMK_FLAG_SHORT_NONCES)) ||
-		(t->short_nonces && t->nnonces == 1))
+	if (t->short_nonces && t->nnonces == 1)
 		report_corrupt(rel, tup, "invalid trailer flags");
 	size = trailer_size(t->nnonces, natts, (flags & CMK_FLAG_HAS_EXTERNAL) != 0,
 						t->short_nonces);
@@ -620,26 +665,13 @@ cmk_parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
 		t->map = base + t->data_end + (t->extbits ? (natts + 7) / 8 : 0);
 		t->map_bits = t->nnonces == 2 ? 1 : 4;
 	}
-	t->nonce0 = base + len - CMK_TRAILER_FIXED - CMK_NONCE_LEN;
+	t->nonce0 = base + len - CMK_TRAILER_MIN;
 	t->more = t->map ? t->map + map_size(t->nnonces, natts) : NULL;
 
-	if (t->dek_tag != want_tag)
-	{
-		uint32		have = t->dek_tag;
-
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("tuple (%u,%u) in relation \"%s\" was encrypted with another data encryption key",
-						ItemPointerGetBlockNumberNoCheck(&tup->t_self),
-						ItemPointerGetOffsetNumberNoCheck(&tup->t_self),
-						RelationGetRelationName(rel)),
-				 errdetail("The tuple names DEK %02x%02x%02x%02x; the current DEK is %02x%02x%02x%02x.",
-						   ((uint8 *) &have)[0], ((uint8 *) &have)[1],
-						   ((uint8 *) &have)[2], ((uint8 *) &have)[3],
-						   ((uint8 *) &want_tag)[0], ((uint8 *) &want_tag)[1],
-						   ((uint8 *) &want_tag)[2], ((uint8 *) &want_tag)[3]),
-				 errhint("Start the server with the control file (and key) of the cluster that wrote this data.")));
-	}
+	/* every epoch named must be registered, under the current DEK */
+	t->pre0 = checked_epoch(rel, tup, t->nonce0, want_tag)->prefix;
+	for (int j = 1; !t->short_nonces && j < t->nnonces; j++)
+		(void) checked_epoch(rel, tup, t->more + (j - 1) * CMK_NONCE_LEN, want_tag);
 	for (int i = 0; t->map && i < natts; i++)
 		if (map_get(t, i) >= t->nnonces)
 			report_corrupt(rel, tup, "invalid nonce reference");
@@ -650,8 +682,10 @@ cmk_tuple_has_external(HeapTuple cipher)
 {
 	const uint8 *base = (const uint8 *) cipher->t_data;
 
-	return cipher->t_len > CMK_TRAILER_FIXED &&
-		(base[cipher->t_len - 6] & CMK_FLAG_HAS_EXTERNAL) != 0;
+	uint8		flags = cipher->t_len > 0 ? base[cipher->t_len - 1] : 0;
+
+	return (flags & CMK_FLAGS_MARKER_MASK) == CMK_FLAGS_MARKER &&
+		(flags & CMK_FLAG_HAS_EXTERNAL) != 0;
 }
 
 void
@@ -765,7 +799,7 @@ encrypt_for_insert(Relation rel, TupleDesc desc, uint32 tag, HeapTuple plain,
 	memcpy(d, plain->t_data, data_len);
 	out->t_data->t_infomask &= ~HEAP_HASEXTERNAL;
 
-	next_nonce(nonce);
+	next_nonce(nonce, tag);
 	tp = (uint8 *) d + data_len;
 	memset(tp, 0, tsize);
 	if (has_ext)
@@ -783,10 +817,7 @@ encrypt_for_insert(Relation rel, TupleDesc desc, uint32 tag, HeapTuple plain,
 	}
 	memcpy(tp, nonce, CMK_NONCE_LEN);
 	tp += CMK_NONCE_LEN;
-	*tp++ = (uint8) (has_ext ? CMK_FLAG_HAS_EXTERNAL : 0);
-	memcpy(tp, &tag, 4);
-	tp += 4;
-	*tp = CMK_FORMAT_VERSION;
+	*tp = (uint8) (CMK_FLAGS_MARKER | (has_ext ? CMK_FLAG_HAS_EXTERNAL : 0));
 
 	/*
 	 * The nonce is copied into the trailer: queue against that copy.  Without
@@ -920,12 +951,10 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher,
 			bit_get(ot.extbits, i) == s->is_ondisk &&
 			memcmp(stored + s->start, (char *) old_plain->t_data + o->start, s->full) == 0)
 		{
-			NonceRef	r = attr_nonce(&ot, i);
 			uint8		n[CMK_NONCE_LEN];
 			int			j;
 
-			memcpy(n, r.pre, CMK_NONCE_PREFIX_LEN);
-			memcpy(n + CMK_NONCE_PREFIX_LEN, r.ctr, CMK_NONCE_SHORT_LEN);
+			trailer_nonce_stored(&ot, map_get(&ot, i), n);
 
 			for (j = 0; j < nnonces; j++)
 				if (memcmp(nonces + j * CMK_NONCE_LEN, n, CMK_NONCE_LEN) == 0)
@@ -960,7 +989,7 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher,
 	if (new_idx >= 0 || nnonces == 0)
 	{
 		new_idx = nnonces++;
-		next_nonce(nonces + new_idx * CMK_NONCE_LEN);
+		next_nonce(nonces + new_idx * CMK_NONCE_LEN, tag);
 	}
 
 	/* room for the long form; the nonce may still be re-drawn below */
@@ -1017,17 +1046,17 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher,
 		}
 		if (!collision)
 			break;
-		next_nonce(nonces + new_idx * CMK_NONCE_LEN);
+		next_nonce(nonces + new_idx * CMK_NONCE_LEN, tag);
 	}
 
 	/*
-	 * Trailer: [extbits][map][nonces 1..][nonce 0][flags][dek tag][version].
-	 * Nonces drawn since the postmaster started share one random prefix
-	 * (next_nonce), so usually only their 4-byte counters need storing.
+	 * Trailer: [extbits][map][nonces 1..][nonce 0][flags].  Nonces drawn
+	 * since the postmaster started share one epoch (next_nonce), so usually
+	 * only their 4-byte counters need storing.
 	 */
 	short_nonces = nnonces > 1;
 	for (int j = 1; j < nnonces; j++)
-		if (memcmp(nonces + j * CMK_NONCE_LEN, nonces, CMK_NONCE_PREFIX_LEN) != 0)
+		if (memcmp(nonces + j * CMK_NONCE_LEN, nonces, CMK_NONCE_EPOCH_LEN) != 0)
 			short_nonces = false;
 	tsize = trailer_size(nnonces, natts, has_ext, short_nonces);
 	out->t_len = data_len + tsize;
@@ -1058,7 +1087,7 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher,
 	{
 		if (short_nonces)
 		{
-			memcpy(tp, nonces + j * CMK_NONCE_LEN + CMK_NONCE_PREFIX_LEN,
+			memcpy(tp, nonces + j * CMK_NONCE_LEN + CMK_NONCE_EPOCH_LEN,
 				   CMK_NONCE_SHORT_LEN);
 			tp += CMK_NONCE_SHORT_LEN;
 		}
@@ -1070,11 +1099,9 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher,
 	}
 	memcpy(tp, nonces, CMK_NONCE_LEN);
 	tp += CMK_NONCE_LEN;
-	*tp++ = (uint8) ((nnonces - 1) | (has_ext ? CMK_FLAG_HAS_EXTERNAL : 0) |
+	*tp++ = (uint8) (CMK_FLAGS_MARKER | (nnonces - 1) |
+					 (has_ext ? CMK_FLAG_HAS_EXTERNAL : 0) |
 					 (short_nonces ? CMK_FLAG_SHORT_NONCES : 0));
-	memcpy(tp, &tag, 4);
-	tp += 4;
-	*tp++ = CMK_FORMAT_VERSION;
 	Assert(tp == (uint8 *) out->t_data + out->t_len);
 
 	out->t_data->t_infomask &= ~HEAP_HASEXTERNAL;

@@ -28,6 +28,7 @@
 #include "common/file_perm.h"
 #include "common/string.h"
 #ifndef FRONTEND
+#include "am/cmkam.h"
 #include "storage/fd.h"
 #endif
 
@@ -303,6 +304,13 @@ cmk_control_create(const CmkControl *ctl, CmkError *err)
 	snprintf(path, sizeof(path), "%s/control", CMK_CONTROL_NEW_DIR);
 	if (!write_file(path, ctl, err))
 		return false;
+	/* no tuple nonce epoch yet: a missing file later means a lost one */
+	snprintf(path, sizeof(path), "%s/nonce_epochs", CMK_CONTROL_NEW_DIR);
+	if (!cmk_epochs_write_empty(path))
+	{
+		set_io_error(err, "write", path);
+		return false;
+	}
 	/* durable_rename() handles files only: rename, then sync both levels. */
 	if (fsync_fname_ext(CMK_CONTROL_NEW_DIR, true, false, LOG) != 0 ||
 		rename(CMK_CONTROL_NEW_DIR, CMK_CONTROL_DIR) != 0 ||

@@ -16,6 +16,7 @@
 #include "miscadmin.h"
 #include "utils/timestamp.h"
 
+#include "am/cmkam.h"
 #include "keys/key_store.h"
 
 PG_FUNCTION_INFO_V1(cmk_key_status);
@@ -37,8 +38,8 @@ cmk_key_status(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
 	CmkKeyStatus st;
-	Datum		values[16];
-	bool		nulls[16];
+	Datum		values[17];
+	bool		nulls[17];
 	char		hex[2 * CMK_DEK_ID_LEN + 1];
 	int			i = 0;
 
@@ -84,6 +85,10 @@ cmk_key_status(PG_FUNCTION_ARGS)
 	values[i] = Int64GetDatum((int64) st.checks_ok);
 	i++;
 	values[i] = Int64GetDatum((int64) st.checks_failed);
+	i++;
+	/* tuple nonce epochs registered so far, of 65,536; NULL if unreadable */
+	nulls[i] = cmk_epochs_used() < 0;
+	values[i] = Int32GetDatum(cmk_epochs_used());
 	i++;
 	Assert(i == lengthof(values));
 

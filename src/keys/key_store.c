@@ -53,11 +53,6 @@ typedef struct CmkKeyStore
 	uint8		dek[CMK_DEK_LEN];	/* mutex */
 	uint8		scratch[CMK_DEK_LEN];	/* key worker only */
 	uint8		scratch_sub[CMK_NUM_PURPOSES][CMK_SUBKEY_LEN];	/* key worker */
-	/* tuple nonces: one random prefix for all backends (nonce_mutex) */
-	slock_t		nonce_mutex;
-	bool		nonce_valid;
-	uint8		nonce_prefix[8];
-	uint64		nonce_next;		/* first counter not yet handed out */
 } CmkKeyStore;
 
 static CmkKeyStore *store = NULL;
@@ -89,7 +84,6 @@ cmk_key_store_create(void)
 	store = (CmkKeyStore *) p;
 	memset(store, 0, sizeof(CmkKeyStore));
 	SpinLockInit(&store->mutex);
-	SpinLockInit(&store->nonce_mutex);
 	pg_atomic_init_u64(&store->generation, 1);
 	pg_atomic_init_u32(&store->control_epoch, 0);
 	store->status.memory_locked = locked;
@@ -528,53 +522,5 @@ cmk_tuple_keystream(const char *relname, uint32 *dek_tag)
 			cmk_report_key_unavailable(relname);
 		CHECK_FOR_INTERRUPTS();
 		pg_usleep(10000L);
-	}
-}
-
-/*
- * Reserve count tuple-nonce counters under the cluster's current nonce
- * prefix: prefix (8 bytes) and *first receive the range [first, first +
- * count).  The prefix is drawn at random on first use after the postmaster
- * starts and again when its 2^32 counters run out, so every nonce is handed
- * out once per prefix, and two prefixes collide only by chance (64 random
- * bits).  It is deliberately never persisted: a restored or cloned data
- * directory starts with a fresh prefix, never where its twin continues.
- */
-void
-cmk_nonce_reserve(uint8 *prefix, uint32 *first, uint32 count)
-{
-	Assert(count > 0);
-	if (store == NULL)
-		cmk_report_key_unavailable(NULL);
-	for (;;)
-	{
-		uint8		fresh[8];
-
-		SpinLockAcquire(&store->nonce_mutex);
-		if (store->nonce_valid &&
-			store->nonce_next + count <= (uint64) PG_UINT32_MAX + 1)
-		{
-			memcpy(prefix, store->nonce_prefix, 8);
-			*first = (uint32) store->nonce_next;
-			store->nonce_next += count;
-			SpinLockRelease(&store->nonce_mutex);
-			return;
-		}
-		SpinLockRelease(&store->nonce_mutex);
-
-		/* no random number generation under a spinlock */
-		if (!cmk_random_bytes(fresh, sizeof(fresh)))
-			ereport(ERROR,
-					(errcode(ERRCODE_INTERNAL_ERROR),
-					 errmsg("could not generate a random nonce prefix")));
-		SpinLockAcquire(&store->nonce_mutex);
-		if (!store->nonce_valid ||
-			store->nonce_next + count > (uint64) PG_UINT32_MAX + 1)
-		{
-			memcpy(store->nonce_prefix, fresh, 8);
-			store->nonce_next = 0;
-			store->nonce_valid = true;
-		}
-		SpinLockRelease(&store->nonce_mutex);
 	}
 }

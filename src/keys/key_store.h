@@ -94,6 +94,5 @@ extern const char *cmk_key_state_name(CmkKeyState state);
  */
 extern CmkKeystream *cmk_tuple_keystream(const char *relname, uint32 *dek_tag);
 extern void cmk_report_key_unavailable(const char *relname);
-extern void cmk_nonce_reserve(uint8 *prefix, uint32 *first, uint32 count);
 
 #endif							/* CMK_KEY_STORE_H */

@@ -4,6 +4,8 @@
  *		Custom WAL resource manager "cmk_storage": every control-file write
  *		(DEK creation, re-wrap) is logged as a full 2048-byte image and
  *		flushed before the file is written, and redo writes the same file.
+ *		It also carries the tuple nonce epochs (cmkam_nonce.c), which
+ *		contain no secret either.
  *
  * So a standby or a point-in-time restore ends with the control file the
  * primary had at that point of WAL, and a crash between the WAL flush and
@@ -22,6 +24,7 @@
 #include "access/xlogreader.h"
 #include "lib/stringinfo.h"
 
+#include "am/cmkam.h"
 #include "keys/key_store.h"
 #include "keys/key_wal.h"
 
@@ -34,6 +37,12 @@ cmk_rmgr_redo(XLogReaderState *record)
 	bool		ok;
 	struct stat st;
 
+	if (info == XLOG_CMK_NONCE_EPOCH)
+	{
+		cmk_epoch_redo((const uint8 *) XLogRecGetData(record),
+					   XLogRecGetDataLen(record));
+		return;
+	}
 	if (info != XLOG_CMK_CONTROL)
 		elog(PANIC, "cmk_storage redo: unknown op code %u", info);
 
@@ -55,8 +64,11 @@ cmk_rmgr_desc(StringInfo buf, XLogReaderState *record)
 	CmkControl	ctl;
 	CmkError	err;
 
-	if (cmk_control_parse((const uint8 *) XLogRecGetData(record),
-						  XLogRecGetDataLen(record), &ctl, &err))
+	if ((XLogRecGetInfo(record) & ~XLR_INFO_MASK) == XLOG_CMK_NONCE_EPOCH)
+		cmk_epoch_desc(buf, (const uint8 *) XLogRecGetData(record),
+					   XLogRecGetDataLen(record));
+	else if (cmk_control_parse((const uint8 *) XLogRecGetData(record),
+							   XLogRecGetDataLen(record), &ctl, &err))
 		appendStringInfo(buf, "generation %u; kid %s; %s",
 						 ctl.generation, ctl.kid, cmk_wrap_alg_name(ctl.wrap_alg));
 	else
@@ -66,7 +78,14 @@ cmk_rmgr_desc(StringInfo buf, XLogReaderState *record)
 static const char *
 cmk_rmgr_identify(uint8 info)
 {
-	return (info & ~XLR_INFO_MASK) == XLOG_CMK_CONTROL ? "CONTROL" : NULL;
+	switch (info & ~XLR_INFO_MASK)
+	{
+		case XLOG_CMK_CONTROL:
+			return "CONTROL";
+		case XLOG_CMK_NONCE_EPOCH:
+			return "NONCE_EPOCH";
+	}
+	return NULL;
 }
 
 static RmgrData cmk_rmgr = {

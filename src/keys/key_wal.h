@@ -16,6 +16,7 @@
 /* Custom resource manager id (PostgreSQL wiki: CustomWALResourceManagers). */
 #define CMK_RMGR_ID				201
 #define XLOG_CMK_CONTROL		0x00	/* full control-file image */
+#define XLOG_CMK_NONCE_EPOCH	0x10	/* a new tuple nonce epoch */
 
 extern void cmk_wal_register(void);
 extern XLogRecPtr cmk_wal_log_control(const CmkControl *ctl);
