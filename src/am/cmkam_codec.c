@@ -681,7 +681,6 @@ bool
 cmk_tuple_has_external(HeapTuple cipher)
 {
 	const uint8 *base = (const uint8 *) cipher->t_data;
-
 	uint8		flags = cipher->t_len > 0 ? base[cipher->t_len - 1] : 0;
 
 	return (flags & CMK_FLAGS_MARKER_MASK) == CMK_FLAGS_MARKER &&

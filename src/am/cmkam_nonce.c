@@ -328,7 +328,7 @@ static void
 register_epoch(CmkEpochTable *tab, uint32 dek_tag, uint32 count)
 {
 	CmkEpoch	fresh = {0};
-	uint8		rnd[2];
+	uint8		rnd[4];
 	int			free_ids;
 	int			pick;
 	int			id = -1;
@@ -367,8 +367,8 @@ register_epoch(CmkEpochTable *tab, uint32 dek_tag, uint32 count)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not generate a random nonce epoch")));
-	/* the pick-th free id: uniform over the ids this cluster never used */
-	pick = ((rnd[0] << 8) | rnd[1]) % free_ids;
+	/* the pick-th free id: (nearly) uniform over the ids never used here */
+	pick = (int) (get32(rnd) % (uint32) free_ids);
 	for (int i = 0; i < CMK_NONCE_EPOCHS; i++)
 		if (!tab->entries[i].valid && pick-- == 0)
 		{
