@@ -20,6 +20,9 @@ Options:
   --runs N             rounds per metric; each round measures heap then cmk
                        (default 7; --quick: 3)
   --scale S            pgbench scale factor (default 10 = 1 M accounts rows)
+  --fillfactor F       pgbench -i -F F in both clusters (default: pgbench's
+                       100; cmk_heap rows grow by up to 8 bytes on their first
+                       update, so update-heavy tables want some room)
   --duration SECS      seconds per pgbench run, TPC-B and select-only
                        (default TPC-B 15, select-only 8; --quick: 5 and 5)
   --tpcb-duration SECS   seconds per TPC-B run only
@@ -49,7 +52,7 @@ Exit status: 0 when every measurement ran, 1 when one failed (or, with
 EOF
 }
 
-RUNS=""; SCALE=10; TPCB_DUR=""; SEL_DUR=""; CLIENTS=2; REPS=""; QUICK=0
+RUNS=""; SCALE=10; FILLFACTOR=100; TPCB_DUR=""; SEL_DUR=""; CLIENTS=2; REPS=""; QUICK=0
 SYNC=off; STREAM_ARGS=""; WORKBASE="${TMPDIR:-/tmp}"; KEEP=0; BUILD=1; DEPS=1
 OUTPUT=""; CHECK=0; NICE=-10
 
@@ -58,6 +61,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --runs) need_arg "$@"; RUNS=$2; shift 2 ;;
         --scale) need_arg "$@"; SCALE=$2; shift 2 ;;
+        --fillfactor) need_arg "$@"; FILLFACTOR=$2; shift 2 ;;
         --duration) need_arg "$@"; TPCB_DUR=$2; SEL_DUR=$2; shift 2 ;;
         --tpcb-duration) need_arg "$@"; TPCB_DUR=$2; shift 2 ;;
         --select-duration) need_arg "$@"; SEL_DUR=$2; shift 2 ;;
@@ -154,7 +158,7 @@ done
 for c in $CLUSTERS; do
     say "pgbench -i -s $SCALE in '$c'"
     t0=$(date +%s.%N)
-    as_pg pgbench -i -s "$SCALE" -h "$WORK/sock" -p "$(cl_port "$c")" "$DB" >"$WORK/$c/init.log" 2>&1 \
+    as_pg pgbench -i -s "$SCALE" -F "$FILLFACTOR" -h "$WORK/sock" -p "$(cl_port "$c")" "$DB" >"$WORK/$c/init.log" 2>&1 \
         || { tail -20 "$WORK/$c/init.log" >&2; die "pgbench -i failed in '$c'"; }
     t1=$(date +%s.%N)
     add_sample init "$c" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')"
@@ -175,7 +179,7 @@ NROWS=$(cl_query heap "$DB" "SELECT count(*) FROM pgbench_accounts")
 PAD=7
 # pgbench -i loads with COPY FREEZE (all pages all-visible and frozen); a
 # synchronous commit and VACUUM (FREEZE) give the padded table the same state.
-cl_psql heap "$DB" -c "CREATE TABLE accounts_padded (aid int NOT NULL, bid int, abalance int, filler char($((84 + PAD))))" \
+cl_psql heap "$DB" -c "CREATE TABLE accounts_padded (aid int NOT NULL, bid int, abalance int, filler char($((84 + PAD)))) WITH (fillfactor = $FILLFACTOR)" \
     -c "SET synchronous_commit = on" \
     -c "INSERT INTO accounts_padded SELECT aid, bid, abalance, filler FROM pgbench_accounts" >/dev/null \
     || die "could not create accounts_padded"
@@ -478,7 +482,7 @@ REPORT=$(cat <<EOF
 - two clusters, identical settings (servers and clients at nice $NICE): shared_buffers ${SB_MB}MB, synchronous_commit $SYNC, autovacuum off, jit off,
   max_parallel_workers_per_gather 0, max_wal_size 8GB, shared_preload_libraries cmk_storage (key: RSA 3072 file)
 - 1-min load average at: $LOADS (the benchmark itself accounts for up to ~2; more means other work shared the 2 cores)
-- pgbench scale $SCALE, $CLIENTS clients/threads; $RUNS rounds, each round measures heap then cmk_heap;
+- pgbench scale $SCALE, fillfactor $FILLFACTOR, $CLIENTS clients/threads; $RUNS rounds, each round measures heap then cmk_heap;
   scan queries $REPS× per round (seq scan forced), medians over all samples; CHECKPOINT before each pgbench run and each COPY FROM
 
 | metric | heap | cmk_heap | ratio | target |
