@@ -80,6 +80,12 @@ for my $name (sort keys %bk)
 }
 
 # --- changes up to the recovery target, then changes after it ----------------------------
+# A restart first: its writes name a new nonce epoch that only the archived
+# WAL knows (the backups' nonce_epochs predate it).
+my $epochs_q = q{SELECT nonce_epochs FROM cmk_storage.status};
+my $epochs_in_backup = $node->safe_psql('postgres', $epochs_q);
+$node->restart;
+wait_key_settled($node);
 $node->safe_psql('postgres', qq{
 INSERT INTO h SELECT g, '$m2[0]' || g, NULL FROM generate_series(501, 600) g;
 UPDATE c SET v = '$m2[1]' || id WHERE id % 3 = 0;
@@ -135,6 +141,8 @@ $restored->start;
 $restored->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()')
   or die 'recovery did not finish';
 is(wait_key_settled($restored)->{state}, 'available', 'restored cluster unwrapped its key');
+is($restored->safe_psql('postgres', $epochs_q), $epochs_in_backup + 1,
+	'restored cluster learned the nonce epoch registered after the backup from archived WAL');
 for my $t (sort keys %digest)
 {
 	is($restored->safe_psql('postgres', $digest{$t}), $expect{$t},
