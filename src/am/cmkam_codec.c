@@ -672,7 +672,8 @@ cmk_parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
 	t->pre0 = checked_epoch(rel, tup, t->nonce0, want_tag)->prefix;
 	for (int j = 1; !t->short_nonces && j < t->nnonces; j++)
 		(void) checked_epoch(rel, tup, t->more + (j - 1) * CMK_NONCE_LEN, want_tag);
-	for (int i = 0; t->map && i < natts; i++)
+	/* a 1-bit map (two nonces) cannot name a third; 4-bit entries can */
+	for (int i = 0; t->map_bits == 4 && i < natts; i++)
 		if (map_get(t, i) >= t->nnonces)
 			report_corrupt(rel, tup, "invalid nonce reference");
 }
