@@ -43,6 +43,7 @@
 #include "storage/spin.h"
 
 #include "am/cmkam.h"
+#include "cmk_bigendian.h"
 #include "crypto/cmk_crypto.h"
 #include "keys/control_file.h"
 #include "keys/key_wal.h"
@@ -69,27 +70,6 @@ typedef struct CmkEpochTable
 
 CmkEpochTable *cmk_epoch_table = NULL;
 CmkEpoch   *cmk_epochs = NULL;
-
-static inline void
-put16(uint8 *p, uint16 v)
-{
-	p[0] = (uint8) (v >> 8);
-	p[1] = (uint8) v;
-}
-
-static inline void
-put32(uint8 *p, uint32 v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8) (v >> (24 - 8 * i));
-}
-
-static inline uint32
-get32(const uint8 *p)
-{
-	return ((uint32) p[0] << 24) | ((uint32) p[1] << 16) |
-		((uint32) p[2] << 8) | p[3];
-}
 
 Size
 cmk_epochs_shmem_size(void)
@@ -144,8 +124,8 @@ load_epoch_file(CmkEpochTable *tab)
 	len = read(fd, buf, st.st_size + 1);
 	close(fd);
 	if (len < EPOCH_HEADER + 4 || memcmp(buf, EPOCH_MAGIC, 8) != 0 ||
-		get32(buf + 8) != EPOCH_FILE_VERSION ||
-		(n = get32(buf + 12)) > CMK_NONCE_EPOCHS ||
+		cmk_get32(buf + 8) != EPOCH_FILE_VERSION ||
+		(n = cmk_get32(buf + 12)) > CMK_NONCE_EPOCHS ||
 		len != EPOCH_HEADER + (ssize_t) n * EPOCH_ENTRY + 4)
 	{
 		snprintf(tab->why, sizeof(tab->why), "\"%s\" is not a nonce epoch file of this version or is truncated",
@@ -157,7 +137,7 @@ load_epoch_file(CmkEpochTable *tab)
 	INIT_CRC32C(crc);
 	COMP_CRC32C(crc, buf, len - 4);
 	FIN_CRC32C(crc);
-	if (crc != get32(buf + len - 4))
+	if (crc != cmk_get32(buf + len - 4))
 	{
 		snprintf(tab->why, sizeof(tab->why), "\"%s\" has a wrong checksum", EPOCH_FILE);
 		tab->damaged = true;
@@ -229,8 +209,8 @@ serialize(const CmkEpochTable *tab, int id, const CmkEpoch *extra, Size *lenp)
 	pg_crc32c	crc;
 
 	memcpy(buf, EPOCH_MAGIC, 8);
-	put32(buf + 8, EPOCH_FILE_VERSION);
-	put32(buf + 12, (uint32) n);
+	cmk_put32(buf + 8, EPOCH_FILE_VERSION);
+	cmk_put32(buf + 12, (uint32) n);
 	for (int i = 0; i < CMK_NONCE_EPOCHS; i++)
 	{
 		const CmkEpoch *e = (i == id && extra) ? extra :
@@ -238,7 +218,7 @@ serialize(const CmkEpochTable *tab, int id, const CmkEpoch *extra, Size *lenp)
 
 		if (e == NULL || !e->valid)
 			continue;
-		put16(p, (uint16) i);
+		cmk_put16(p, (uint16) i);
 		memcpy(p + 4, &e->dek_tag, 4);
 		memcpy(p + 8, e->prefix, CMK_NONCE_PREFIX_LEN);
 		p += EPOCH_ENTRY;
@@ -247,7 +227,7 @@ serialize(const CmkEpochTable *tab, int id, const CmkEpoch *extra, Size *lenp)
 	INIT_CRC32C(crc);
 	COMP_CRC32C(crc, buf, len - 4);
 	FIN_CRC32C(crc);
-	put32(p, crc);
+	cmk_put32(p, crc);
 	*lenp = len;
 	return buf;
 }
@@ -368,7 +348,7 @@ register_epoch(CmkEpochTable *tab, uint32 dek_tag, uint32 count)
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not generate a random nonce epoch")));
 	/* the pick-th free id: (nearly) uniform over the ids never used here */
-	pick = (int) (get32(rnd) % (uint32) free_ids);
+	pick = (int) (cmk_get32(rnd) % (uint32) free_ids);
 	for (int i = 0; i < CMK_NONCE_EPOCHS; i++)
 		if (!tab->entries[i].valid && pick-- == 0)
 		{
@@ -444,7 +424,7 @@ void
 cmk_epoch_record(uint8 *rec, uint16 id, const CmkEpoch *e)
 {
 	memset(rec, 0, CMK_EPOCH_RECORD_LEN);
-	put16(rec, id);
+	cmk_put16(rec, id);
 	memcpy(rec + 4, &e->dek_tag, 4);
 	memcpy(rec + 8, e->prefix, CMK_NONCE_PREFIX_LEN);
 }

@@ -32,6 +32,7 @@
 #include "storage/fd.h"
 #endif
 
+#include "cmk_bigendian.h"
 #include "keys/control_file.h"
 
 static const char magic[8] = {'C', 'M', 'K', 'C', 'T', 'R', 'L', '\0'};
@@ -56,53 +57,6 @@ static const char magic[8] = {'C', 'M', 'K', 'C', 'T', 'R', 'L', '\0'};
 StaticAssertDecl(OFF_URI + CMK_CONTROL_TEXT_MAX <= OFF_CHECKSUM,
 				 "control file fields overlap the checksum");
 
-static void
-put16(uint8 *p, uint16 v)
-{
-	p[0] = v >> 8;
-	p[1] = v;
-}
-
-static void
-put32(uint8 *p, uint32 v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = v >> (24 - 8 * i);
-}
-
-static void
-put64(uint8 *p, uint64 v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = v >> (56 - 8 * i);
-}
-
-static uint16
-get16(const uint8 *p)
-{
-	return (uint16) ((p[0] << 8) | p[1]);
-}
-
-static uint32
-get32(const uint8 *p)
-{
-	uint32		v = 0;
-
-	for (int i = 0; i < 4; i++)
-		v = (v << 8) | p[i];
-	return v;
-}
-
-static uint64
-get64(const uint8 *p)
-{
-	uint64		v = 0;
-
-	for (int i = 0; i < 8; i++)
-		v = (v << 8) | p[i];
-	return v;
-}
-
 void
 cmk_control_serialize(const CmkControl *ctl, uint8 *buf)
 {
@@ -114,16 +68,16 @@ cmk_control_serialize(const CmkControl *ctl, uint8 *buf)
 
 	memset(buf, 0, CMK_CONTROL_SIZE);
 	memcpy(buf + OFF_MAGIC, magic, sizeof(magic));
-	put32(buf + OFF_VERSION, CMK_CONTROL_VERSION);
-	put32(buf + OFF_GENERATION, ctl->generation);
-	put64(buf + OFF_SYSID, ctl->system_identifier);
-	put64(buf + OFF_CREATED, (uint64) ctl->created_at);
-	put64(buf + OFF_WRAPPED_AT, (uint64) ctl->wrapped_at);
+	cmk_put32(buf + OFF_VERSION, CMK_CONTROL_VERSION);
+	cmk_put32(buf + OFF_GENERATION, ctl->generation);
+	cmk_put64(buf + OFF_SYSID, ctl->system_identifier);
+	cmk_put64(buf + OFF_CREATED, (uint64) ctl->created_at);
+	cmk_put64(buf + OFF_WRAPPED_AT, (uint64) ctl->wrapped_at);
 	memcpy(buf + OFF_DEK_ID, ctl->dek_id, CMK_DEK_ID_LEN);
-	put16(buf + OFF_ALG, (uint16) ctl->wrap_alg);
-	put16(buf + OFF_WRAPPED_LEN, ctl->wrapped_len);
-	put16(buf + OFF_KID_LEN, (uint16) kid_len);
-	put16(buf + OFF_URI_LEN, (uint16) uri_len);
+	cmk_put16(buf + OFF_ALG, (uint16) ctl->wrap_alg);
+	cmk_put16(buf + OFF_WRAPPED_LEN, ctl->wrapped_len);
+	cmk_put16(buf + OFF_KID_LEN, (uint16) kid_len);
+	cmk_put16(buf + OFF_URI_LEN, (uint16) uri_len);
 	memcpy(buf + OFF_WRAPPED, ctl->wrapped, ctl->wrapped_len);
 	memcpy(buf + OFF_KID, ctl->kid, kid_len);
 	memcpy(buf + OFF_URI, ctl->key_uri, uri_len);
@@ -159,7 +113,7 @@ cmk_control_parse(const uint8 *buf, size_t len, CmkControl *ctl, CmkError *err)
 					  "cmk_storage control file checksum mismatch (the file is corrupt)");
 		return false;
 	}
-	ctl->version = get32(buf + OFF_VERSION);
+	ctl->version = cmk_get32(buf + OFF_VERSION);
 	if (ctl->version != CMK_CONTROL_VERSION)
 	{
 		cmk_error_set(err, CMK_ERR_CONFIG, "ControlFileVersion",
@@ -168,15 +122,15 @@ cmk_control_parse(const uint8 *buf, size_t len, CmkControl *ctl, CmkError *err)
 					  ctl->version, CMK_CONTROL_VERSION);
 		return false;
 	}
-	ctl->generation = get32(buf + OFF_GENERATION);
-	ctl->system_identifier = get64(buf + OFF_SYSID);
-	ctl->created_at = (int64) get64(buf + OFF_CREATED);
-	ctl->wrapped_at = (int64) get64(buf + OFF_WRAPPED_AT);
+	ctl->generation = cmk_get32(buf + OFF_GENERATION);
+	ctl->system_identifier = cmk_get64(buf + OFF_SYSID);
+	ctl->created_at = (int64) cmk_get64(buf + OFF_CREATED);
+	ctl->wrapped_at = (int64) cmk_get64(buf + OFF_WRAPPED_AT);
 	memcpy(ctl->dek_id, buf + OFF_DEK_ID, CMK_DEK_ID_LEN);
-	alg = get16(buf + OFF_ALG);
-	ctl->wrapped_len = get16(buf + OFF_WRAPPED_LEN);
-	kid_len = get16(buf + OFF_KID_LEN);
-	uri_len = get16(buf + OFF_URI_LEN);
+	alg = cmk_get16(buf + OFF_ALG);
+	ctl->wrapped_len = cmk_get16(buf + OFF_WRAPPED_LEN);
+	kid_len = cmk_get16(buf + OFF_KID_LEN);
+	uri_len = cmk_get16(buf + OFF_URI_LEN);
 	if ((alg != CMK_WRAP_RSA_OAEP_256 && alg != CMK_WRAP_RSA_OAEP) ||
 		ctl->wrapped_len == 0 || ctl->wrapped_len > CMK_MAX_WRAPPED ||
 		kid_len == 0 || kid_len > CMK_CONTROL_TEXT_MAX ||

@@ -34,6 +34,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "cmk_bigendian.h"
 #include "crypto/cmk_crypto.h"
 #include "stream/cmk_stream.h"
 
@@ -118,53 +119,6 @@ struct CmkStream
 };
 
 /* ---------------------------------------------------------------------- */
-
-static void
-put16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t) (v >> 8);
-	p[1] = (uint8_t) v;
-}
-
-static void
-put32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t) (v >> (24 - 8 * i));
-}
-
-static void
-put64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = (uint8_t) (v >> (56 - 8 * i));
-}
-
-static uint16_t
-get16(const uint8_t *p)
-{
-	return (uint16_t) ((p[0] << 8) | p[1]);
-}
-
-static uint32_t
-get32(const uint8_t *p)
-{
-	uint32_t	v = 0;
-
-	for (int i = 0; i < 4; i++)
-		v = (v << 8) | p[i];
-	return v;
-}
-
-static uint64_t
-get64(const uint8_t *p)
-{
-	uint64_t	v = 0;
-
-	for (int i = 0; i < 8; i++)
-		v = (v << 8) | p[i];
-	return v;
-}
 
 static CmkStreamStatus fail(CmkStream *s, CmkStreamStatus st, const char *fmt,...) STREAM_PRINTF(3, 4);
 static void set_err(char *errbuf, size_t errlen, const char *fmt,...) STREAM_PRINTF(3, 4);
@@ -348,7 +302,7 @@ make_nonce(uint8_t *nonce, uint8_t type, uint64_t index)
 {
 	nonce[0] = type;
 	nonce[1] = nonce[2] = nonce[3] = 0;
-	put64(nonce + 4, index);
+	cmk_put64(nonce + 4, index);
 }
 
 static bool
@@ -434,19 +388,19 @@ serialize_header(const CmkStreamHeader *hdr, uint8_t *buf)
 
 	memset(buf, 0, len);
 	memcpy(buf + OFF_MAGIC, stream_magic, sizeof(stream_magic));
-	put16(buf + OFF_VERSION, CMK_STREAM_VERSION);
-	put16(buf + OFF_HEADER_LEN, (uint16_t) len);
+	cmk_put16(buf + OFF_VERSION, CMK_STREAM_VERSION);
+	cmk_put16(buf + OFF_HEADER_LEN, (uint16_t) len);
 	buf[OFF_PURPOSE] = hdr->purpose;
 	buf[OFF_SUITE] = SUITE_AES256GCM_HKDF;
-	put32(buf + OFF_CHUNK_SIZE, hdr->chunk_size);
-	put64(buf + OFF_SYSID, hdr->system_identifier);
+	cmk_put32(buf + OFF_CHUNK_SIZE, hdr->chunk_size);
+	cmk_put64(buf + OFF_SYSID, hdr->system_identifier);
 	memcpy(buf + OFF_DEK_ID, hdr->dek_id, CMK_STREAM_DEK_ID_LEN);
 	memcpy(buf + OFF_SALT, hdr->salt, CMK_STREAM_SALT_LEN);
 	memcpy(buf + OFF_SET_ID, hdr->set_id, CMK_STREAM_SET_ID_LEN);
-	put16(buf + OFF_WRAP_ALG, hdr->wrap_alg);
-	put16(buf + OFF_WRAPPED_LEN, hdr->wrapped_len);
-	put16(buf + OFF_KID_LEN, (uint16_t) kid_len);
-	put16(buf + OFF_NAME_LEN, (uint16_t) name_len);
+	cmk_put16(buf + OFF_WRAP_ALG, hdr->wrap_alg);
+	cmk_put16(buf + OFF_WRAPPED_LEN, hdr->wrapped_len);
+	cmk_put16(buf + OFF_KID_LEN, (uint16_t) kid_len);
+	cmk_put16(buf + OFF_NAME_LEN, (uint16_t) name_len);
 	p = buf + OFF_VARIABLE;
 	memcpy(p, hdr->wrapped, hdr->wrapped_len);
 	p += hdr->wrapped_len;
@@ -474,14 +428,14 @@ cmk_stream_parse_header(const uint8_t *buf, size_t len, CmkStreamHeader *hdr,
 		return len < 12 && memcmp(buf, stream_magic, len < 8 ? len : 8) == 0 ?
 			CMK_STREAM_ERR_TRUNCATED : CMK_STREAM_ERR_FORMAT;
 	}
-	hdr->version = get16(buf + OFF_VERSION);
+	hdr->version = cmk_get16(buf + OFF_VERSION);
 	if (hdr->version != CMK_STREAM_VERSION)
 	{
 		set_err(errbuf, errlen, "stream format version %u is not supported (this build reads version %d)",
 				hdr->version, CMK_STREAM_VERSION);
 		return CMK_STREAM_ERR_FORMAT;
 	}
-	header_len = get16(buf + OFF_HEADER_LEN);
+	header_len = cmk_get16(buf + OFF_HEADER_LEN);
 	if (header_len < CMK_STREAM_FIXED_LEN + CMK_STREAM_TRAILER_LEN ||
 		header_len > CMK_STREAM_MAX_HEADER)
 	{
@@ -502,17 +456,17 @@ cmk_stream_parse_header(const uint8_t *buf, size_t len, CmkStreamHeader *hdr,
 	}
 	hdr->header_len = header_len;
 	hdr->purpose = buf[OFF_PURPOSE];
-	hdr->chunk_size = get32(buf + OFF_CHUNK_SIZE);
-	hdr->system_identifier = get64(buf + OFF_SYSID);
+	hdr->chunk_size = cmk_get32(buf + OFF_CHUNK_SIZE);
+	hdr->system_identifier = cmk_get64(buf + OFF_SYSID);
 	memcpy(hdr->dek_id, buf + OFF_DEK_ID, CMK_STREAM_DEK_ID_LEN);
 	memcpy(hdr->salt, buf + OFF_SALT, CMK_STREAM_SALT_LEN);
 	memcpy(hdr->set_id, buf + OFF_SET_ID, CMK_STREAM_SET_ID_LEN);
-	hdr->wrap_alg = get16(buf + OFF_WRAP_ALG);
-	hdr->wrapped_len = get16(buf + OFF_WRAPPED_LEN);
-	kid_len = get16(buf + OFF_KID_LEN);
-	name_len = get16(buf + OFF_NAME_LEN);
+	hdr->wrap_alg = cmk_get16(buf + OFF_WRAP_ALG);
+	hdr->wrapped_len = cmk_get16(buf + OFF_WRAPPED_LEN);
+	kid_len = cmk_get16(buf + OFF_KID_LEN);
+	name_len = cmk_get16(buf + OFF_NAME_LEN);
 	if (buf[OFF_SUITE] != SUITE_AES256GCM_HKDF ||
-		get16(buf + OFF_RESERVED) != 0 ||
+		cmk_get16(buf + OFF_RESERVED) != 0 ||
 		(hdr->purpose != CMK_STREAM_WAL && hdr->purpose != CMK_STREAM_BACKUP) ||
 		hdr->chunk_size < CMK_STREAM_MIN_CHUNK || hdr->chunk_size > CMK_STREAM_MAX_CHUNK ||
 		hdr->wrapped_len == 0 || hdr->wrapped_len > CMK_STREAM_MAX_WRAPPED ||
@@ -773,15 +727,15 @@ decrypt_update(CmkStream *s, const uint8_t *data, size_t len)
 			return CMK_STREAM_OK;
 		if (s->hneed == 12)
 		{
-			size_t		hl = get16(s->hbuf + OFF_HEADER_LEN);
+			size_t		hl = cmk_get16(s->hbuf + OFF_HEADER_LEN);
 
 			if (memcmp(s->hbuf, stream_magic, sizeof(stream_magic)) != 0)
 				return fail(s, CMK_STREAM_ERR_FORMAT,
 							"the file does not start with the cmk_storage stream signature");
-			if (get16(s->hbuf + OFF_VERSION) != CMK_STREAM_VERSION)
+			if (cmk_get16(s->hbuf + OFF_VERSION) != CMK_STREAM_VERSION)
 				return fail(s, CMK_STREAM_ERR_FORMAT,
 							"stream format version %u is not supported (this build reads version %d)",
-							get16(s->hbuf + OFF_VERSION), CMK_STREAM_VERSION);
+							cmk_get16(s->hbuf + OFF_VERSION), CMK_STREAM_VERSION);
 			if (hl < CMK_STREAM_FIXED_LEN + CMK_STREAM_TRAILER_LEN ||
 				hl > CMK_STREAM_MAX_HEADER)
 				return fail(s, CMK_STREAM_ERR_FORMAT,
