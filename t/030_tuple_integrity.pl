@@ -351,6 +351,7 @@ $node->pgbench('--no-vacuum --client=4 --jobs=4 --transactions=300', 0,
 UPDATE nz SET v = v + 1 WHERE id = :id;
 INSERT INTO nz_log SELECT :client_id, g FROM generate_series(1, 3) g;
 } });
+my $n_epochs = $node->safe_psql('postgres', q{SELECT nonce_epochs FROM cmk_storage.status});
 $node->restart;    # a new nonce epoch: long forms too
 wait_key_settled($node);
 $node->pgbench('--no-vacuum --client=4 --jobs=4 --transactions=100', 0,
@@ -360,6 +361,8 @@ $node->pgbench('--no-vacuum --client=4 --jobs=4 --transactions=100', 0,
 UPDATE nz SET v = v + 1, w = w || 'x' WHERE id = :id;
 INSERT INTO nz_log VALUES (:client_id, 0);
 } });
+is($node->safe_psql('postgres', q{SELECT nonce_epochs FROM cmk_storage.status}), $n_epochs + 1,
+	'nonces: four writers racing for the first nonce after a restart register one epoch');
 my $fresh = q{
 WITH t AS (
   SELECT i.t_data FROM pg_class c,
