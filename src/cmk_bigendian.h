@@ -12,51 +12,58 @@
 
 #include <stdint.h>
 
+/* n bytes (at most 8) at p, most significant first */
+static inline void
+cmk_put_be(uint8_t *p, uint64_t v, int n)
+{
+	for (int i = 0; i < n; i++)
+		p[i] = (uint8_t) (v >> (8 * (n - 1 - i)));
+}
+
+static inline uint64_t
+cmk_get_be(const uint8_t *p, int n)
+{
+	uint64_t	v = 0;
+
+	for (int i = 0; i < n; i++)
+		v = (v << 8) | p[i];
+	return v;
+}
+
 static inline void
 cmk_put16(uint8_t *p, uint16_t v)
 {
-	p[0] = (uint8_t) (v >> 8);
-	p[1] = (uint8_t) v;
+	cmk_put_be(p, v, 2);
 }
 
 static inline void
 cmk_put32(uint8_t *p, uint32_t v)
 {
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t) (v >> (24 - 8 * i));
+	cmk_put_be(p, v, 4);
 }
 
 static inline void
 cmk_put64(uint8_t *p, uint64_t v)
 {
-	for (int i = 0; i < 8; i++)
-		p[i] = (uint8_t) (v >> (56 - 8 * i));
+	cmk_put_be(p, v, 8);
 }
 
 static inline uint16_t
 cmk_get16(const uint8_t *p)
 {
-	return (uint16_t) ((p[0] << 8) | p[1]);
+	return (uint16_t) cmk_get_be(p, 2);
 }
 
 static inline uint32_t
 cmk_get32(const uint8_t *p)
 {
-	uint32_t	v = 0;
-
-	for (int i = 0; i < 4; i++)
-		v = (v << 8) | p[i];
-	return v;
+	return (uint32_t) cmk_get_be(p, 4);
 }
 
 static inline uint64_t
 cmk_get64(const uint8_t *p)
 {
-	uint64_t	v = 0;
-
-	for (int i = 0; i < 8; i++)
-		v = (v << 8) | p[i];
-	return v;
+	return cmk_get_be(p, 8);
 }
 
 #endif							/* CMK_BIGENDIAN_H */

@@ -232,27 +232,6 @@ serialize(const CmkEpochTable *tab, int id, const CmkEpoch *extra, Size *lenp)
 	return buf;
 }
 
-/* Write and fsync buf to path; false with errno set on failure. */
-static bool
-write_synced(const char *path, const uint8 *buf, Size len)
-{
-	int			fd;
-	int			save;
-
-	fd = OpenTransientFile(path, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY);
-	if (fd < 0)
-		return false;
-	errno = 0;
-	if (write(fd, buf, len) != (ssize_t) len || pg_fsync(fd) != 0)
-	{
-		save = errno ? errno : ENOSPC;
-		CloseTransientFile(fd);
-		errno = save;
-		return false;
-	}
-	return CloseTransientFile(fd) == 0;
-}
-
 /*
  * The empty epoch file of a new cmk_storage directory (the DEK's creation
  * installs it with the control file): from then on a missing file is damage.
@@ -262,7 +241,8 @@ cmk_epochs_write_empty(const char *path)
 {
 	Size		len;
 	uint8	   *buf = serialize(NULL, -1, NULL, &len);
-	bool		ok = write_synced(path, buf, len);
+	const char *failed;
+	bool		ok = cmk_write_file_synced(path, buf, len, &failed);
 
 	pfree(buf);
 	return ok;
@@ -277,14 +257,15 @@ write_epoch_file(CmkEpochTable *tab, int id, const CmkEpoch *extra, int elevel)
 {
 	Size		len;
 	uint8	   *buf = serialize(tab, id, extra, &len);
-	bool		ok = write_synced(EPOCH_TMP, buf, len);
+	const char *failed;
+	bool		ok = cmk_write_file_synced(EPOCH_TMP, buf, len, &failed);
 
 	pfree(buf);
 	if (!ok)
 	{
 		ereport(elevel,
 				(errcode_for_file_access(),
-				 errmsg("could not write \"%s\": %m", EPOCH_TMP)));
+				 errmsg("could not %s \"%s\": %m", failed, EPOCH_TMP)));
 		return false;
 	}
 	return durable_rename(EPOCH_TMP, EPOCH_FILE, elevel) == 0;
@@ -298,6 +279,18 @@ report_damaged(CmkEpochTable *tab)
 			 errmsg("cmk_storage nonce epochs are not available: %s", tab->why),
 			 errdetail("Encrypted tables cannot be read or written until the file is restored."),
 			 errhint("Restore $PGDATA/cmk_storage/nonce_epochs from a backup of this cluster and restart the server.")));
+}
+
+/*
+ * Can count more counters come from the current epoch for the DEK tagged
+ * dek_tag?  Caller holds tab->mutex.
+ */
+static inline bool
+current_has_room(const CmkEpochTable *tab, uint32 dek_tag, uint32 count)
+{
+	return tab->current >= 0 &&
+		tab->next + count <= (uint64) PG_UINT32_MAX + 1 &&
+		tab->entries[tab->current].dek_tag == dek_tag;
 }
 
 /*
@@ -317,8 +310,7 @@ register_epoch(CmkEpochTable *tab, uint32 dek_tag, uint32 count)
 
 	LWLockAcquire(tab->lock, LW_EXCLUSIVE);
 	SpinLockAcquire(&tab->mutex);
-	if (tab->current >= 0 && tab->next + count <= (uint64) PG_UINT32_MAX + 1 &&
-		tab->entries[tab->current].dek_tag == dek_tag)
+	if (current_has_room(tab, dek_tag, count))
 	{
 		SpinLockRelease(&tab->mutex);
 		LWLockRelease(tab->lock);
@@ -405,8 +397,7 @@ cmk_nonce_reserve(uint32 dek_tag, uint16 *epoch, uint32 *first, uint32 count)
 	for (;;)
 	{
 		SpinLockAcquire(&tab->mutex);
-		if (tab->current >= 0 && tab->next + count <= (uint64) PG_UINT32_MAX + 1 &&
-			tab->entries[tab->current].dek_tag == dek_tag)
+		if (current_has_room(tab, dek_tag, count))
 		{
 			*epoch = (uint16) tab->current;
 			*first = (uint32) tab->next;

@@ -206,35 +206,51 @@ cmk_control_read(CmkControl *ctl, CmkError *err)
 	return CMK_CONTROL_PRESENT;
 }
 
+/*
+ * Write len bytes to path (created or truncated) and fsync it.  On failure
+ * *failed names the step ("create", "write", "fsync", "close") and errno is
+ * the cause.  For every file under $PGDATA/cmk_storage.
+ */
+bool
+cmk_write_file_synced(const char *path, const void *buf, size_t len,
+					  const char **failed)
+{
+	int			fd;
+	int			save;
+
+	*failed = "create";
+	fd = OpenTransientFile(path, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY);
+	if (fd < 0)
+		return false;
+	errno = 0;
+	*failed = "write";
+	if (write(fd, buf, len) == (ssize_t) len)
+	{
+		*failed = "fsync";
+		if (pg_fsync(fd) == 0)
+		{
+			*failed = "close";
+			return CloseTransientFile(fd) == 0;
+		}
+	}
+	save = errno ? errno : ENOSPC;
+	CloseTransientFile(fd);
+	errno = save;
+	return false;
+}
+
 static bool
 write_file(const char *path, const CmkControl *ctl, CmkError *err)
 {
 	uint8		buf[CMK_CONTROL_SIZE];
-	int			fd;
+	const char *failed;
 
 	cmk_control_serialize(ctl, buf);
-	fd = OpenTransientFile(path, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY);
-	if (fd < 0)
+	if (!cmk_write_file_synced(path, buf, sizeof(buf), &failed))
 	{
-		set_io_error(err, "create", path);
+		set_io_error(err, failed, path);
 		return false;
 	}
-	errno = 0;
-	if (write(fd, buf, sizeof(buf)) != sizeof(buf))
-	{
-		if (errno == 0)
-			errno = ENOSPC;
-		set_io_error(err, "write", path);
-		CloseTransientFile(fd);
-		return false;
-	}
-	if (pg_fsync(fd) != 0)
-	{
-		set_io_error(err, "fsync", path);
-		CloseTransientFile(fd);
-		return false;
-	}
-	CloseTransientFile(fd);
 	return true;
 }
 

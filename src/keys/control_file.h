@@ -53,5 +53,7 @@ extern bool cmk_control_create(const CmkControl *ctl, CmkError *err);
 extern bool cmk_control_replace(const CmkControl *ctl, CmkError *err);
 extern bool cmk_control_write_tmp(const CmkControl *ctl, CmkError *err);
 extern bool cmk_control_install_tmp(CmkError *err);
+extern bool cmk_write_file_synced(const char *path, const void *buf,
+								  size_t len, const char **failed);
 
 #endif							/* CMK_CONTROL_FILE_H */

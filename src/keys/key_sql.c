@@ -41,6 +41,7 @@ cmk_key_status(PG_FUNCTION_ARGS)
 	Datum		values[17];
 	bool		nulls[17];
 	char		hex[2 * CMK_DEK_ID_LEN + 1];
+	int			nepochs;
 	int			i = 0;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
@@ -87,8 +88,9 @@ cmk_key_status(PG_FUNCTION_ARGS)
 	values[i] = Int64GetDatum((int64) st.checks_failed);
 	i++;
 	/* tuple nonce epochs registered so far, of 65,536; NULL if unreadable */
-	nulls[i] = cmk_epochs_used() < 0;
-	values[i] = Int32GetDatum(cmk_epochs_used());
+	nepochs = cmk_epochs_used();
+	nulls[i] = nepochs < 0;
+	values[i] = Int32GetDatum(nepochs);
 	i++;
 	Assert(i == lengthof(values));
 
