@@ -174,9 +174,96 @@ typedef struct CmkPageTuple
 	int16		nfast;			/* attributes [0, nfast) by the fast path */
 	int8		idx1;			/* second nonce of the prefix, or -1 */
 	int16		ksblk[2];		/* first keystream block per nonce */
+	/* out of cmk_page_prefix_keystream: served by XOR from the page */
+	bool		fast;			/* the prefix's keystream is at ks */
+	const char *stp;			/* its data area, in the pinned page */
+	const uint8 *ks;			/* keystream at the prefix's nominal offsets */
 } CmkPageTuple;
 
+/*
+ * The leading attributes of a descriptor that are fixed-width and passed by
+ * value, and where they sit: at their nominal offsets in the data area (the
+ * ones heap caches in attcacheoff) and in keystream region 0 alike.  A
+ * tuple with no null among them can have them decrypted by XORing page and
+ * keystream at those offsets, straight into Datums.
+ */
+#define CMK_PREFIX_MAX_ATTS		32
+#define CMK_PREFIX_MAX_BLOCKS	8
+
+typedef struct CmkPrefixLayout
+{
+	int			nbyval;			/* such leading attributes (at most
+								 * CMK_PREFIX_MAX_ATTS, within
+								 * CMK_PREFIX_MAX_BLOCKS AES blocks) */
+	int16		pos[CMK_PREFIX_MAX_ATTS];
+	int16		len[CMK_PREFIX_MAX_ATTS];
+} CmkPrefixLayout;
+
+/* Bytes and keystream blocks of the first natts attributes of a layout. */
+static inline int
+cmk_prefix_end(const CmkPrefixLayout *lay, int natts)
+{
+	return lay->pos[natts - 1] + lay->len[natts - 1];
+}
+
+static inline int
+cmk_prefix_blocks(const CmkPrefixLayout *lay, int natts)
+{
+	return (cmk_prefix_end(lay, natts) + 15) / 16;
+}
+
+/*
+ * A by-value attribute of len bytes stored at cp, decrypted with keystream
+ * kp: what fetch_att would return for the plaintext bytes.  Whole-width
+ * loads, so the CPU never has to forward byte stores into a wider load.
+ */
+static inline Datum
+cmk_xor_byval(const uint8 *cp, const uint8 *kp, int16 len)
+{
+	switch (len)
+	{
+		case 1:
+			return CharGetDatum((char) (cp[0] ^ kp[0]));
+		case 2:
+			{
+				uint16		c,
+							k;
+
+				memcpy(&c, cp, 2);
+				memcpy(&k, kp, 2);
+				return Int16GetDatum((int16) (c ^ k));
+			}
+		case 4:
+			{
+				uint32		c,
+							k;
+
+				memcpy(&c, cp, 4);
+				memcpy(&k, kp, 4);
+				return Int32GetDatum((int32) (c ^ k));
+			}
+#if SIZEOF_DATUM == 8
+		case 8:
+			{
+				uint64		c,
+							k;
+
+				memcpy(&c, cp, 8);
+				memcpy(&k, kp, 8);
+				return Int64GetDatum((int64) (c ^ k));
+			}
+#endif
+		default:
+			elog(ERROR, "unsupported byval length: %d", len);
+			return (Datum) 0;
+	}
+}
+
 /* cmkam_codec.c */
+extern void cmk_prefix_layout(TupleDesc desc, CmkPrefixLayout *lay);
+extern int	cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay,
+									  int natts, CmkPageTuple *tups, int ntups,
+									  uint8 *ks);
 extern bool cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc,
 									  CmkPageTuple *tups, int ntups, int natts,
 									  Datum *values, bool *isnull,

@@ -52,6 +52,11 @@ typedef struct CmkPageCache
 	char	   *area;			/* by-reference values (MAXALIGNed) */
 	Size		area_size;
 	Size		area_used;		/* high-water mark, for wiping */
+	/* the fast path: by-value prefix attributes XORed from the page */
+	CmkPrefixLayout lay;		/* of the slot's descriptor */
+	uint8	   *ks;				/* keystream of the visit's fast tuples */
+	Size		ks_size;
+	Size		ks_used;		/* high-water mark, for wiping */
 } CmkPageCache;
 
 
@@ -71,6 +76,18 @@ drop_values(CmkPageCache *pc)
 	pc->isnull = NULL;
 	pc->nvalues = 0;
 	pc->values_used = 0;
+}
+
+static void
+drop_ks(CmkPageCache *pc)
+{
+	if (pc->ks == NULL)
+		return;
+	OPENSSL_cleanse(pc->ks, pc->ks_used);
+	pfree(pc->ks);
+	pc->ks = NULL;
+	pc->ks_size = 0;
+	pc->ks_used = 0;
 }
 
 static void
@@ -163,6 +180,7 @@ cmk_slot_release(TupleTableSlot *slot)
 
 		drop_area(pc);
 		drop_values(pc);
+		drop_ks(pc);
 		if (pc->tups)
 			pfree(pc->tups);
 		pfree(pc);
@@ -218,15 +236,18 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 		cs->visit = ++page_visit_counter;
 	}
 	if (pc == NULL)
+	{
 		pc = cs->pc = MemoryContextAllocZero(cs->base.tts_mcxt, sizeof(CmkPageCache));
+		cmk_prefix_layout(cs->base.tts_tupleDescriptor, &pc->lay);
+	}
 	if (pc->visit != cs->visit || pc->natts < natts)
 	{
 		MemoryContext mcxt = cs->base.tts_mcxt;
 		Page		page = BufferGetPage(scan->rs_cbuf);
 		BlockNumber blk = scan->rs_cblock;
 		int			ntups = scan->rs_ntuples;
-		Size		need = (Size) ntups * natts;
 		Size		area_need = 0;
+		int			left = ntups;
 
 		pc->visit = 0;
 		pc->ntups = 0;
@@ -237,13 +258,6 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 			pc->ntups_alloc = Max(ntups, 64);
 			pc->tups = MemoryContextAlloc(mcxt, pc->ntups_alloc * sizeof(CmkPageTuple));
 		}
-		if (need > pc->nvalues)
-		{
-			drop_values(pc);
-			pc->nvalues = Max(need, 256);
-			pc->values = MemoryContextAlloc(mcxt, pc->nvalues * sizeof(Datum));
-			pc->isnull = MemoryContextAlloc(mcxt, pc->nvalues * sizeof(bool));
-		}
 		for (int i = 0; i < ntups; i++)
 		{
 			OffsetNumber o = scan->rs_vistuples[i];
@@ -253,23 +267,55 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 			pt->src = (HeapTupleHeader) PageGetItem(page, lp);
 			pt->src_len = ItemIdGetLength(lp);
 			ItemPointerSet(&pt->tid, blk, o);
+			pt->fast = false;
 			area_need += MAXALIGN(pt->src_len);
 		}
 		pc->ntups = ntups;
-		/* every tuple's data fits in its stored length */
-		if (area_need > pc->area_size)
+
+		/* by-value prefix attributes only: keystream now, XOR on demand */
+		if (natts <= pc->lay.nbyval)
 		{
-			drop_area(pc);
-			pc->area_size = Max(area_need, 1024);
-			pc->area = MemoryContextAlloc(mcxt, pc->area_size);
+			Size		ks_need = (Size) 2 * ntups *
+				cmk_prefix_blocks(&pc->lay, natts) * CMK_AES_BLOCK;
+
+			if (ks_need > pc->ks_size)
+			{
+				drop_ks(pc);
+				pc->ks_size = Max(ks_need, 4096);
+				pc->ks = MemoryContextAlloc(mcxt, pc->ks_size);
+			}
+			pc->ks_used = Max(pc->ks_used, ks_need);
+			left = cmk_page_prefix_keystream(cs->rel, &pc->lay, natts,
+											 pc->tups, ntups, pc->ks);
 		}
-		pc->values_used = Max(pc->values_used, need);
-		pc->area_used = Max(pc->area_used, area_need);
-		if (!cmk_decrypt_page_prefixes(cs->rel, cs->base.tts_tupleDescriptor,
-									   pc->tups, ntups, natts,
-									   pc->values, pc->isnull,
-									   pc->area, pc->area_size))
-			return NULL;
+
+		/* the others (or all): decrypted into Datums now */
+		if (left > 0)
+		{
+			Size		need = (Size) ntups * natts;
+
+			if (need > pc->nvalues)
+			{
+				drop_values(pc);
+				pc->nvalues = Max(need, 256);
+				pc->values = MemoryContextAlloc(mcxt, pc->nvalues * sizeof(Datum));
+				pc->isnull = MemoryContextAlloc(mcxt, pc->nvalues * sizeof(bool));
+			}
+			/* every tuple's data fits in its stored length */
+			if (area_need > pc->area_size)
+			{
+				drop_area(pc);
+				pc->area_size = Max(area_need, 1024);
+				pc->area = MemoryContextAlloc(mcxt, pc->area_size);
+			}
+			pc->values_used = Max(pc->values_used, need);
+			pc->area_used = Max(pc->area_used, area_need);
+			if (!cmk_decrypt_page_prefixes(cs->rel, cs->base.tts_tupleDescriptor,
+										   pc->tups, ntups, natts,
+										   pc->values, pc->isnull,
+										   pc->area, pc->area_size))
+				return NULL;
+		}
 		pc->visit = cs->visit;
 		pc->natts = natts;
 	}
@@ -349,6 +395,28 @@ cmk_slot_getsomeattrs(TupleTableSlot *slot, int natts)
 		/* first the page cache, which knows the tuple's natts too */
 		if (!cs->prepared && cs->scan != NULL)
 			pt = page_cache_entry(cs, natts);
+		if (pt != NULL && pt->fast)
+		{
+			/*
+			 * By-value prefix attributes, none null: decrypt what is asked
+			 * for from the pinned page, with the keystream computed for the
+			 * page visit.  (The cache was built for at least natts.)
+			 */
+			const CmkPrefixLayout *lay = &cs->pc->lay;
+			const uint8 *stp = (const uint8 *) pt->stp;
+
+			for (int i = slot->tts_nvalid; i < natts; i++)
+			{
+				slot->tts_values[i] = cmk_xor_byval(stp + lay->pos[i],
+													pt->ks + lay->pos[i],
+													lay->len[i]);
+				slot->tts_isnull[i] = false;
+			}
+			slot->tts_nvalid = natts;
+			cs->off = cmk_prefix_end(lay, natts);
+			slot->tts_flags &= ~TTS_FLAG_SLOW;
+			return;
+		}
 		tupnatts = Min(pt ? pt->tupnatts : HeapTupleHeaderGetNatts(raw_tuple(cs)->t_data),
 					   natts);
 

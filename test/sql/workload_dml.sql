@@ -240,8 +240,53 @@ SELECT count(*), count(tbalance), sum(tbalance), sum(bid), count(filler), sum(ti
 SELECT tid, bid, tbalance, rtrim(filler) FROM tellers WHERE tid IN (5, 10, 17, 34, 35, 595, 600) ORDER BY tid;
 RESET enable_indexscan; RESET enable_bitmapscan;
 
+-- The page path's by-value prefix (queries that read only leading
+-- fixed-width by-value columns get them XORed from the page): every width
+-- (1, 2, 4, 8 bytes) and alignment padding, a prefix over several AES
+-- blocks, tuples whose prefix is under two nonces after an update, under
+-- three, nulls inside it, tuples older than an added column, and columns
+-- past the 32 the layout covers.
+CREATE TABLE byval (c "char", s int2, b int8, i int4, f float8, ok bool,
+    d date, t timestamptz, note text);
+INSERT INTO byval SELECT chr(65 + g % 26)::"char", (g % 300)::int2, g * 1000003::int8,
+    CASE WHEN g % 41 = 0 THEN NULL ELSE g END, g / 7.0, g % 3 = 0,
+    date '2020-01-01' + g, timestamptz '2020-01-01 00:00+00' + g * interval '1 hour',
+    'n' || g
+  FROM generate_series(1, 3000) g;
+SET enable_indexscan = off; SET enable_bitmapscan = off;
+SELECT count(*), sum(ascii(c::text)), sum(s), sum(b), sum(i), sum(f), count(*) FILTER (WHERE ok),
+    max(d), max(t) FROM byval;
+UPDATE byval SET b = -b WHERE s % 5 = 1;
+UPDATE byval SET i = i + 1, ok = NOT ok WHERE s % 7 = 2;
+UPDATE byval SET f = 0.5, d = d + 1, t = t + interval '1 day' WHERE s % 11 = 3;
+UPDATE byval SET note = note || 'x' WHERE s % 13 = 4;
+SELECT count(*), sum(s), sum(b), sum(i), sum(f), count(*) FILTER (WHERE ok),
+    max(d), max(t) FROM byval;
+SELECT sum(b) FILTER (WHERE i % 3 = 0), count(*) FILTER (WHERE i IS NULL) FROM byval;
+SELECT sum(s) FROM byval WHERE c = 'Q';
+ALTER TABLE byval ADD COLUMN later int4 DEFAULT 7;
+UPDATE byval SET later = 8 WHERE s % 17 = 5;
+SELECT sum(later), sum(i), sum(b) FROM byval;
+SELECT c, s, b, i, f, ok, d, t, later FROM byval WHERE s IN (1, 2, 3, 4, 5, 41) ORDER BY b LIMIT 12;
+CREATE TABLE wide AS SELECT g AS k1, g + 1 AS k2, g::int8 AS k3, g::int8 AS k4,
+    g::int8 AS k5, g::int8 AS k6, g::int8 AS k7, g::int8 AS k8, g::int8 AS k9,
+    g::int8 AS k10, g::int8 AS k11, g::int8 AS k12, g::int8 AS k13, g::int8 AS k14,
+    g::int8 AS k15, g::int8 AS k16, g::int8 AS k17, g::int8 AS k18, g * 2 AS k19
+  FROM generate_series(1, 1500) g;
+UPDATE wide SET k2 = -k2, k18 = 0 WHERE k1 % 9 = 0;
+SELECT sum(k1), sum(k2), sum(k16), sum(k17), sum(k18), sum(k19) FROM wide;
+SELECT sum(k2) FROM wide WHERE k1 % 2 = 0;
+SELECT sum(k17), sum(k16) FROM wide;
+CREATE TABLE grown (x int4, y int8);
+INSERT INTO grown SELECT g, g * 3 FROM generate_series(1, 1000) g;
+ALTER TABLE grown ADD COLUMN z int2 DEFAULT 7;
+INSERT INTO grown SELECT g, g * 3, g % 100 FROM generate_series(1001, 1500) g;
+UPDATE grown SET z = 9 WHERE x % 10 = 0;
+SELECT sum(x), sum(y), sum(z), count(*) FILTER (WHERE z = 7) FROM grown;
+RESET enable_indexscan; RESET enable_bitmapscan;
+
 -- Sequential scans count every tuple they return, whoever steps through the
 -- page (cmk_heap takes the within-page steps itself).
 SELECT pg_stat_force_next_flush();
 SELECT relname, seq_scan, seq_tup_read FROM pg_stat_user_tables
-  WHERE schemaname = :'schema' AND relname IN ('pages', 'tellers') ORDER BY relname;
+  WHERE schemaname = :'schema' AND relname IN ('pages', 'tellers', 'byval', 'wide', 'grown') ORDER BY relname;
