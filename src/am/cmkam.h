@@ -176,6 +176,8 @@ typedef struct CmkPageTuple
 	int16		ksblk[2];		/* first keystream block per nonce */
 	/* out of cmk_page_prefix_keystream: served by XOR from the page */
 	bool		fast;			/* the prefix's keystream is at ks */
+	uint32		second;			/* codec-private: attributes under a
+								 * second nonce */
 	const char *stp;			/* its data area, in the pinned page */
 	const uint8 *ks;			/* keystream at the prefix's nominal offsets */
 } CmkPageTuple;
@@ -197,19 +199,14 @@ typedef struct CmkPrefixLayout
 								 * CMK_PREFIX_MAX_BLOCKS AES blocks) */
 	int16		pos[CMK_PREFIX_MAX_ATTS];
 	int16		len[CMK_PREFIX_MAX_ATTS];
+	int16		end[CMK_PREFIX_MAX_ATTS];	/* pos + len */
 } CmkPrefixLayout;
 
-/* Bytes and keystream blocks of the first natts attributes of a layout. */
-static inline int
-cmk_prefix_end(const CmkPrefixLayout *lay, int natts)
-{
-	return lay->pos[natts - 1] + lay->len[natts - 1];
-}
-
+/* Keystream blocks of the first natts attributes of a layout. */
 static inline int
 cmk_prefix_blocks(const CmkPrefixLayout *lay, int natts)
 {
-	return (cmk_prefix_end(lay, natts) + 15) / 16;
+	return (lay->end[natts - 1] + 15) / 16;
 }
 
 /*

@@ -1240,6 +1240,7 @@ cmk_prefix_layout(TupleDesc desc, CmkPrefixLayout *lay)
 		lay->pos[i] = (int16) off;
 		lay->len[i] = att->attlen;
 		off += att->attlen;
+		lay->end[i] = (int16) off;
 	}
 	lay->nbyval = i;
 }
@@ -1267,19 +1268,22 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 {
 	uint32		tag;
 	CmkKeystream *cks = cmk_tuple_keystream(RelationGetRelationName(rel), &tag);
-	int			end = cmk_prefix_end(lay, natts);
+	int			end = lay->end[natts - 1];
 	int			nblk = cmk_prefix_blocks(lay, natts);
+	uint32		all = natts == 32 ? ~(uint32) 0 : ((uint32) 1 << natts) - 1;
 	uint8	   *cb = ks;		/* next counter block */
 	int			nblocks;
 	int			left = 0;
 	bool		any_second = false;
 
+	StaticAssertStmt(CMK_PREFIX_MAX_ATTS <= 32, "second is a 32-bit mask");
 	Assert(natts > 0 && natts <= lay->nbyval);
+
 	/*
 	 * Backwards: the heap fills a page from its end, so this walks the
 	 * tuples (header, then trailer) in ascending addresses, one stream the
 	 * hardware prefetcher follows; software prefetches start header and
-	 * trailer further ahead (measured: both a few per cent off a sum()).
+	 * trailer further ahead.
 	 */
 	for (int j = ntups - 1; j >= 0; j--)
 	{
@@ -1287,28 +1291,30 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 		HeapTupleHeader src = pt->src;
 		const uint8 *base = (const uint8 *) src;
 		int32		len = (int32) pt->src_len;
+		int			tupnatts = HeapTupleHeaderGetNatts(src);
+		uint8		flags = base[len - 1];
 		NonceRef	nonce[2];
-		int			nn = 1;
+		uint32		second = 0; /* prefix attributes under nonce[1] */
 
 		pt->fast = false;
-		pt->idx1 = -1;
+		pt->second = 0;
 		if (j >= FAST_PREFETCH_AHEAD)
 		{
 			prefetch_read(tups[j - FAST_PREFETCH_AHEAD].src);
 			prefetch_read((const char *) tups[j - FAST_PREFETCH_AHEAD].src +
 						  tups[j - FAST_PREFETCH_AHEAD].src_len - 1);
 		}
-		if (HeapTupleHeaderGetNatts(src) < natts ||
+		if (tupnatts < natts ||
 			((src->t_infomask & HEAP_HASNULL) &&
 			 !no_null_before(src->t_bits, natts)))
 		{
 			left++;
 			continue;
 		}
-		if (likely(base[len - 1] == CMK_FLAGS_MARKER &&
+		if (likely(flags == CMK_FLAGS_MARKER &&
 				   len >= src->t_hoff + end + CMK_TRAILER_MIN))
 		{
-			/* one nonce, no external references: the common trailer */
+			/* one nonce, no external references: a fresh tuple */
 			const uint8 *n0 = base + len - CMK_TRAILER_MIN;
 			const CmkEpoch *e = cmk_epoch(n0);
 
@@ -1320,55 +1326,100 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 			nonce[0].pre = e->prefix;
 			nonce[0].ctr = n0 + CMK_NONCE_EPOCH_LEN;
 		}
+		else if ((flags & ~CMK_FLAG_SHORT_NONCES) == (CMK_FLAGS_MARKER | 1))
+		{
+			/*
+			 * Two nonces, no external references: a tuple updated once (or
+			 * more, compacted), the second nonce a counter under the first's
+			 * epoch (short) or a full nonce.  Inline too: after an update
+			 * workload, about half a table looks like this.
+			 */
+			int			n1len = (flags & CMK_FLAG_SHORT_NONCES) ?
+				CMK_NONCE_SHORT_LEN : CMK_NONCE_LEN;
+			int32		data_end = len - CMK_TRAILER_MIN - n1len -
+				(tupnatts + 7) / 8;
+			const uint8 *map = base + data_end;
+			const uint8 *n0 = base + len - CMK_TRAILER_MIN;
+			const uint8 *n1 = map + (tupnatts + 7) / 8;
+			const CmkEpoch *e;
+			const CmkEpoch *e1;
+
+			if (data_end < src->t_hoff + end)
+			{
+				left++;			/* reported there */
+				continue;
+			}
+			e = cmk_epoch(n0);
+			e1 = n1len == CMK_NONCE_LEN ? cmk_epoch(n1) : e;
+			if (!cmk_epoch_usable(e, tag) || !cmk_epoch_usable(e1, tag))
+			{
+				left++;
+				continue;
+			}
+			for (int i = 0; i < natts; i++)
+				second |= (uint32) ((map[i / 8] >> (i % 8)) & 1) << i;
+			nonce[0].pre = e->prefix;
+			nonce[0].ctr = n0 + CMK_NONCE_EPOCH_LEN;
+			nonce[1].pre = e1->prefix;
+			nonce[1].ctr = n1 + (n1len - CMK_NONCE_CTR_LEN);
+		}
 		else
 		{
 			HeapTupleData tup;
-			int			idx0;
+			Trailer		t;
+			int			idx[2] = {-1, -1};
+			bool		ok = true;
 
 			tup.t_data = src;
 			tup.t_len = pt->src_len;
 			tup.t_self = pt->tid;
 			tup.t_tableOid = RelationGetRelid(rel);
 			/* reports a damaged trailer itself */
-			cmk_parse_trailer(rel, &tup, tag, &pt->t);
-			if (pt->t.data_end - src->t_hoff < end)
+			cmk_parse_trailer(rel, &tup, tag, &t);
+			if (t.data_end - src->t_hoff < end)
+				ok = false;
+			for (int i = 0; ok && i < natts; i++)
 			{
-				left++;
-				continue;
-			}
-			idx0 = map_get(&pt->t, 0);
-			for (int i = 1; pt->t.map && i < natts && nn <= 2; i++)
-			{
-				int			k = map_get(&pt->t, i);
+				int			k = map_get(&t, i);
 
-				if (k != idx0 && pt->idx1 < 0)
+				if (bit_get(t.extbits, i))
+					ok = false; /* corrupt: a by-value external reference */
+				else if (idx[0] < 0 || k == idx[0])
+					idx[0] = k;
+				else if (idx[1] < 0 || k == idx[1])
 				{
-					pt->idx1 = (int8) k;
-					nn = 2;
+					idx[1] = k;
+					second |= (uint32) 1 << i;
 				}
-				else if (k != idx0 && k != pt->idx1)
-					nn = 3;
+				else
+					ok = false; /* three nonces: not kept here */
 			}
-			for (int i = 0; pt->t.extbits && i < natts && nn <= 2; i++)
-				if (bit_get(pt->t.extbits, i))
-					nn = 3;		/* corrupt: a by-value external reference */
-			if (nn > 2)
+			if (!ok)
 			{
-				/* three nonces, or an external reference that cannot be */
 				left++;
 				continue;
 			}
-			nonce[0] = trailer_nonce(&pt->t, idx0);
-			if (nn == 2)
-			{
-				nonce[1] = trailer_nonce(&pt->t, pt->idx1);
-				any_second = true;
-			}
+			nonce[0] = trailer_nonce(&t, idx[0]);
+			if (idx[1] >= 0)
+				nonce[1] = trailer_nonce(&t, idx[1]);
+		}
+
+		/* a nonce that covers the whole prefix is the only one */
+		if (second == all)
+		{
+			nonce[0] = nonce[1];
+			second = 0;
 		}
 		pt->ks = cb;
-		for (int set = 0; set < nn; set++)
+		for (int blk = 0; blk < nblk; blk++, cb += CMK_AES_BLOCK)
+			counter_block(cb, nonce[0], 0, blk);
+		if (second != 0)
+		{
 			for (int blk = 0; blk < nblk; blk++, cb += CMK_AES_BLOCK)
-				counter_block(cb, nonce[set], 0, blk);
+				counter_block(cb, nonce[1], 0, blk);
+			pt->second = second;
+			any_second = true;
+		}
 		pt->stp = (const char *) src + src->t_hoff;
 		pt->fast = true;
 	}
@@ -1385,20 +1436,20 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 	/*
 	 * A tuple with a second nonce in the prefix (an update changed some of
 	 * its attributes): move their keystream over the first's, so the slot
-	 * reads one keystream per tuple.
+	 * reads one keystream per tuple.  (The second's blocks stay in ks, which
+	 * the slot wipes like the rest of it.)
 	 */
 	for (int j = 0; any_second && j < ntups; j++)
 	{
 		CmkPageTuple *pt = &tups[j];
 		uint8	   *kp = (uint8 *) pt->ks;
 
-		if (!pt->fast || pt->idx1 < 0)
+		if (!pt->fast || pt->second == 0)
 			continue;
 		for (int i = 0; i < natts; i++)
-			if (map_get(&pt->t, i) == pt->idx1)
+			if (pt->second & ((uint32) 1 << i))
 				memcpy(kp + lay->pos[i], kp + nblk * CMK_AES_BLOCK + lay->pos[i],
 					   lay->len[i]);
-		OPENSSL_cleanse(kp + nblk * CMK_AES_BLOCK, nblk * CMK_AES_BLOCK);
 	}
 	return left;
 }

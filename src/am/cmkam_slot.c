@@ -246,7 +246,6 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 		Page		page = BufferGetPage(scan->rs_cbuf);
 		BlockNumber blk = scan->rs_cblock;
 		int			ntups = scan->rs_ntuples;
-		Size		area_need = 0;
 		int			left = ntups;
 
 		pc->visit = 0;
@@ -268,7 +267,6 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 			pt->src_len = ItemIdGetLength(lp);
 			ItemPointerSet(&pt->tid, blk, o);
 			pt->fast = false;
-			area_need += MAXALIGN(pt->src_len);
 		}
 		pc->ntups = ntups;
 
@@ -293,6 +291,10 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 		if (left > 0)
 		{
 			Size		need = (Size) ntups * natts;
+			Size		area_need = 0;
+
+			for (int i = 0; i < ntups; i++)
+				area_need += MAXALIGN(pc->tups[i].src_len);
 
 			if (need > pc->nvalues)
 			{
@@ -413,7 +415,7 @@ cmk_slot_getsomeattrs(TupleTableSlot *slot, int natts)
 				slot->tts_isnull[i] = false;
 			}
 			slot->tts_nvalid = natts;
-			cs->off = cmk_prefix_end(lay, natts);
+			cs->off = lay->end[natts - 1];
 			slot->tts_flags &= ~TTS_FLAG_SLOW;
 			return;
 		}
