@@ -111,18 +111,22 @@ static struct
  * share the epoch, an update usually stores its fresh nonce as a 4-byte
  * counter next to the old one (docs/tuple-format.md).
  */
-static void
+static pg_noinline void
+reserve_nonces(uint32 dek_tag)
+{
+	cmk_nonce_reserve(dek_tag, &nonce_state.epoch, &nonce_state.next,
+					  NONCE_RANGE);
+	nonce_state.left = NONCE_RANGE;
+	nonce_state.pid = MyProcPid;
+	nonce_state.dek_tag = dek_tag;
+}
+
+static inline void
 next_nonce(uint8 *out, uint32 dek_tag)
 {
-	if (nonce_state.pid != MyProcPid || nonce_state.left == 0 ||
-		nonce_state.dek_tag != dek_tag)
-	{
-		cmk_nonce_reserve(dek_tag, &nonce_state.epoch, &nonce_state.next,
-						  NONCE_RANGE);
-		nonce_state.left = NONCE_RANGE;
-		nonce_state.pid = MyProcPid;
-		nonce_state.dek_tag = dek_tag;
-	}
+	if (unlikely(nonce_state.pid != MyProcPid || nonce_state.left == 0 ||
+				 nonce_state.dek_tag != dek_tag))
+		reserve_nonces(dek_tag);
 	out[0] = (uint8) (nonce_state.epoch >> 8);
 	out[1] = (uint8) nonce_state.epoch;
 	out[2] = (uint8) (nonce_state.next >> 24);
@@ -172,11 +176,27 @@ batch_init(XorBatch *b, CmkKeystream *ks, TupleDesc desc)
 	Assert(off <= 0xFFFF * CMK_AES_BLOCK);
 }
 
-/* d[0..n) = s[0..n) ^ k[0..n), a word at a time; d may be s */
+/* d[0..n) = s[0..n) ^ k[0..n), two words at a time; d may be s */
 static inline void
 xor_bytes(uint8 *d, const uint8 *s, const uint8 *k, int32 n)
 {
-	for (; n >= 8; d += 8, s += 8, k += 8, n -= 8)
+	for (; n >= 16; d += 16, s += 16, k += 16, n -= 16)
+	{
+		uint64		x0,
+					x1,
+					y0,
+					y1;
+
+		memcpy(&x0, s, 8);
+		memcpy(&x1, s + 8, 8);
+		memcpy(&y0, k, 8);
+		memcpy(&y1, k + 8, 8);
+		x0 ^= y0;
+		x1 ^= y1;
+		memcpy(d, &x0, 8);
+		memcpy(d + 8, &x1, 8);
+	}
+	if (n >= 8)
 	{
 		uint64		x,
 					y;
@@ -185,6 +205,10 @@ xor_bytes(uint8 *d, const uint8 *s, const uint8 *k, int32 n)
 		memcpy(&y, k, 8);
 		x ^= y;
 		memcpy(d, &x, 8);
+		d += 8;
+		s += 8;
+		k += 8;
+		n -= 8;
 	}
 	if (n >= 4)
 	{
@@ -227,18 +251,35 @@ batch_flush(XorBatch *b)
 }
 
 /*
- * The counter block of block blk of keystream region r under nonce N:
- * N || r || blk, big-endian uint16 each (docs/tuple-format.md).  The one
- * place that defines it.
+ * The counter blocks of blocks blk .. blk + n - 1 of keystream region r
+ * under nonce N: N || r || blk, big-endian uint16 each
+ * (docs/tuple-format.md).  The one place that defines them.  A region never
+ * reaches 2^16 blocks: an inline attribute is smaller than a page.
  */
+static inline void
+counter_blocks(uint8 *cb, NonceRef nonce, int region, int blk, int n)
+{
+	uint64		pre;
+	uint32		ctr;
+	uint32		tail = ((uint32) (uint16) region << 16) | (uint16) blk;
+
+	Assert(blk + n <= 0x10000);
+	memcpy(&pre, nonce.pre, CMK_NONCE_PREFIX_LEN);
+	memcpy(&ctr, nonce.ctr, CMK_NONCE_CTR_LEN);
+	for (int k = 0; k < n; k++, cb += CMK_AES_BLOCK)
+	{
+		uint32		t = pg_hton32(tail + k);
+
+		memcpy(cb, &pre, CMK_NONCE_PREFIX_LEN);
+		memcpy(cb + CMK_NONCE_PREFIX_LEN, &ctr, CMK_NONCE_CTR_LEN);
+		memcpy(cb + 12, &t, sizeof(t));
+	}
+}
+
 static inline void
 counter_block(uint8 *cb, NonceRef nonce, int region, int blk)
 {
-	uint32		tail = pg_hton32(((uint32) (uint16) region << 16) | (uint16) blk);
-
-	memcpy(cb, nonce.pre, CMK_NONCE_PREFIX_LEN);
-	memcpy(cb + CMK_NONCE_PREFIX_LEN, nonce.ctr, CMK_NONCE_CTR_LEN);
-	memcpy(cb + 12, &tail, sizeof(tail));
+	counter_blocks(cb, nonce, region, blk, 1);
 }
 
 /*
@@ -249,9 +290,9 @@ counter_block(uint8 *cb, NonceRef nonce, int region, int blk)
  * consecutively, so the range is XORed in one go; a range that starts in the
  * block queued last (the fixed-width prefix shares region 0) reuses it.
  */
-static inline void
-batch_add_from(XorBatch *b, NonceRef nonce, int i, uint8 *data,
-			   const uint8 *src, int32 len)
+static pg_noinline void
+batch_add_general(XorBatch *b, NonceRef nonce, int i, uint8 *data,
+				  const uint8 *src, int32 len)
 {
 	int			region = i < b->nfixed ? 0 : i + 1;
 	int32		pos = i < b->nfixed ? b->fixed_pos[i] : 0;
@@ -279,12 +320,9 @@ batch_add_from(XorBatch *b, NonceRef nonce, int i, uint8 *data,
 		}
 		n = Min(len, nb * CMK_AES_BLOCK - skip);
 		first = reuse ? b->nblocks - 1 : b->nblocks;
-		for (int k = reuse ? 1 : 0; k < nb; k++)
-		{
-			counter_block(b->blocks + b->nblocks * CMK_AES_BLOCK, nonce, region,
-						  blk + k);
-			b->nblocks++;
-		}
+		counter_blocks(b->blocks + b->nblocks * CMK_AES_BLOCK, nonce, region,
+					   blk + (reuse ? 1 : 0), nb - (reuse ? 1 : 0));
+		b->nblocks += nb - (reuse ? 1 : 0);
 		b->last_nonce = nonce.ctr;
 		b->last_region = region;
 		b->last_blk = blk + nb - 1;
@@ -299,6 +337,38 @@ batch_add_from(XorBatch *b, NonceRef nonce, int i, uint8 *data,
 		pos += n;
 		len -= n;
 	}
+}
+
+/*
+ * batch_add_from, inline for its common case: a range that starts a block
+ * (nothing to share with the range before) and fits in the batch.
+ */
+static inline void
+batch_add_from(XorBatch *b, NonceRef nonce, int i, uint8 *data,
+			   const uint8 *src, int32 len)
+{
+	int			region = i < b->nfixed ? 0 : i + 1;
+	int32		pos = i < b->nfixed ? b->fixed_pos[i] : 0;
+	int			nb = (len + CMK_AES_BLOCK - 1) / CMK_AES_BLOCK;
+
+	if (likely(pos % CMK_AES_BLOCK == 0 && len > 0 &&
+			   b->nxors < BATCH_XORS && b->nblocks + nb <= BATCH_BLOCKS))
+	{
+		counter_blocks(b->blocks + b->nblocks * CMK_AES_BLOCK, nonce,
+					   region, pos / CMK_AES_BLOCK, nb);
+		b->xors[b->nxors].dst = data;
+		b->xors[b->nxors].src = src;
+		b->xors[b->nxors].block = (uint16) b->nblocks;
+		b->xors[b->nxors].skip = 0;
+		b->xors[b->nxors].len = len;
+		b->nxors++;
+		b->nblocks += nb;
+		b->last_nonce = nonce.ctr;
+		b->last_region = region;
+		b->last_blk = pos / CMK_AES_BLOCK + nb - 1;
+		return;
+	}
+	batch_add_general(b, nonce, i, data, src, len);
 }
 
 /* The same, in place. */
@@ -403,25 +473,25 @@ stored_extent(Relation rel, HeapTupleHeader td, Form_pg_attribute att,
 }
 
 /*
- * Locate every attribute of a tuple, checking that none runs past data_end
- * (the trailer must never be read as data).  Returns the number of
- * physically present attributes.
+ * Locate every attribute of a tuple from attribute first on (which starts
+ * at data offset off, unaligned), checking that none runs past data_end (the
+ * trailer must never be read as data).  spans[0 .. first) are left alone.
+ * Returns the number of physically present attributes.
  */
 static int
-walk_attrs(Relation rel, TupleDesc desc, HeapTuple tup, int32 data_end,
-		   AttrSpan *spans)
+walk_attrs_from(Relation rel, TupleDesc desc, HeapTuple tup, int32 data_end,
+				AttrSpan *spans, int first, int32 off)
 {
 	HeapTupleHeader td = tup->t_data;
 	int			natts = HeapTupleHeaderGetNatts(td);
 	bool		hasnulls = HeapTupleHasNulls(tup);
 	char	   *tp = (char *) td + td->t_hoff;
 	int32		limit = data_end - td->t_hoff;
-	int32		off = 0;
 
-	if (natts > desc->natts || td->t_hoff > data_end)
+	if (natts > desc->natts || td->t_hoff > data_end || off > limit)
 		report_corrupt(rel, tup, "header does not match the table");
 
-	for (int i = 0; i < natts; i++)
+	for (int i = first; i < natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 		AttrSpan   *s = &spans[i];
@@ -483,6 +553,13 @@ walk_attrs(Relation rel, TupleDesc desc, HeapTuple tup, int32 data_end,
 		off += s->full;
 	}
 	return natts;
+}
+
+static int
+walk_attrs(Relation rel, TupleDesc desc, HeapTuple tup, int32 data_end,
+		   AttrSpan *spans)
+{
+	return walk_attrs_from(rel, desc, tup, data_end, spans, 0, 0);
 }
 
 /* Which nonce attribute i uses. */
@@ -777,17 +854,27 @@ encrypt_for_insert(Relation rel, TupleDesc desc, uint32 tag, HeapTuple plain,
 {
 	AttrSpan	spans[MaxTupleAttributeNumber];
 	int32		data_len = (int32) plain->t_len;
-	int			natts = walk_attrs(rel, desc, plain, data_len, spans);
+	int			natts;
 	bool		has_ext = false;
 	uint8		nonce[CMK_NONCE_LEN];
 	NonceRef	nonce_ref;
-	int			first;
+	int			first = 0;
 	int32		tsize;
 	HeapTuple	out;
 	char	   *d;
 	uint8	   *tp;
 
-	for (int i = 0; i < natts; i++)
+	/*
+	 * Without nulls, the leading fixed-width attributes that follow each
+	 * other without padding are one range of region 0 (the same keystream
+	 * bytes as one by one), and need no walking.
+	 */
+	if (!HeapTupleHasNulls(plain) && batch->ncontig > 1 &&
+		HeapTupleHeaderGetNatts(plain->t_data) >= batch->ncontig)
+		first = batch->ncontig;
+	natts = walk_attrs_from(rel, desc, plain, data_len, spans, first,
+							first > 0 ? batch->contig_len : 0);
+	for (int i = first; i < natts; i++)
 		has_ext |= spans[i].is_ondisk;
 	tsize = trailer_size(1, natts, has_ext, false);
 	out = (HeapTuple) palloc(HEAPTUPLESIZE + data_len + tsize);
@@ -819,20 +906,11 @@ encrypt_for_insert(Relation rel, TupleDesc desc, uint32 tag, HeapTuple plain,
 	tp += CMK_NONCE_LEN;
 	*tp = (uint8) (CMK_FLAGS_MARKER | (has_ext ? CMK_FLAG_HAS_EXTERNAL : 0));
 
-	/*
-	 * The nonce is copied into the trailer: queue against that copy.  Without
-	 * nulls, the leading fixed-width attributes that follow each other
-	 * without padding are one range of region 0 (the same keystream bytes
-	 * as one by one).
-	 */
+	/* The nonce is copied into the trailer: queue against that copy. */
 	nonce_ref = plain_nonce((uint8 *) d + data_len + (has_ext ? (natts + 7) / 8 : 0));
-	first = 0;
-	if (!HeapTupleHasNulls(plain) && batch->ncontig > 1 && natts >= batch->ncontig)
-	{
-		batch_add(batch, nonce_ref, 0, (uint8 *) d + spans[0].start,
+	if (first > 0)
+		batch_add(batch, nonce_ref, 0, (uint8 *) d + plain->t_data->t_hoff,
 				  batch->contig_len);
-		first = batch->ncontig;
-	}
 	for (int i = first; i < natts; i++)
 		if (spans[i].start >= 0)
 			batch_add(batch, nonce_ref, i, (uint8 *) d + spans[i].start + spans[i].hdr,
@@ -1411,12 +1489,12 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 			second = 0;
 		}
 		pt->ks = cb;
-		for (int blk = 0; blk < nblk; blk++, cb += CMK_AES_BLOCK)
-			counter_block(cb, nonce[0], 0, blk);
+		counter_blocks(cb, nonce[0], 0, 0, nblk);
+		cb += nblk * CMK_AES_BLOCK;
 		if (second != 0)
 		{
-			for (int blk = 0; blk < nblk; blk++, cb += CMK_AES_BLOCK)
-				counter_block(cb, nonce[1], 0, blk);
+			counter_blocks(cb, nonce[1], 0, 0, nblk);
+			cb += nblk * CMK_AES_BLOCK;
 			pt->second = second;
 			any_second = true;
 		}
