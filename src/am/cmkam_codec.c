@@ -343,7 +343,7 @@ batch_add_general(XorBatch *b, NonceRef nonce, int i, uint8 *data,
  * batch_add_from, inline for its common case: a range that starts a block
  * (nothing to share with the range before) and fits in the batch.
  */
-static inline void
+static pg_attribute_always_inline void
 batch_add_from(XorBatch *b, NonceRef nonce, int i, uint8 *data,
 			   const uint8 *src, int32 len)
 {
