@@ -53,7 +53,8 @@ typedef struct CmkPageCache
 	Size		area_size;
 	Size		area_used;		/* high-water mark, for wiping */
 	/* the fast path: by-value prefix attributes XORed from the page */
-	CmkPrefixLayout lay;		/* of the slot's descriptor */
+	CmkPrefixLayout lay;		/* of lay_desc */
+	TupleDesc	lay_desc;		/* the slot's descriptor it was made for */
 	uint8	   *ks;				/* keystream of the visit's fast tuples */
 	Size		ks_size;
 	Size		ks_used;		/* high-water mark, for wiping */
@@ -236,10 +237,7 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 		cs->visit = ++page_visit_counter;
 	}
 	if (pc == NULL)
-	{
 		pc = cs->pc = MemoryContextAllocZero(cs->base.tts_mcxt, sizeof(CmkPageCache));
-		cmk_prefix_layout(cs->base.tts_tupleDescriptor, &pc->lay);
-	}
 	if (pc->visit != cs->visit || pc->natts < natts)
 	{
 		MemoryContext mcxt = cs->base.tts_mcxt;
@@ -271,6 +269,11 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 		pc->ntups = ntups;
 
 		/* by-value prefix attributes only: keystream now, XOR on demand */
+		if (pc->lay_desc != cs->base.tts_tupleDescriptor)
+		{
+			cmk_prefix_layout(cs->base.tts_tupleDescriptor, &pc->lay);
+			pc->lay_desc = cs->base.tts_tupleDescriptor;
+		}
 		if (natts <= pc->lay.nbyval)
 		{
 			Size		ks_need = (Size) 2 * ntups *
