@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Count the CPU instructions the benchmark's scan and load queries execute
+# per row, heap vs cmk_heap, with valgrind's callgrind.  Instruction counts
+# are deterministic: where bench/run.sh's timings move by 10-15 % between
+# runs on a shared VM, these move by well under 1 %, so they show whether a
+# change to the code paths made them cheaper.  They say nothing about cache
+# misses; confirm with bench/run.sh.
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+
+usage() {
+    cat <<'EOF'
+Usage: bench/instructions.sh [options]
+
+Creates one cluster (settings as in bench/run.sh) with two databases, heap and
+cmk_heap as their default access method, loads each with pgbench -i, then
+restarts the server under valgrind --tool=callgrind and, for each query,
+runs it once in one backend and three times in another: the difference of
+the two backends' instruction counts, divided by two executions and by the
+rows, is the query's cost per row without connection, catalog-cache and
+warm-up costs.  Prints a table (also written to bench/results/instructions.md).
+
+Queries: SELECT count(*), SELECT sum(abalance), COPY pgbench_accounts TO
+'/dev/null' (sequential scans forced) and COPY FROM a file into a fresh table.
+
+Options:
+  --scale S            pgbench scale (default 2: 200,000 rows)
+  --workdir DIR        parent of the scratch directory (default /tmp)
+  --keep               keep the cluster (stopped) and the callgrind files
+  --no-build           do not run make / make install
+  --no-install-deps    do not apt-get install missing packages (incl. valgrind)
+  -h, --help           this text
+EOF
+}
+
+SCALE=2; WORKBASE="${TMPDIR:-/tmp}"; KEEP=0; BUILD=1; DEPS=1
+need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --scale) need_arg "$@"; SCALE=$2; shift 2 ;;
+        --workdir) need_arg "$@"; WORKBASE=$2; shift 2 ;;
+        --keep) KEEP=1; shift ;;
+        --no-build) BUILD=0; shift ;;
+        --no-install-deps) DEPS=0; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown option: $1" ;;
+    esac
+done
+[[ $SCALE =~ ^[1-9][0-9]*$ ]] || die "--scale must be a positive integer"
+
+if [ "$DEPS" = 1 ]; then
+    ensure_packages
+    if ! command -v valgrind >/dev/null && is_root && command -v apt-get >/dev/null; then
+        say "installing valgrind"
+        apt-get update -q >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind >/dev/null || true
+    fi
+fi
+command -v valgrind >/dev/null && command -v callgrind_annotate >/dev/null \
+    || die "valgrind is not installed (apt-get install valgrind)"
+if [ "$BUILD" = 1 ]; then build_and_install; fi
+
+WORK=$(make_workdir "$WORKBASE") || die "cannot create a work directory"
+export WORK
+CG="$WORK/callgrind"
+PM_PID=""
+cleanup() {
+    if [ -n "$PM_PID" ]; then
+        as_pg pg_ctl -D "$(cl_dir cg)/data" -m fast -w -t 300 stop >/dev/null 2>&1 || true
+    fi
+    cl_stop cg
+    if [ "$KEEP" = 1 ]; then say "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ROWS=$((SCALE * 100000))
+cl_create cg "$(free_port 57432)" 1GB off
+cl_start cg
+for db in heap cmk; do
+    am=heap; [ "$db" = cmk ] && am=cmk_heap
+    cl_setup_db cg "$db" "$am"
+    say "pgbench -i -s $SCALE ($am)"
+    as_pg pgbench -i -s "$SCALE" -h "$WORK/sock" -p "$(cl_port cg)" "$db" >"$WORK/init-$db.log" 2>&1 \
+        || { tail -20 "$WORK/init-$db.log" >&2; die "pgbench -i failed"; }
+    [ "$(cl_table_am cg "$db" pgbench_accounts)" = "$am" ] || die "pgbench_accounts in $db is not $am"
+done
+COPY_FILE="$WORK/accounts.copy"
+cl_psql cg heap -c "COPY pgbench_accounts TO '$COPY_FILE'" || die "could not write $COPY_FILE"
+cl_stop cg
+
+# The same server under callgrind: every process it forks is traced and
+# writes its own file (cg.<pid>) when it exits.
+say "starting the server under callgrind (slow: about a minute)"
+as_pg mkdir -p "$CG"
+d=$(cl_dir cg)
+as_pg bash -c "cd '$CG' && exec valgrind --tool=callgrind --trace-children=yes \
+    --callgrind-out-file='$CG/cg.%p' postgres -D '$d/data' -c huge_pages=off" \
+    > "$WORK/valgrind.log" 2>&1 &
+PM_PID=$!
+for _ in $(seq 1 600); do
+    state=$(cl_query cg cmk "SELECT state FROM cmk_storage.key_status()" 2>/dev/null)
+    [ "$state" = available ] && break
+    sleep 1
+done
+[ "${state:-}" = available ] || { tail -20 "$WORK/valgrind.log" >&2; die "server under callgrind not ready"; }
+
+declare -A QUERY=(
+    [count]="SELECT count(*) FROM pgbench_accounts"
+    [sum]="SELECT sum(abalance) FROM pgbench_accounts"
+    [copyto]="COPY pgbench_accounts TO '/dev/null'"
+    [copyfrom]="COPY bench_copy FROM '$COPY_FILE'"
+)
+PREP="SET client_min_messages = warning; SET enable_indexscan = off; SET enable_indexonlyscan = off; SET enable_bitmapscan = off;"
+# One backend running query q n times; prints its pid.
+run_backend() {
+    local db=$1 q=$2 n=$3 sql="$WORK/run.sql"
+    {
+        echo "$PREP"
+        echo "SELECT pg_backend_pid();"
+        for _ in $(seq 1 "$n"); do
+            if [ "$q" = copyfrom ]; then
+                echo "DROP TABLE IF EXISTS bench_copy; CREATE TABLE bench_copy (LIKE pgbench_accounts);"
+            fi
+            echo "${QUERY[$q]};"
+        done
+    } | as_pg bash -c "cat > '$sql'"
+    cl_psql cg "$db" -At -f "$sql" | grep -E '^[0-9]+$' | head -1
+}
+# Instructions of the process with that pid, once its file is written.
+total_of() {
+    local f="$CG/cg.$1" v=""
+    for _ in $(seq 1 120); do
+        [ -s "$f" ] && v=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+        [ -n "$v" ] && break
+        sleep 1
+    done
+    echo "$v"
+}
+
+declare -A PER_ROW
+for q in count sum copyto copyfrom; do
+    for db in heap cmk; do
+        say "$q on $db"
+        p1=$(run_backend "$db" "$q" 1)
+        p3=$(run_backend "$db" "$q" 3)
+        [ -n "$p1" ] && [ -n "$p3" ] || die "$q on $db: no backend pid"
+        t1=$(total_of "$p1"); t3=$(total_of "$p3")
+        [ -n "$t1" ] && [ -n "$t3" ] || die "$q on $db: no callgrind totals"
+        PER_ROW[$q:$db]=$(awk -v a="$t1" -v b="$t3" -v r="$ROWS" 'BEGIN{ printf "%.0f", (b - a) / 2 / r }')
+    done
+done
+
+SO="$(pg_config_dir pkglibdir)/cmk_storage.so"
+OUT="$BENCH_DIR/results/instructions.md"
+mkdir -p "$BENCH_DIR/results"
+{
+    echo "# Instructions per row, heap vs cmk_heap (callgrind)"
+    echo
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); $ROWS rows (pgbench scale $SCALE)"
+    echo "- cmk_storage at $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), installed cmk_storage.so sha256 $(sha256sum "$SO" | cut -c1-12)"
+    echo "- $("$PG_BINDIR/postgres" --version)"
+    echo
+    echo "| query | heap | cmk_heap | cmk_heap − heap | ratio |"
+    echo "|---|---:|---:|---:|---:|"
+    for q in count sum copyto copyfrom; do
+        h=${PER_ROW[$q:heap]}; c=${PER_ROW[$q:cmk]}
+        awk -v n="$q" -v h="$h" -v c="$c" 'BEGIN{
+            printf "| %s | %d | %d | %+d | %.3f |\n", n, h, c, c - h, (h > 0 ? c / h : 0) }'
+    done
+    echo
+    echo "Instructions per row of one execution (backend running it three times minus one"
+    echo "running it once, halved).  Counts, not time: cache misses do not show here."
+} | tee "$OUT"
