@@ -214,8 +214,26 @@ FETCH 2 FROM pc;
 MOVE FORWARD 997 IN pc;
 FETCH BACKWARD 4 FROM pc;
 COMMIT;
+-- the same walks reading only leading by-value columns (keystream per page,
+-- values XORed from the page when asked for)
+BEGIN;
+DECLARE pk SCROLL CURSOR FOR SELECT id, n FROM pages;
+FETCH 2 FROM pk;
+FETCH ABSOLUTE 700 FROM pk;
+FETCH BACKWARD 3 FROM pk;
+FETCH RELATIVE -600 FROM pk;
+FETCH LAST FROM pk;
+FETCH BACKWARD 2 FROM pk;
+MOVE ABSOLUTE 0 IN pk;
+MOVE FORWARD 1499 IN pk;
+FETCH 3 FROM pk;
+COMMIT;
 SET enable_hashjoin = off; SET enable_mergejoin = off; SET enable_material = off;
 SELECT count(*), sum(p.n) FROM generate_series(1, 5) s(g) JOIN pages p ON p.id % 400 = s.g;
+SELECT s.g, x.id, x.n
+  FROM generate_series(1, 3) s(g),
+       LATERAL (SELECT id, n FROM pages WHERE id > s.g * 600 LIMIT 2) x
+  ORDER BY 1, 2;
 SELECT s.g, x.id, x.n, x.tail
   FROM generate_series(1, 3) s(g),
        LATERAL (SELECT id, n, tail FROM pages WHERE id > s.g * 600 LIMIT 2) x
