@@ -34,7 +34,6 @@ EOF
 }
 
 SCALE=2; WORKBASE="${TMPDIR:-/tmp}"; KEEP=0; BUILD=1; DEPS=1
-need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --scale) need_arg "$@"; SCALE=$2; shift 2 ;;

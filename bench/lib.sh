@@ -14,6 +14,8 @@ BENCH_APT_PACKAGES="postgresql-$PG_MAJOR postgresql-contrib postgresql-server-de
 say()  { printf '==> %s\n' "$*" >&2; }
 warn() { printf 'warning: %s\n' "$*" >&2; }
 die()  { printf 'error: %s\n' "$*" >&2; exit 2; }
+# An option that takes a value must have one: need_arg "$@" in the parser.
+need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
 

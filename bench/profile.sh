@@ -32,7 +32,6 @@ EOF
 
 TAM=cmk_heap; SCALE=10; SECS=8; TOP=25; CALLGRAPH=0; OUTDIR="$BENCH_DIR/results/profile"
 WORKBASE="${TMPDIR:-/tmp}"; KEEP=0; BUILD=1; DEPS=1
-need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --am) need_arg "$@"; TAM=$2; shift 2 ;;

@@ -56,7 +56,6 @@ RUNS=""; SCALE=10; FILLFACTOR=100; TPCB_DUR=""; SEL_DUR=""; CLIENTS=2; REPS=""; 
 SYNC=off; STREAM_ARGS=""; WORKBASE="${TMPDIR:-/tmp}"; KEEP=0; BUILD=1; DEPS=1
 OUTPUT=""; CHECK=0; NICE=-10
 
-need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) need_arg "$@"; RUNS=$2; shift 2 ;;
