@@ -372,7 +372,7 @@ batch_add_from(XorBatch *b, NonceRef nonce, int i, uint8 *data,
 }
 
 /* The same, in place. */
-static inline void
+static pg_attribute_always_inline void
 batch_add(XorBatch *b, NonceRef nonce, int i, uint8 *data, int32 len)
 {
 	batch_add_from(b, nonce, i, data, data, len);
