@@ -328,6 +328,13 @@ wait_key_settled($node);
 $update_both->('UPDATE nf_AM SET b = b - 1000 WHERE id IN (1, 2)');
 is($lplen->(2), $len0{2} + 6 + 1, 'after a restart: a second nonce with its epoch and a 1-bit map (7 bytes)');
 is($lplen->(1), $len0{1} + 6 + 6 + 3, 'three nonces, two epochs: long form, 4-bit map');
+# new rows land on the last page, next to rows of the first epoch: the
+# prefix-only scan must look up each tuple's epoch, not the page's first
+$update_both->(q{INSERT INTO nf_AM SELECT g, g, -g, 'c' || g, 'd' FROM generate_series(301, 320) g});
+is($node->safe_psql('postgres', q{SELECT count(DISTINCT get_byte(t_data, length(t_data) - 7) * 256 + get_byte(t_data, length(t_data) - 6))
+	FROM heap_page_items(get_raw_page('nf_cmk_heap', (SELECT max((ctid::text::point)[0]::int) FROM nf_cmk_heap)))
+	WHERE lp_len > 0 AND get_byte(t_data, length(t_data) - 1) = 160}), '2',
+	'one page holds one-nonce tuples of two epochs');
 $same_as_heap->('long nonces');
 $update_both->(q{UPDATE nf_AM SET c = c || 'x', d = NULL WHERE id IN (1, 2, 3)});
 $same_as_heap->('mixed nonces and a new NULL');
