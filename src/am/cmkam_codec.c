@@ -1353,6 +1353,8 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 	int			nblocks;
 	int			left = 0;
 	bool		any_second = false;
+	int32		usable_id = -1;	/* an epoch checked usable, and its prefix */
+	const uint8 *usable_pre = NULL;
 
 	StaticAssertStmt(CMK_PREFIX_MAX_ATTS <= 32, "second is a 32-bit mask");
 	Assert(natts > 0 && natts <= lay->nbyval);
@@ -1394,14 +1396,22 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 		{
 			/* one nonce, no external references: a fresh tuple */
 			const uint8 *n0 = base + len - CMK_TRAILER_MIN;
-			const CmkEpoch *e = cmk_epoch(n0);
+			int32		id = (n0[0] << 8) | n0[1];
 
-			if (unlikely(!cmk_epoch_usable(e, tag)))
+			/* a page's tuples mostly share an epoch: check it once */
+			if (unlikely(id != usable_id))
 			{
-				left++;			/* reported there */
-				continue;
+				const CmkEpoch *e = cmk_epoch(n0);
+
+				if (!cmk_epoch_usable(e, tag))
+				{
+					left++;		/* reported there */
+					continue;
+				}
+				usable_id = id;
+				usable_pre = e->prefix;
 			}
-			nonce[0].pre = e->prefix;
+			nonce[0].pre = usable_pre;
 			nonce[0].ctr = n0 + CMK_NONCE_EPOCH_LEN;
 		}
 		else if ((flags & ~CMK_FLAG_SHORT_NONCES) == (CMK_FLAGS_MARKER | 1))
