@@ -37,12 +37,9 @@ SCALE=2; WORKBASE="${TMPDIR:-/tmp}"; KEEP=0; BUILD=1; DEPS=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --scale) need_arg "$@"; SCALE=$2; shift 2 ;;
-        --workdir) need_arg "$@"; WORKBASE=$2; shift 2 ;;
-        --keep) KEEP=1; shift ;;
-        --no-build) BUILD=0; shift ;;
-        --no-install-deps) DEPS=0; shift ;;
         -h|--help) usage; exit 0 ;;
-        *) usage >&2; die "unknown option: $1" ;;
+        *) common_option "$@" || { usage >&2; die "unknown option: $1"; }
+           shift "$SHIFT_N" ;;
     esac
 done
 [[ $SCALE =~ ^[1-9][0-9]*$ ]] || die "--scale must be a positive integer"

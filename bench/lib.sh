@@ -17,6 +17,19 @@ die()  { printf 'error: %s\n' "$*" >&2; exit 2; }
 # An option that takes a value must have one: need_arg "$@" in the parser.
 need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
 
+# The options every bench script takes: --workdir, --keep, --no-build and
+# --no-install-deps.  common_option "$@" sets WORKBASE, KEEP, BUILD or DEPS
+# and SHIFT_N (the arguments it used); it returns 1 for any other option.
+common_option() {
+    case "$1" in
+        --workdir) need_arg "$@"; WORKBASE=$2; SHIFT_N=2 ;;
+        --keep) KEEP=1; SHIFT_N=1 ;;
+        --no-build) BUILD=0; SHIFT_N=1 ;;
+        --no-install-deps) DEPS=0; SHIFT_N=1 ;;
+        *) return 1 ;;
+    esac
+}
+
 is_root() { [ "$(id -u)" -eq 0 ]; }
 
 # Install the Debian packages that are missing (root only).

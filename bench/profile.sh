@@ -40,12 +40,9 @@ while [ $# -gt 0 ]; do
         --top) need_arg "$@"; TOP=$2; shift 2 ;;
         --callgraph) CALLGRAPH=1; shift ;;
         --outdir) need_arg "$@"; OUTDIR=$2; shift 2 ;;
-        --workdir) need_arg "$@"; WORKBASE=$2; shift 2 ;;
-        --keep) KEEP=1; shift ;;
-        --no-build) BUILD=0; shift ;;
-        --no-install-deps) DEPS=0; shift ;;
         -h|--help) usage; exit 0 ;;
-        *) usage >&2; die "unknown option: $1" ;;
+        *) common_option "$@" || { usage >&2; die "unknown option: $1"; }
+           shift "$SHIFT_N" ;;
     esac
 done
 case "$TAM" in cmk_heap|heap) ;; *) die "--am must be cmk_heap or heap" ;; esac

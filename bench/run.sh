@@ -70,14 +70,11 @@ while [ $# -gt 0 ]; do
         --sync-commit) need_arg "$@"; SYNC=$2; shift 2 ;;
         --nice) need_arg "$@"; NICE=$2; shift 2 ;;
         --stream-args) need_arg "$@"; STREAM_ARGS=$2; shift 2 ;;
-        --workdir) need_arg "$@"; WORKBASE=$2; shift 2 ;;
-        --keep) KEEP=1; shift ;;
-        --no-build) BUILD=0; shift ;;
-        --no-install-deps) DEPS=0; shift ;;
         --output) need_arg "$@"; OUTPUT=$2; shift 2 ;;
         --check) CHECK=1; shift ;;
         -h|--help) usage; exit 0 ;;
-        *) usage >&2; die "unknown option: $1" ;;
+        *) common_option "$@" || { usage >&2; die "unknown option: $1"; }
+           shift "$SHIFT_N" ;;
     esac
 done
 if [ "$QUICK" = 1 ]; then
