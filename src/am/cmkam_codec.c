@@ -1422,13 +1422,13 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 			 * epoch (short) or a full nonce.  Inline too: after an update
 			 * workload, about half a table looks like this.
 			 */
-			int			n1len = (flags & CMK_FLAG_SHORT_NONCES) ?
-				CMK_NONCE_SHORT_LEN : CMK_NONCE_LEN;
-			int32		data_end = len - CMK_TRAILER_MIN - n1len -
-				(tupnatts + 7) / 8;
+			bool		short_nonces = (flags & CMK_FLAG_SHORT_NONCES) != 0;
+			int			n1len = short_nonces ? CMK_NONCE_SHORT_LEN : CMK_NONCE_LEN;
+			int32		data_end = len - trailer_size(2, tupnatts, false,
+													  short_nonces);
 			const uint8 *map = base + data_end;
 			const uint8 *n0 = base + len - CMK_TRAILER_MIN;
-			const uint8 *n1 = map + (tupnatts + 7) / 8;
+			const uint8 *n1 = map + map_size(2, tupnatts);
 			const CmkEpoch *e;
 			const CmkEpoch *e1;
 
