@@ -850,7 +850,7 @@ cmk_decrypt_tuple(Relation rel, TupleDesc desc, HeapTuple cipher)
  */
 static HeapTuple
 encrypt_for_insert(Relation rel, TupleDesc desc, uint32 tag, HeapTuple plain,
-				   XorBatch *batch)
+				   XorBatch *batch, char **space)
 {
 	AttrSpan	spans[MaxTupleAttributeNumber];
 	int32		data_len = (int32) plain->t_len;
@@ -877,7 +877,8 @@ encrypt_for_insert(Relation rel, TupleDesc desc, uint32 tag, HeapTuple plain,
 	for (int i = first; i < natts; i++)
 		has_ext |= spans[i].is_ondisk;
 	tsize = trailer_size(1, natts, has_ext, false);
-	out = (HeapTuple) palloc(HEAPTUPLESIZE + data_len + tsize);
+	out = (HeapTuple) *space;
+	*space += MAXALIGN(HEAPTUPLESIZE + data_len + tsize);
 	out->t_len = data_len + tsize;
 	out->t_self = plain->t_self;
 	out->t_tableOid = plain->t_tableOid;
@@ -918,17 +919,31 @@ encrypt_for_insert(Relation rel, TupleDesc desc, uint32 tag, HeapTuple plain,
 	return out;
 }
 
-/* Encrypt n new tuples for insertion, sharing cipher calls. */
+/*
+ * Encrypt n new tuples for insertion, sharing cipher calls.  The results
+ * share one allocation, out[0] at its start: pfree(out[0]) frees them all,
+ * which for n = 1 is heap_freetuple() of the one result.
+ */
 void
 cmk_encrypt_tuples(Relation rel, HeapTuple *plains, int n, HeapTuple *out)
 {
 	uint32		tag;
 	CmkKeystream *ks = cmk_tuple_keystream(RelationGetRelationName(rel), &tag);
 	XorBatch	batch;
+	Size		space_len = 0;
+	char	   *space;
+
+	/* the largest trailer a one-nonce tuple can need: every bit map present */
+	for (int i = 0; i < n; i++)
+		space_len += MAXALIGN(HEAPTUPLESIZE + plains[i]->t_len +
+							  trailer_size(1, HeapTupleHeaderGetNatts(plains[i]->t_data),
+										   true, false));
+	space = palloc(space_len);
 
 	batch_init(&batch, ks, RelationGetDescr(rel));
 	for (int i = 0; i < n; i++)
-		out[i] = encrypt_for_insert(rel, RelationGetDescr(rel), tag, plains[i], &batch);
+		out[i] = encrypt_for_insert(rel, RelationGetDescr(rel), tag, plains[i],
+									&batch, &space);
 	batch_done(&batch);
 }
 

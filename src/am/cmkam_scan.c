@@ -67,6 +67,7 @@ next_on_page(HeapScanDesc hscan, ScanDirection direction, TupleTableSlot *slot)
 		!hscan->rs_inited ||
 		lineindex >= hscan->rs_ntuples ||
 		cs->scan != hscan ||
+		raw == NULL ||
 		TTS_EMPTY(&raw->base.base) ||
 		raw->buffer != hscan->rs_cbuf ||
 		raw->base.tuple != tuple)

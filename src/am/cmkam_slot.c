@@ -119,9 +119,13 @@ static void
 cmk_slot_init(TupleTableSlot *slot)
 {
 	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
-	MemoryContext old = MemoryContextSwitchTo(slot->tts_mcxt);
 
-	cs->raw = MakeTupleTableSlot(slot->tts_tupleDescriptor, &TTSOpsBufferHeapTuple);
+	/*
+	 * The raw slot is made when a read first needs it (cmk_slot_raw): a slot
+	 * that is only ever written, as COPY FROM's thousand buffer slots, then
+	 * pays for no second slot and no descriptor pin.
+	 */
+	cs->raw = NULL;
 	cs->rel = NULL;
 	cs->mat = NULL;
 	cs->prepared = false;
@@ -133,7 +137,6 @@ cmk_slot_init(TupleTableSlot *slot)
 	cs->cindex = -1;
 	cs->td = NULL;
 	cs->pc = NULL;
-	MemoryContextSwitchTo(old);
 }
 
 static void
@@ -597,8 +600,18 @@ const TupleTableSlotOps TTSOpsCmkHeapTuple = {
 TupleTableSlot *
 cmk_slot_raw(TupleTableSlot *slot)
 {
+	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
+
 	Assert(slot->tts_ops == &TTSOpsCmkHeapTuple);
-	return ((CmkTupleTableSlot *) slot)->raw;
+	if (unlikely(cs->raw == NULL))
+	{
+		MemoryContext old = MemoryContextSwitchTo(slot->tts_mcxt);
+
+		cs->raw = MakeTupleTableSlot(slot->tts_tupleDescriptor,
+									 &TTSOpsBufferHeapTuple);
+		MemoryContextSwitchTo(old);
+	}
+	return cs->raw;
 }
 
 /* Out of line part of cmk_slot_adopt_raw: drop a materialized tuple. */
