@@ -340,6 +340,7 @@ typedef struct CmkTupleTableSlot
 	Size		bufsize;
 	uint32		off;			/* deform position after tts_nvalid */
 	struct CmkPageCache *pc;			/* allocated on first use */
+	struct CmkSlotWipe *wipe;	/* set with the first plaintext buffer */
 } CmkTupleTableSlot;
 
 extern PGDLLIMPORT const TupleTableSlotOps TTSOpsCmkHeapTuple;

@@ -137,6 +137,7 @@ cmk_slot_init(TupleTableSlot *slot)
 	cs->cindex = -1;
 	cs->td = NULL;
 	cs->pc = NULL;
+	cs->wipe = NULL;
 }
 
 static void
@@ -162,21 +163,16 @@ cmk_slot_clear(TupleTableSlot *slot)
 	ItemPointerSetInvalid(&slot->tts_tid);
 }
 
+/* Wipe and free the slot's plaintext and keystream buffers. */
 static void
-cmk_slot_release(TupleTableSlot *slot)
+drop_buffers(CmkTupleTableSlot *cs)
 {
-	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
-
-	if (cs->raw)
-	{
-		ExecDropSingleTupleTableSlot(cs->raw);
-		cs->raw = NULL;
-	}
 	if (cs->plain)
 	{
 		OPENSSL_cleanse(cs->plain, cs->bufsize);
 		pfree(cs->plain);
 		cs->plain = NULL;
+		cs->bufsize = 0;
 	}
 	if (cs->pc)
 	{
@@ -192,6 +188,66 @@ cmk_slot_release(TupleTableSlot *slot)
 	}
 }
 
+/*
+ * An ERROR that unwinds past a slot resets or deletes its memory context
+ * without calling release: the context's reset callback wipes what release
+ * would have.  The callback's own record lives in the context, not in the
+ * slot (which release may free first), and release disarms it.  Callbacks
+ * run before the context frees anything, so the slot is still intact then.
+ */
+typedef struct CmkSlotWipe
+{
+	MemoryContextCallback cb;
+	CmkTupleTableSlot *cs;		/* NULL once the slot is released */
+} CmkSlotWipe;
+
+static void
+slot_wipe_callback(void *arg)
+{
+	CmkSlotWipe *w = (CmkSlotWipe *) arg;
+
+	if (w->cs != NULL)
+	{
+		drop_buffers(w->cs);
+		w->cs->wipe = NULL;
+		w->cs = NULL;
+	}
+}
+
+/* Arm the callback before the slot's first plaintext buffer is allocated. */
+static inline void
+arm_wipe(CmkTupleTableSlot *cs)
+{
+	CmkSlotWipe *w;
+
+	if (likely(cs->wipe != NULL))
+		return;
+	w = MemoryContextAlloc(cs->base.tts_mcxt, sizeof(CmkSlotWipe));
+	w->cb.func = slot_wipe_callback;
+	w->cb.arg = w;
+	w->cs = cs;
+	MemoryContextRegisterResetCallback(cs->base.tts_mcxt, &w->cb);
+	cs->wipe = w;
+}
+
+static void
+cmk_slot_release(TupleTableSlot *slot)
+{
+	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
+
+	if (cs->raw)
+	{
+		ExecDropSingleTupleTableSlot(cs->raw);
+		cs->raw = NULL;
+	}
+	drop_buffers(cs);
+	if (cs->wipe)
+	{
+		cs->wipe->cs = NULL;
+		cs->wipe = NULL;
+	}
+}
+
 /* Copy header and data of the raw tuple, ready for lazy decryption. */
 static void
 prepare_raw(CmkTupleTableSlot *cs)
@@ -203,6 +259,7 @@ prepare_raw(CmkTupleTableSlot *cs)
 	cmk_parse_trailer(cs->rel, tup, tag, &cs->trailer);
 	if (cs->bufsize < (Size) cs->trailer.data_end)
 	{
+		arm_wipe(cs);
 		if (cs->plain)
 		{
 			OPENSSL_cleanse(cs->plain, cs->bufsize);
@@ -240,7 +297,10 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 		cs->visit = ++page_visit_counter;
 	}
 	if (pc == NULL)
+	{
+		arm_wipe(cs);
 		pc = cs->pc = MemoryContextAllocZero(cs->base.tts_mcxt, sizeof(CmkPageCache));
+	}
 	if (pc->visit != cs->visit || pc->natts < natts)
 	{
 		MemoryContext mcxt = cs->base.tts_mcxt;
