@@ -8,7 +8,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 APT_PACKAGES="postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib
   libssl-dev libcurl4-openssl-dev libjansson-dev pkg-config make gcc
-  libipc-run-perl openssl nodejs clang libclang-rt-14-dev lz4 zstd"
+  libipc-run-perl openssl nodejs clang libclang-rt-14-dev lz4 zstd gdb"
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 2; }
