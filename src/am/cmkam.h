@@ -5,7 +5,11 @@
  *		are encrypted.  Shared declarations of its files:
  *
  *		cmkam_handler.c		the TableAmRoutine and callbacks heap serves as is
- *		cmkam_codec.c		tuple format: encrypt, decrypt, trailer
+ *		cmkam_codec.c		tuple codec: encrypt, decrypt, lazy deform, nonces
+ *		cmkam_trailer.c		reading and checking a stored tuple's trailer
+ *		cmkam_keystream.c	keystream batches: one cipher call, many ranges
+ *		cmkam_page.c		page-at-a-time decryption for sequential scans
+ *		(cmkam_codec_int.h	what those four share, inline hot paths)
  *		cmkam_nonce.c		nonce epochs and the counters under them
  *		cmkam_write.c		insert, multi-insert, speculative insert, update,
  *							delete
@@ -256,7 +260,7 @@ cmk_xor_byval(const uint8 *cp, const uint8 *kp, int16 len)
 	}
 }
 
-/* cmkam_codec.c */
+/* cmkam_page.c */
 extern void cmk_prefix_layout(TupleDesc desc, CmkPrefixLayout *lay);
 extern int	cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay,
 									  int natts, CmkPageTuple *tups, int ntups,
@@ -265,8 +269,14 @@ extern bool cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc,
 									  CmkPageTuple *tups, int ntups, int natts,
 									  Datum *values, bool *isnull,
 									  char *area, Size areasize);
+
+/* cmkam_trailer.c */
 extern void cmk_parse_trailer(Relation rel, HeapTuple cipher, uint32 want_tag,
 							  CmkTrailer *t);
+extern bool cmk_tuple_has_external(HeapTuple cipher);
+extern void cmk_check_tuple_format(Relation rel, HeapTuple cipher);
+
+/* cmkam_codec.c */
 extern void cmk_deform_decrypt(Relation rel, TupleDesc desc, HeapTupleHeader td,
 							   int32 data_end, const CmkTrailer *t, int from,
 							   int to, Datum *values, bool *isnull,
@@ -278,8 +288,6 @@ extern void cmk_encrypt_tuples(Relation rel, HeapTuple *plains, int n,
 							   HeapTuple *out);
 extern HeapTuple cmk_decrypt_tuple(Relation rel, TupleDesc desc,
 								   HeapTuple cipher);
-extern bool cmk_tuple_has_external(HeapTuple cipher);
-extern void cmk_check_tuple_format(Relation rel, HeapTuple cipher);
 
 /* cmkam_toast.c */
 struct CmkToastState;

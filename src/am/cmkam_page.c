@@ -1,0 +1,554 @@
+/*-------------------------------------------------------------------------
+ *
+ * cmkam_page.c
+ *		Page-at-a-time decryption for cmk_heap sequential scans: one cipher
+ *		call serves the visible tuples of a pinned page.
+ *
+ * Two paths.  cmk_page_prefix_keystream serves queries that read only the
+ * by-value fixed-width prefix: it computes keystream, and the slot XORs each
+ * value from the page when the executor asks for it.  cmk_decrypt_page_prefixes
+ * serves the rest, decrypting into the slot's page cache.  Neither copies
+ * the page: the data of a tuple on a pinned page does not move
+ * (docs/design.md).  This file must never serve a tuple whose trailer it
+ * has not checked, and wipes its static keystream (fast_ks) before it
+ * returns or reports a damaged tuple.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <openssl/crypto.h>
+
+#include "am/cmkam_codec_int.h"
+#include "keys/key_store.h"
+
+#if defined(__GNUC__) || defined(__clang__)
+#define prefetch_read(p)	__builtin_prefetch(p)
+#else
+#define prefetch_read(p)	((void) 0)
+#endif
+#define PREFETCH_AHEAD		4
+#define FAST_PREFETCH_AHEAD	16
+
+/*
+ * Keystream of the fast path of cmk_decrypt_page_prefixes: up to two nonces
+ * times FAST_MAX_BLOCKS blocks per tuple of a page.  Static (the function
+ * is not reentrant) and wiped after every use.
+ */
+#define FAST_MAX_BLOCKS		4
+static uint8 fast_ks[MaxHeapTuplesPerPage * 2 * FAST_MAX_BLOCKS * CMK_AES_BLOCK];
+
+/* No null among the first n attributes of a tuple with a null bitmap. */
+static inline bool
+no_null_before(const bits8 *bits, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (att_isnull(i, bits))
+			return false;
+	return true;
+}
+
+/* Corruption found while fast_ks holds keystream: wipe it, then report. */
+static void
+page_corrupt(Relation rel, HeapTupleHeader td, const char *what, int nfastblk)
+{
+	OPENSSL_cleanse(fast_ks, nfastblk * CMK_AES_BLOCK);
+	cmk_corrupt_at(rel, td, what);
+}
+
+/*
+ * The by-value fixed-width prefix of desc (see CmkPrefixLayout): the same
+ * nominal offsets cmk_batch_init gives region 0.
+ */
+void
+cmk_prefix_layout(TupleDesc desc, CmkPrefixLayout *lay)
+{
+	int32		off = 0;
+	int			i;
+
+	for (i = 0; i < desc->natts && i < CMK_PREFIX_MAX_ATTS; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attlen <= 0 || !att->attbyval)
+			break;
+		off = att_align_nominal(off, att->attalign);
+		if (off + att->attlen > CMK_PREFIX_MAX_BLOCKS * CMK_AES_BLOCK)
+			break;
+		lay->pos[i] = (int16) off;
+		lay->len[i] = att->attlen;
+		off += att->attlen;
+		lay->end[i] = (int16) off;
+	}
+	lay->nbyval = i;
+}
+
+/*
+ * The fast page path of sequential scans, for queries that read nothing but
+ * by-value attributes of the fixed-width prefix (natts <= lay->nbyval: a
+ * sum() over an integer column, a qualification on an integer key).
+ *
+ * For every tuple of tups whose attributes [0, natts) are present, not
+ * null, inside its data and under at most two nonces, compute their
+ * keystream, at their nominal offsets, into ks (room for 2 * ntups *
+ * cmk_prefix_blocks(lay, natts) blocks), set ks, stp and fast: the slot then
+ * decrypts each value when the executor asks for it, by XORing page and
+ * keystream at the attribute's offset, with nothing copied and no
+ * per-tuple bookkeeping (what cmk_decrypt_page_prefixes, for the general
+ * case, spends most of its time on).  One cipher call for the page.
+ *
+ * Every other tuple is left with fast = false, for cmk_decrypt_page_prefixes
+ * (which also reports whatever is wrong with it).  Returns their number.
+ */
+int
+cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
+						  CmkPageTuple *tups, int ntups, uint8 *ks)
+{
+	uint32		tag;
+	CmkKeystream *cks = cmk_tuple_keystream(RelationGetRelationName(rel), &tag);
+	int			end = lay->end[natts - 1];
+	int			nblk = cmk_prefix_blocks(lay, natts);
+	uint32		all = natts == 32 ? ~(uint32) 0 : ((uint32) 1 << natts) - 1;
+	uint8	   *cb = ks;		/* next counter block */
+	int			nblocks;
+	int			left = 0;
+	bool		any_second = false;
+	int32		usable_id = -1;	/* an epoch checked usable, and its prefix */
+	const uint8 *usable_pre = NULL;
+
+	StaticAssertStmt(CMK_PREFIX_MAX_ATTS <= 32, "second is a 32-bit mask");
+	Assert(natts > 0 && natts <= lay->nbyval);
+
+	/*
+	 * Backwards: the heap fills a page from its end, so this walks the
+	 * tuples (header, then trailer) in ascending addresses, one stream the
+	 * hardware prefetcher follows; software prefetches start header and
+	 * trailer further ahead.
+	 */
+	for (int j = ntups - 1; j >= 0; j--)
+	{
+		CmkPageTuple *pt = &tups[j];
+		HeapTupleHeader src = pt->src;
+		const uint8 *base = (const uint8 *) src;
+		int32		len = (int32) pt->src_len;
+		int			tupnatts = HeapTupleHeaderGetNatts(src);
+		uint8		flags = base[len - 1];
+		NonceRef	nonce[2];
+		uint32		second = 0; /* prefix attributes under nonce[1] */
+
+		pt->fast = false;
+		pt->second = 0;
+		if (j >= FAST_PREFETCH_AHEAD)
+		{
+			prefetch_read(tups[j - FAST_PREFETCH_AHEAD].src);
+			prefetch_read((const char *) tups[j - FAST_PREFETCH_AHEAD].src +
+						  tups[j - FAST_PREFETCH_AHEAD].src_len - 1);
+		}
+		if (tupnatts < natts ||
+			((src->t_infomask & HEAP_HASNULL) &&
+			 !no_null_before(src->t_bits, natts)))
+		{
+			left++;
+			continue;
+		}
+		if (likely(flags == CMK_FLAGS_MARKER &&
+				   len >= src->t_hoff + end + CMK_TRAILER_MIN))
+		{
+			/* one nonce, no external references: a fresh tuple */
+			const uint8 *n0 = base + len - CMK_TRAILER_MIN;
+			int32		id = (n0[0] << 8) | n0[1];
+
+			/* a page's tuples mostly share an epoch: check it once */
+			if (unlikely(id != usable_id))
+			{
+				const CmkEpoch *e = cmk_epoch(n0);
+
+				if (!cmk_epoch_usable(e, tag))
+				{
+					left++;		/* reported there */
+					continue;
+				}
+				usable_id = id;
+				usable_pre = e->prefix;
+			}
+			nonce[0].pre = usable_pre;
+			nonce[0].ctr = n0 + CMK_NONCE_EPOCH_LEN;
+		}
+		else if ((flags & ~CMK_FLAG_SHORT_NONCES) == (CMK_FLAGS_MARKER | 1))
+		{
+			/*
+			 * Two nonces, no external references: a tuple updated once (or
+			 * more, compacted), the second nonce a counter under the first's
+			 * epoch (short) or a full nonce.  Inline too: after an update
+			 * workload, about half a table looks like this.
+			 */
+			bool		short_nonces = (flags & CMK_FLAG_SHORT_NONCES) != 0;
+			int			n1len = short_nonces ? CMK_NONCE_SHORT_LEN : CMK_NONCE_LEN;
+			int32		data_end = len - trailer_size(2, tupnatts, false,
+													  short_nonces);
+			const uint8 *map = base + data_end;
+			const uint8 *n0 = base + len - CMK_TRAILER_MIN;
+			const uint8 *n1 = map + map_size(2, tupnatts);
+			const CmkEpoch *e;
+			const CmkEpoch *e1;
+
+			if (data_end < src->t_hoff + end)
+			{
+				left++;			/* reported there */
+				continue;
+			}
+			e = cmk_epoch(n0);
+			e1 = n1len == CMK_NONCE_LEN ? cmk_epoch(n1) : e;
+			if (!cmk_epoch_usable(e, tag) || !cmk_epoch_usable(e1, tag))
+			{
+				left++;
+				continue;
+			}
+			for (int i = 0; i < natts; i++)
+				second |= (uint32) ((map[i / 8] >> (i % 8)) & 1) << i;
+			nonce[0].pre = e->prefix;
+			nonce[0].ctr = n0 + CMK_NONCE_EPOCH_LEN;
+			nonce[1].pre = e1->prefix;
+			nonce[1].ctr = n1 + (n1len - CMK_NONCE_CTR_LEN);
+		}
+		else
+		{
+			HeapTupleData tup;
+			Trailer		t;
+			int			idx[2] = {-1, -1};
+			bool		ok = true;
+
+			tup.t_data = src;
+			tup.t_len = pt->src_len;
+			tup.t_self = pt->tid;
+			tup.t_tableOid = RelationGetRelid(rel);
+			/* reports a damaged trailer itself */
+			cmk_parse_trailer(rel, &tup, tag, &t);
+			if (t.data_end - src->t_hoff < end)
+				ok = false;
+			for (int i = 0; ok && i < natts; i++)
+			{
+				int			k = map_get(&t, i);
+
+				if (bit_get(t.extbits, i))
+					ok = false; /* corrupt: a by-value external reference */
+				else if (idx[0] < 0 || k == idx[0])
+					idx[0] = k;
+				else if (idx[1] < 0 || k == idx[1])
+				{
+					idx[1] = k;
+					second |= (uint32) 1 << i;
+				}
+				else
+					ok = false; /* three nonces: not kept here */
+			}
+			if (!ok)
+			{
+				left++;
+				continue;
+			}
+			nonce[0] = trailer_nonce(&t, idx[0]);
+			if (idx[1] >= 0)
+				nonce[1] = trailer_nonce(&t, idx[1]);
+		}
+
+		/* a nonce that covers the whole prefix is the only one */
+		if (second == all)
+		{
+			nonce[0] = nonce[1];
+			second = 0;
+		}
+		pt->ks = cb;
+		counter_blocks(cb, nonce[0], 0, 0, nblk);
+		cb += nblk * CMK_AES_BLOCK;
+		if (second != 0)
+		{
+			counter_blocks(cb, nonce[1], 0, 0, nblk);
+			cb += nblk * CMK_AES_BLOCK;
+			pt->second = second;
+			any_second = true;
+		}
+		pt->stp = (const char *) src + src->t_hoff;
+		pt->fast = true;
+	}
+
+	nblocks = (cb - ks) / CMK_AES_BLOCK;
+	if (nblocks > 0 && !cmk_keystream_blocks(cks, ks, nblocks))
+	{
+		OPENSSL_cleanse(ks, nblocks * CMK_AES_BLOCK);
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("AES keystream generation failed")));
+	}
+
+	/*
+	 * A tuple with a second nonce in the prefix (an update changed some of
+	 * its attributes): move their keystream over the first's, so the slot
+	 * reads one keystream per tuple.  (The second's blocks stay in ks, which
+	 * the slot wipes like the rest of it.)
+	 */
+	for (int j = 0; any_second && j < ntups; j++)
+	{
+		CmkPageTuple *pt = &tups[j];
+		uint8	   *kp = (uint8 *) pt->ks;
+
+		if (!pt->fast || pt->second == 0)
+			continue;
+		for (int i = 0; i < natts; i++)
+			if (pt->second & ((uint32) 1 << i))
+				memcpy(kp + lay->pos[i], kp + nblk * CMK_AES_BLOCK + lay->pos[i],
+					   lay->len[i]);
+	}
+	return left;
+}
+
+/*
+ * Page-at-a-time decryption for sequential scans: for every visible tuple of
+ * a pinned page, decrypt attributes [0, natts) straight into Datums, with as
+ * few cipher calls as possible (one per BATCH_BLOCKS counter blocks, usually
+ * one per page): per-call overhead, not AES, is what a per-tuple design pays.
+ *
+ * values and isnull have room for ntups * natts entries.  A by-value
+ * attribute is decrypted inside its own Datum (its stored bytes are copied
+ * there and the keystream XORed over them); a by-reference one is copied to
+ * area and decrypted there.  Nothing else of the tuple is copied or touched.
+ * Returns false if area is too small (the caller then falls back to one
+ * tuple at a time).
+ */
+bool
+cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
+						  int ntups, int natts, Datum *values, bool *isnull,
+						  char *area, Size areasize)
+{
+	uint32		tag;
+	CmkKeystream *ks = cmk_tuple_keystream(RelationGetRelationName(rel), &tag);
+	XorBatch	batch;
+	Oid			toastrelid = rel->rd_rel->reltoastrelid;
+	Size		used = 0;
+	bool		any_ext = false;
+	int			fast_natts;
+	int32		fast_end = -1;
+	int			fast_nblk = 0;
+	int			nfastblk = 0;
+
+	cmk_batch_init(&batch, ks, desc);
+
+	/*
+	 * The fast path's shape: the wanted attributes of the fixed-width
+	 * prefix, if it is short.  Their keystream is region 0 from block 0, one
+	 * contiguous run of blocks per nonce, XORed straight into the values.
+	 */
+	fast_natts = Min(natts, batch.nfixed);
+	if (fast_natts > 0)
+	{
+		fast_end = batch.fixed_pos[fast_natts - 1] +
+			TupleDescAttr(desc, fast_natts - 1)->attlen;
+		fast_nblk = (fast_end + CMK_AES_BLOCK - 1) / CMK_AES_BLOCK;
+		if (fast_nblk > FAST_MAX_BLOCKS)
+			fast_end = -1;
+	}
+
+	for (int j = 0; j < ntups; j++)
+	{
+		CmkPageTuple *pt = &tups[j];
+		HeapTupleHeader src = pt->src;
+		HeapTupleData tup;
+		bool		hasnulls;
+		const char *stp;
+		int32		limit;
+		int			tupnatts;
+		int			n;
+		uint32		off = 0;
+		bool		slow = false;
+		Datum	   *v = values + (Size) j * natts;
+		bool	   *nul = isnull + (Size) j * natts;
+
+		if (pt->fast)
+			continue;			/* served by cmk_page_prefix_keystream */
+		hasnulls = (src->t_infomask & HEAP_HASNULL) != 0;
+		stp = (const char *) src + src->t_hoff;
+		tupnatts = HeapTupleHeaderGetNatts(src);
+		n = Min(natts, tupnatts);
+
+		/*
+		 * Each tuple's header and trailer are usually two cache misses:
+		 * start them a few tuples ahead (measured: ~5 % off a sum()).
+		 */
+		if (j + PREFETCH_AHEAD < ntups)
+		{
+			prefetch_read(tups[j + PREFETCH_AHEAD].src);
+			prefetch_read((const char *) tups[j + PREFETCH_AHEAD].src +
+						  tups[j + PREFETCH_AHEAD].src_len - 1);
+		}
+		tup.t_data = src;
+		tup.t_len = pt->src_len;
+		tup.t_self = pt->tid;
+		tup.t_tableOid = RelationGetRelid(rel);
+		parse_trailer(rel, &tup, tag, &pt->t);
+		limit = pt->t.data_end - src->t_hoff;
+		any_ext |= pt->t.extbits != NULL;
+
+		/* room for every byte up to the end of data; only the prefix is copied */
+		if (used + MAXALIGN(limit) > areasize)
+			return false;
+		pt->copy = area + used;
+		used += MAXALIGN(limit);
+		pt->values = v;
+		pt->isnull = nul;
+		pt->tupnatts = tupnatts;
+
+		/*
+		 * Fast path for the fixed-width prefix: no nulls in it, so its
+		 * attributes sit at their nominal offsets (those heap caches in
+		 * attcacheoff; nulls after them move nothing), inside the data, under
+		 * at most two nonces.  Only counter blocks are queued here; pass 2
+		 * reads the stored bytes and XORs them into the values.  Later
+		 * attributes go the general way.
+		 */
+		pt->nfast = 0;
+		if (fast_end > 0 && n >= fast_natts && fast_end <= limit &&
+			(!hasnulls || no_null_before(src->t_bits, fast_natts)))
+		{
+			int			idx0 = map_get(&pt->t, 0);
+			int			idx1 = -1;
+			bool		ok = true;
+
+			for (int i = 1; pt->t.map && i < fast_natts && ok; i++)
+			{
+				int			k = map_get(&pt->t, i);
+
+				if (k != idx0 && idx1 < 0)
+					idx1 = k;
+				else if (k != idx0 && k != idx1)
+					ok = false;
+			}
+			if (ok)
+			{
+				for (int set = 0; set < 2; set++)
+				{
+					int			idx = set == 0 ? idx0 : idx1;
+					NonceRef	nonce;
+
+					if (idx < 0)
+						break;
+					nonce = trailer_nonce(&pt->t, idx);
+					pt->ksblk[set] = (int16) nfastblk;
+					for (int blk = 0; blk < fast_nblk; blk++)
+						counter_block(fast_ks + (nfastblk++) * CMK_AES_BLOCK,
+									  nonce, 0, blk);
+				}
+				pt->nfast = (int16) fast_natts;
+				pt->idx1 = (int8) idx1;
+				off = fast_end;
+			}
+		}
+
+		for (int i = pt->nfast; i < n; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+			NonceRef	nonce;
+			int32		full;
+			int32		hdr;
+
+			if (hasnulls && att_isnull(i, src->t_bits))
+			{
+				v[i] = (Datum) 0;
+				nul[i] = true;
+				slow = true;
+				continue;
+			}
+			nul[i] = false;
+			/* a varlena's first byte decides its alignment: it must be data */
+			if (att->attlen == -1 && (int32) off >= limit)
+				cmk_corrupt_at(rel, src, "attribute beyond end of data");
+			off = cmk_attr_offset(att, off, &slow, stp);
+			stored_extent(rel, src, att, stp, off, limit, &full, &hdr);
+			nonce = attr_nonce(&pt->t, i);
+			if (att->attbyval)
+			{
+				/* decrypt inside the Datum; pass 2 turns bytes into a value */
+				v[i] = (Datum) 0;
+				memcpy(&v[i], stp + off, full);
+				batch_add(&batch, nonce, i, (uint8 *) &v[i], full);
+			}
+			else
+			{
+				/* the clear header, then decrypt from the page into the copy */
+				memcpy(pt->copy + off, stp + off, hdr);
+				batch_add_from(&batch, nonce, i, (uint8 *) pt->copy + off + hdr,
+							   (const uint8 *) stp + off + hdr, full - hdr);
+				v[i] = (Datum) off;
+			}
+			off += full;
+			if (att->attlen <= 0)
+				slow = true;
+		}
+		pt->ndec = n;
+		pt->off = off;
+		pt->slow = slow;
+	}
+	cmk_batch_done(&batch);
+	if (nfastblk > 0 && !cmk_keystream_blocks(ks, fast_ks, nfastblk))
+	{
+		OPENSSL_cleanse(fast_ks, nfastblk * CMK_AES_BLOCK);
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("AES keystream generation failed")));
+	}
+
+	/* pass 2: bytes to values; external references get their pointer form */
+	for (int j = 0; j < ntups; j++)
+	{
+		CmkPageTuple *pt = &tups[j];
+
+		if (pt->fast)
+			continue;
+		if (pt->nfast > 0)
+		{
+			const uint8 *stp = (const uint8 *) pt->src + pt->src->t_hoff;
+
+			for (int i = 0; i < pt->nfast; i++)
+			{
+				Form_pg_attribute att = TupleDescAttr(desc, i);
+				int32		pos = batch.fixed_pos[i];
+				int			set = (pt->idx1 >= 0 && map_get(&pt->t, i) == pt->idx1);
+				const uint8 *kp = fast_ks + pt->ksblk[set] * CMK_AES_BLOCK + pos;
+				const uint8 *cp = stp + pos;
+
+				if (any_ext && bit_get(pt->t.extbits, i))
+					page_corrupt(rel, pt->src, "invalid external reference", nfastblk);
+				pt->isnull[i] = false;
+				if (att->attbyval)
+					pt->values[i] = cmk_xor_byval(cp, kp, att->attlen);
+				else
+				{
+					uint8	   *dst = (uint8 *) pt->copy + pos;
+
+					for (int k = 0; k < att->attlen; k++)
+						dst[k] = cp[k] ^ kp[k];
+					pt->values[i] = PointerGetDatum(dst);
+				}
+			}
+		}
+
+		for (int i = pt->nfast; i < pt->ndec; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+			Datum	   *d = &pt->values[i];
+
+			if (any_ext && bit_get(pt->t.extbits, i) &&
+				(pt->isnull[i] || att->attbyval ||
+				 !extref_to_toast_pointer(att, (uint8 *) pt->copy + *d, toastrelid)))
+				page_corrupt(rel, pt->src, "invalid external reference", nfastblk);
+			if (pt->isnull[i])
+				continue;
+			if (att->attbyval)
+				*d = fetch_att(d, true, att->attlen);
+			else
+				*d = PointerGetDatum(pt->copy + *d);
+		}
+	}
+	/* keystream is key-derived material: wipe what was used */
+	OPENSSL_cleanse(fast_ks, nfastblk * CMK_AES_BLOCK);
+	return true;
+}
