@@ -174,10 +174,8 @@ typedef struct CmkPageTuple
 	int			tupnatts;		/* out: HeapTupleHeaderGetNatts */
 	uint32		off;			/* out: deform position after attribute ndec */
 	bool		slow;			/* out: as slot_deform_heap_tuple's "slow" */
-	/* codec-private: the fast path's keystream */
-	int16		nfast;			/* attributes [0, nfast) by the fast path */
-	int8		idx1;			/* second nonce of the prefix, or -1 */
-	int16		ksblk[2];		/* first keystream block per nonce */
+	int			first;			/* out: values start here (after the XOR
+								 * prefix of a fast tuple, else 0) */
 	/* out of cmk_page_prefix_keystream: served by XOR from the page */
 	bool		fast;			/* the prefix's keystream is at ks */
 	uint32		second;			/* codec-private: attributes under a
@@ -267,12 +265,15 @@ extern int	cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay,
 									  uint8 *ks);
 extern bool cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc,
 									  CmkPageTuple *tups, int ntups, int natts,
-									  Datum *values, bool *isnull,
-									  char *area, Size areasize);
+									  const CmkPrefixLayout *lay,
+									  int fast_natts, Datum *values,
+									  bool *isnull, char *area, Size areasize);
 
 /* cmkam_trailer.c */
 extern void cmk_parse_trailer(Relation rel, HeapTuple cipher, uint32 want_tag,
 							  CmkTrailer *t);
+extern bool cmk_trailer_readable(Relation rel, HeapTuple cipher,
+								 uint32 want_tag, CmkTrailer *t);
 extern bool cmk_tuple_has_external(HeapTuple cipher);
 extern void cmk_check_tuple_format(Relation rel, HeapTuple cipher);
 

@@ -4,14 +4,16 @@
  *		Page-at-a-time decryption for cmk_heap sequential scans: one cipher
  *		call serves the visible tuples of a pinned page.
  *
- * Two paths.  cmk_page_prefix_keystream serves queries that read only the
- * by-value fixed-width prefix: it computes keystream, and the slot XORs each
- * value from the page when the executor asks for it.  cmk_decrypt_page_prefixes
- * serves the rest, decrypting into the slot's page cache.  Neither copies
- * the page: the data of a tuple on a pinned page does not move
+ * Two paths.  cmk_page_prefix_keystream computes the keystream of the
+ * by-value fixed-width prefix, and the slot XORs each such value from the
+ * page when the executor asks for it; a query that reads nothing else (a
+ * sum() over an integer column) needs no more.  cmk_decrypt_page_prefixes
+ * decrypts the attributes after that prefix, and every attribute of the
+ * tuples the first path cannot serve, into the slot's page cache.  Neither
+ * copies the page: the data of a tuple on a pinned page does not move
  * (docs/design.md).  This file must never serve a tuple whose trailer it
- * has not checked, and wipes its static keystream (fast_ks) before it
- * returns or reports a damaged tuple.
+ * has not checked, nor return with keystream anywhere but in the buffers
+ * its caller wipes (the slot's page cache).
  *
  *-------------------------------------------------------------------------
  */
@@ -27,16 +29,8 @@
 #else
 #define prefetch_read(p)	((void) 0)
 #endif
-#define PREFETCH_AHEAD		4
-#define FAST_PREFETCH_AHEAD	16
-
-/*
- * Keystream of the fast path of cmk_decrypt_page_prefixes: up to two nonces
- * times FAST_MAX_BLOCKS blocks per tuple of a page.  Static (the function
- * is not reentrant) and wiped after every use.
- */
-#define FAST_MAX_BLOCKS		4
-static uint8 fast_ks[MaxHeapTuplesPerPage * 2 * FAST_MAX_BLOCKS * CMK_AES_BLOCK];
+#define PREFETCH_AHEAD		4	/* general path */
+#define FAST_PREFETCH_AHEAD	16	/* by-value prefix path */
 
 /* No null among the first n attributes of a tuple with a null bitmap. */
 static inline bool
@@ -46,14 +40,6 @@ no_null_before(const bits8 *bits, int n)
 		if (att_isnull(i, bits))
 			return false;
 	return true;
-}
-
-/* Corruption found while fast_ks holds keystream: wipe it, then report. */
-static void
-page_corrupt(Relation rel, HeapTupleHeader td, const char *what, int nfastblk)
-{
-	OPENSSL_cleanse(fast_ks, nfastblk * CMK_AES_BLOCK);
-	cmk_corrupt_at(rel, td, what);
 }
 
 /*
@@ -84,9 +70,11 @@ cmk_prefix_layout(TupleDesc desc, CmkPrefixLayout *lay)
 }
 
 /*
- * The fast page path of sequential scans, for queries that read nothing but
- * by-value attributes of the fixed-width prefix (natts <= lay->nbyval: a
- * sum() over an integer column, a qualification on an integer key).
+ * The fast page path of sequential scans, for the by-value attributes of
+ * the fixed-width prefix (natts <= lay->nbyval): all a sum() over an integer
+ * column or a qualification on an integer key reads, and the start of the
+ * rows COPY TO or a wider query reads (cmk_decrypt_page_prefixes then
+ * decrypts the attributes after them).
  *
  * For every tuple of tups whose attributes [0, natts) are present, not
  * null, inside its data and under at most two nonces, compute their
@@ -98,7 +86,8 @@ cmk_prefix_layout(TupleDesc desc, CmkPrefixLayout *lay)
  * case, spends most of its time on).  One cipher call for the page.
  *
  * Every other tuple is left with fast = false, for cmk_decrypt_page_prefixes
- * (which also reports whatever is wrong with it).  Returns their number.
+ * to decrypt from its first attribute (and to report whatever is wrong with
+ * it).  Returns their number.
  */
 int
 cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
@@ -222,9 +211,13 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 			tup.t_len = pt->src_len;
 			tup.t_self = pt->tid;
 			tup.t_tableOid = RelationGetRelid(rel);
-			/* reports a damaged trailer itself */
-			cmk_parse_trailer(rel, &tup, tag, &t);
-			if (t.data_end - src->t_hoff < end)
+			/*
+			 * A damaged trailer is left to cmk_decrypt_page_prefixes, which
+			 * walks the page forwards: the error names the first damaged
+			 * tuple in scan order.
+			 */
+			if (!cmk_trailer_readable(rel, &tup, tag, &t) ||
+				t.data_end - src->t_hoff < end)
 				ok = false;
 			for (int i = 0; ok && i < natts; i++)
 			{
@@ -308,6 +301,11 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
  * few cipher calls as possible (one per BATCH_BLOCKS counter blocks, usually
  * one per page): per-call overhead, not AES, is what a per-tuple design pays.
  *
+ * A tuple that cmk_page_prefix_keystream served (fast) already has the
+ * keystream of attributes [0, fast_natts) of lay, the slot XORs those from
+ * the page; here it starts after them, where no null before moves anything.
+ * Every other tuple starts at attribute 0.
+ *
  * values and isnull have room for ntups * natts entries.  A by-value
  * attribute is decrypted inside its own Datum (its stored bytes are copied
  * there and the keystream XORed over them); a by-reference one is copied to
@@ -317,7 +315,8 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
  */
 bool
 cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
-						  int ntups, int natts, Datum *values, bool *isnull,
+						  int ntups, int natts, const CmkPrefixLayout *lay,
+						  int fast_natts, Datum *values, bool *isnull,
 						  char *area, Size areasize)
 {
 	uint32		tag;
@@ -326,28 +325,10 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 	Oid			toastrelid = rel->rd_rel->reltoastrelid;
 	Size		used = 0;
 	bool		any_ext = false;
-	int			fast_natts;
-	int32		fast_end = -1;
-	int			fast_nblk = 0;
-	int			nfastblk = 0;
+	uint32		fast_end = fast_natts > 0 ? lay->end[fast_natts - 1] : 0;
 
+	Assert(fast_natts <= lay->nbyval);
 	cmk_batch_init(&batch, ks, desc);
-
-	/*
-	 * The fast path's shape: the wanted attributes of the fixed-width
-	 * prefix, if it is short.  Their keystream is region 0 from block 0, one
-	 * contiguous run of blocks per nonce, XORed straight into the values.
-	 */
-	fast_natts = Min(natts, batch.nfixed);
-	if (fast_natts > 0)
-	{
-		fast_end = batch.fixed_pos[fast_natts - 1] +
-			TupleDescAttr(desc, fast_natts - 1)->attlen;
-		fast_nblk = (fast_end + CMK_AES_BLOCK - 1) / CMK_AES_BLOCK;
-		if (fast_nblk > FAST_MAX_BLOCKS)
-			fast_end = -1;
-	}
-
 	for (int j = 0; j < ntups; j++)
 	{
 		CmkPageTuple *pt = &tups[j];
@@ -358,13 +339,19 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 		int32		limit;
 		int			tupnatts;
 		int			n;
+		int			first = 0;
 		uint32		off = 0;
 		bool		slow = false;
 		Datum	   *v = values + (Size) j * natts;
 		bool	   *nul = isnull + (Size) j * natts;
 
 		if (pt->fast)
-			continue;			/* served by cmk_page_prefix_keystream */
+		{
+			if (natts <= fast_natts)
+				continue;		/* all by XOR from the page */
+			first = fast_natts;
+			off = fast_end;
+		}
 		hasnulls = (src->t_infomask & HEAP_HASNULL) != 0;
 		stp = (const char *) src + src->t_hoff;
 		tupnatts = HeapTupleHeaderGetNatts(src);
@@ -388,7 +375,7 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 		limit = pt->t.data_end - src->t_hoff;
 		any_ext |= pt->t.extbits != NULL;
 
-		/* room for every byte up to the end of data; only the prefix is copied */
+		/* room for every byte up to the end of data; only some are copied */
 		if (used + MAXALIGN(limit) > areasize)
 			return false;
 		pt->copy = area + used;
@@ -397,53 +384,7 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 		pt->isnull = nul;
 		pt->tupnatts = tupnatts;
 
-		/*
-		 * Fast path for the fixed-width prefix: no nulls in it, so its
-		 * attributes sit at their nominal offsets (those heap caches in
-		 * attcacheoff; nulls after them move nothing), inside the data, under
-		 * at most two nonces.  Only counter blocks are queued here; pass 2
-		 * reads the stored bytes and XORs them into the values.  Later
-		 * attributes go the general way.
-		 */
-		pt->nfast = 0;
-		if (fast_end > 0 && n >= fast_natts && fast_end <= limit &&
-			(!hasnulls || no_null_before(src->t_bits, fast_natts)))
-		{
-			int			idx0 = map_get(&pt->t, 0);
-			int			idx1 = -1;
-			bool		ok = true;
-
-			for (int i = 1; pt->t.map && i < fast_natts && ok; i++)
-			{
-				int			k = map_get(&pt->t, i);
-
-				if (k != idx0 && idx1 < 0)
-					idx1 = k;
-				else if (k != idx0 && k != idx1)
-					ok = false;
-			}
-			if (ok)
-			{
-				for (int set = 0; set < 2; set++)
-				{
-					int			idx = set == 0 ? idx0 : idx1;
-					NonceRef	nonce;
-
-					if (idx < 0)
-						break;
-					nonce = trailer_nonce(&pt->t, idx);
-					pt->ksblk[set] = (int16) nfastblk;
-					for (int blk = 0; blk < fast_nblk; blk++)
-						counter_block(fast_ks + (nfastblk++) * CMK_AES_BLOCK,
-									  nonce, 0, blk);
-				}
-				pt->nfast = (int16) fast_natts;
-				pt->idx1 = (int8) idx1;
-				off = fast_end;
-			}
-		}
-
-		for (int i = pt->nfast; i < n; i++)
+		for (int i = first; i < n; i++)
 		{
 			Form_pg_attribute att = TupleDescAttr(desc, i);
 			NonceRef	nonce;
@@ -483,55 +424,21 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 			if (att->attlen <= 0)
 				slow = true;
 		}
+		pt->first = first;
 		pt->ndec = n;
 		pt->off = off;
 		pt->slow = slow;
 	}
 	cmk_batch_done(&batch);
-	if (nfastblk > 0 && !cmk_keystream_blocks(ks, fast_ks, nfastblk))
-	{
-		OPENSSL_cleanse(fast_ks, nfastblk * CMK_AES_BLOCK);
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("AES keystream generation failed")));
-	}
 
 	/* pass 2: bytes to values; external references get their pointer form */
 	for (int j = 0; j < ntups; j++)
 	{
 		CmkPageTuple *pt = &tups[j];
 
-		if (pt->fast)
+		if (pt->fast && natts <= fast_natts)
 			continue;
-		if (pt->nfast > 0)
-		{
-			const uint8 *stp = (const uint8 *) pt->src + pt->src->t_hoff;
-
-			for (int i = 0; i < pt->nfast; i++)
-			{
-				Form_pg_attribute att = TupleDescAttr(desc, i);
-				int32		pos = batch.fixed_pos[i];
-				int			set = (pt->idx1 >= 0 && map_get(&pt->t, i) == pt->idx1);
-				const uint8 *kp = fast_ks + pt->ksblk[set] * CMK_AES_BLOCK + pos;
-				const uint8 *cp = stp + pos;
-
-				if (any_ext && bit_get(pt->t.extbits, i))
-					page_corrupt(rel, pt->src, "invalid external reference", nfastblk);
-				pt->isnull[i] = false;
-				if (att->attbyval)
-					pt->values[i] = cmk_xor_byval(cp, kp, att->attlen);
-				else
-				{
-					uint8	   *dst = (uint8 *) pt->copy + pos;
-
-					for (int k = 0; k < att->attlen; k++)
-						dst[k] = cp[k] ^ kp[k];
-					pt->values[i] = PointerGetDatum(dst);
-				}
-			}
-		}
-
-		for (int i = pt->nfast; i < pt->ndec; i++)
+		for (int i = pt->first; i < pt->ndec; i++)
 		{
 			Form_pg_attribute att = TupleDescAttr(desc, i);
 			Datum	   *d = &pt->values[i];
@@ -539,7 +446,7 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 			if (any_ext && bit_get(pt->t.extbits, i) &&
 				(pt->isnull[i] || att->attbyval ||
 				 !extref_to_toast_pointer(att, (uint8 *) pt->copy + *d, toastrelid)))
-				page_corrupt(rel, pt->src, "invalid external reference", nfastblk);
+				cmk_corrupt_at(rel, pt->src, "invalid external reference");
 			if (pt->isnull[i])
 				continue;
 			if (att->attbyval)
@@ -548,7 +455,5 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 				*d = PointerGetDatum(pt->copy + *d);
 		}
 	}
-	/* keystream is key-derived material: wipe what was used */
-	OPENSSL_cleanse(fast_ks, nfastblk * CMK_AES_BLOCK);
 	return true;
 }

@@ -55,6 +55,7 @@ typedef struct CmkPageCache
 	/* the fast path: by-value prefix attributes XORed from the page */
 	CmkPrefixLayout lay;		/* of lay_desc */
 	TupleDesc	lay_desc;		/* the slot's descriptor it was made for */
+	int			ks_natts;		/* fast tuples: [0, ks_natts) by XOR */
 	uint8	   *ks;				/* keystream of the visit's fast tuples */
 	Size		ks_size;
 	Size		ks_used;		/* high-water mark, for wiping */
@@ -308,6 +309,7 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 		BlockNumber blk = scan->rs_cblock;
 		int			ntups = scan->rs_ntuples;
 		int			left = ntups;
+		int			ks_natts;
 
 		pc->visit = 0;
 		pc->ntups = 0;
@@ -337,10 +339,16 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 			cmk_prefix_layout(cs->base.tts_tupleDescriptor, &pc->lay);
 			pc->lay_desc = cs->base.tts_tupleDescriptor;
 		}
-		if (natts <= pc->lay.nbyval)
+		/*
+		 * By-value prefix attributes: keystream now, XOR on demand.  For
+		 * every tuple if the query reads nothing else; otherwise the general
+		 * path decrypts the attributes after them.
+		 */
+		ks_natts = Min(natts, pc->lay.nbyval);
+		if (ks_natts > 0)
 		{
 			Size		ks_need = (Size) 2 * ntups *
-				cmk_prefix_blocks(&pc->lay, natts) * CMK_AES_BLOCK;
+				cmk_prefix_blocks(&pc->lay, ks_natts) * CMK_AES_BLOCK;
 
 			if (ks_need > pc->ks_size)
 			{
@@ -349,12 +357,13 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 				pc->ks = MemoryContextAlloc(mcxt, pc->ks_size);
 			}
 			pc->ks_used = Max(pc->ks_used, ks_need);
-			left = cmk_page_prefix_keystream(cs->rel, &pc->lay, natts,
+			left = cmk_page_prefix_keystream(cs->rel, &pc->lay, ks_natts,
 											 pc->tups, ntups, pc->ks);
 		}
+		pc->ks_natts = ks_natts;
 
-		/* the others (or all): decrypted into Datums now */
-		if (left > 0)
+		/* the rest: decrypted into Datums now */
+		if (left > 0 || natts > ks_natts)
 		{
 			Size		need = (Size) ntups * natts;
 			Size		area_need = 0;
@@ -380,6 +389,7 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 			pc->area_used = Max(pc->area_used, area_need);
 			if (!cmk_decrypt_page_prefixes(cs->rel, cs->base.tts_tupleDescriptor,
 										   pc->tups, ntups, natts,
+										   &pc->lay, ks_natts,
 										   pc->values, pc->isnull,
 										   pc->area, pc->area_size))
 				return NULL;
@@ -468,22 +478,35 @@ cmk_slot_getsomeattrs(TupleTableSlot *slot, int natts)
 			/*
 			 * By-value prefix attributes, none null: decrypt what is asked
 			 * for from the pinned page, with the keystream computed for the
-			 * page visit.  (The cache was built for at least natts.)
+			 * page visit.  The attributes after them, if asked for, are in
+			 * the page cache.
 			 */
 			const CmkPrefixLayout *lay = &cs->pc->lay;
 			const uint8 *stp = (const uint8 *) pt->stp;
+			int			to = natts;
 
-			for (int i = slot->tts_nvalid; i < natts; i++)
+			if (unlikely(to > cs->pc->ks_natts))
+				to = cs->pc->ks_natts;
+			for (int i = slot->tts_nvalid; i < to; i++)
 			{
 				slot->tts_values[i] = cmk_xor_byval(stp + lay->pos[i],
 													pt->ks + lay->pos[i],
 													lay->len[i]);
 				slot->tts_isnull[i] = false;
 			}
-			slot->tts_nvalid = natts;
-			cs->off = lay->end[natts - 1];
-			slot->tts_flags &= ~TTS_FLAG_SLOW;
-			return;
+			if (likely(to == natts))
+			{
+				slot->tts_nvalid = natts;
+				cs->off = lay->end[natts - 1];
+				slot->tts_flags &= ~TTS_FLAG_SLOW;
+				return;
+			}
+			if (slot->tts_nvalid < to)
+			{
+				slot->tts_nvalid = to;
+				cs->off = lay->end[to - 1];
+				slot->tts_flags &= ~TTS_FLAG_SLOW;
+			}
 		}
 		tupnatts = Min(pt ? pt->tupnatts : HeapTupleHeaderGetNatts(raw_tuple(cs)->t_data),
 					   natts);

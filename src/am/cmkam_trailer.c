@@ -40,30 +40,53 @@ cmk_corrupt_at(Relation rel, HeapTupleHeader td, const char *what)
 			 errhint("The tuple was not written by cmk_heap or the relation file is damaged.")));
 }
 
-/* The epoch of a stored nonce, which must be usable under want_tag. */
+/*
+ * The epoch of a stored nonce if it is usable under want_tag; otherwise
+ * reported, or NULL if !report.
+ */
 static inline const CmkEpoch *
-checked_epoch(Relation rel, HeapTuple tup, const uint8 *nonce, uint32 want_tag)
+checked_epoch(Relation rel, HeapTuple tup, const uint8 *nonce, uint32 want_tag,
+			  bool report)
 {
 	const CmkEpoch *e = cmk_epoch(nonce);
 
 	if (!cmk_epoch_usable(e, want_tag))
+	{
+		if (!report)
+			return NULL;
 		cmk_report_bad_epoch(rel, &tup->t_self, (nonce[0] << 8) | nonce[1],
 							 want_tag);
+	}
 	return e;
 }
 
-void
-cmk_parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
+/*
+ * Parse and check the trailer of tup into t.  A trailer that fails a check
+ * is reported (ERROR) if report, else the result is false.
+ */
+static bool
+parse_full(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t,
+		   bool report)
 {
 	const uint8 *base = (const uint8 *) tup->t_data;
 	int32		len = (int32) tup->t_len;
 	int			natts = HeapTupleHeaderGetNatts(tup->t_data);
 	uint8		flags;
 	int32		size;
+	const CmkEpoch *e;
+
+#define FAIL(what) \
+	do { \
+		if (!report) \
+			return false; \
+		cmk_report_corrupt(rel, tup, (what)); \
+	} while (0)
 
 	if (len < (int32) SizeofHeapTupleHeader + CMK_TRAILER_MIN ||
 		(base[len - 1] & CMK_FLAGS_MARKER_MASK) != CMK_FLAGS_MARKER)
 	{
+		if (!report)
+			return false;
 		if (len >= (int32) SizeofHeapTupleHeader + CMK_TRAILER_MIN &&
 			(base[len - 1] == CMK_FORMAT_VERSION_1 ||
 			 base[len - 1] == CMK_FORMAT_VERSION_2))
@@ -82,11 +105,11 @@ cmk_parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
 	t->nnonces = (flags & CMK_FLAG_NONCES_MASK) + 1;
 	t->short_nonces = (flags & CMK_FLAG_SHORT_NONCES) != 0;
 	if (t->short_nonces && t->nnonces == 1)
-		cmk_report_corrupt(rel, tup, "invalid trailer flags");
+		FAIL("invalid trailer flags");
 	size = trailer_size(t->nnonces, natts, (flags & CMK_FLAG_HAS_EXTERNAL) != 0,
 						t->short_nonces);
 	if (len - size < tup->t_data->t_hoff)
-		cmk_report_corrupt(rel, tup, "trailer larger than the tuple");
+		FAIL("trailer larger than the tuple");
 	t->data_end = len - size;
 	t->extbits = (flags & CMK_FLAG_HAS_EXTERNAL) ? base + t->data_end : NULL;
 	t->map = NULL;
@@ -100,13 +123,36 @@ cmk_parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
 	t->more = t->map ? t->map + map_size(t->nnonces, natts) : NULL;
 
 	/* every epoch named must be registered, under the current DEK */
-	t->pre0 = checked_epoch(rel, tup, t->nonce0, want_tag)->prefix;
+	if ((e = checked_epoch(rel, tup, t->nonce0, want_tag, report)) == NULL)
+		return false;
+	t->pre0 = e->prefix;
 	for (int j = 1; !t->short_nonces && j < t->nnonces; j++)
-		(void) checked_epoch(rel, tup, t->more + (j - 1) * CMK_NONCE_LEN, want_tag);
+		if (checked_epoch(rel, tup, t->more + (j - 1) * CMK_NONCE_LEN,
+						  want_tag, report) == NULL)
+			return false;
 	/* a 1-bit map (two nonces) cannot name a third; 4-bit entries can */
 	for (int i = 0; t->map_bits == 4 && i < natts; i++)
 		if (map_get(t, i) >= t->nnonces)
-			cmk_report_corrupt(rel, tup, "invalid nonce reference");
+			FAIL("invalid nonce reference");
+#undef FAIL
+	return true;
+}
+
+void
+cmk_parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
+{
+	(void) parse_full(rel, tup, want_tag, t, true);
+}
+
+/*
+ * The same without reporting: false if cmk_parse_trailer would raise an
+ * error.  For a reader that leaves damaged tuples to a later pass, so that
+ * the error names the first damaged tuple in scan order.
+ */
+bool
+cmk_trailer_readable(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
+{
+	return parse_full(rel, tup, want_tag, t, false);
 }
 
 bool
