@@ -27,6 +27,7 @@ Options:
   --scale S            pgbench scale (default 2: 200,000 rows)
   --workdir DIR        parent of the scratch directory (default /tmp)
   --keep               keep the cluster (stopped) and the callgrind files
+                       (callgrind/backends names the file of each query)
   --no-build           do not run make / make install
   --no-install-deps    do not apt-get install missing packages (incl. valgrind)
   -h, --help           this text
@@ -141,6 +142,8 @@ for q in count sum copyto copyfrom; do
         p1=$(run_backend "$db" "$q" 1)
         p3=$(run_backend "$db" "$q" 3)
         [ -n "$p1" ] && [ -n "$p3" ] || die "$q on $db: no backend pid"
+        # with --keep: which file is which, for callgrind_annotate
+        printf '%s %s 1 cg.%s\n%s %s 3 cg.%s\n' "$q" "$db" "$p1" "$q" "$db" "$p3" >> "$CG/backends"
         t1=$(total_of "$p1"); t3=$(total_of "$p3")
         [ -n "$t1" ] && [ -n "$t3" ] || die "$q on $db: no callgrind totals"
         PER_ROW[$q:$db]=$(awk -v a="$t1" -v b="$t3" -v r="$ROWS" 'BEGIN{ printf "%.0f", (b - a) / 2 / r }')
