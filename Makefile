@@ -23,4 +23,10 @@ SHLIB_LINK = $(shell pkg-config --libs openssl libcurl jansson 2>/dev/null || ec
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# PGXS tracks no header dependencies unless the server was configured with
+# --enable-depend: rebuild every object when any of our headers changes (a
+# stale object with an old struct layout crashes, it does not fail to link).
+HEADERS := $(wildcard src/*.h src/*/*.h)
+$(OBJS): $(HEADERS)
+
 -include $(wildcard mk/*.mk)
