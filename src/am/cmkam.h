@@ -167,15 +167,14 @@ typedef struct CmkPageTuple
 	uint32		src_len;		/* in: its length */
 	ItemPointerData tid;		/* in: for error messages */
 	CmkTrailer	t;				/* out: parsed trailer, pointing into the page */
-	Datum	   *values;			/* out: attributes [0, ndec) */
+	Datum	   *values;			/* out: attributes [0, ndec), or after the
+								 * XOR prefix of a fast tuple */
 	bool	   *isnull;
 	char	   *copy;			/* out: decrypted by-reference bytes */
 	int			ndec;			/* out */
 	int			tupnatts;		/* out: HeapTupleHeaderGetNatts */
 	uint32		off;			/* out: deform position after attribute ndec */
 	bool		slow;			/* out: as slot_deform_heap_tuple's "slow" */
-	int			first;			/* out: values start here (after the XOR
-								 * prefix of a fast tuple, else 0) */
 	/* out of cmk_page_prefix_keystream: served by XOR from the page */
 	bool		fast;			/* the prefix's keystream is at ks */
 	uint32		second;			/* codec-private: attributes under a

@@ -633,20 +633,14 @@ cmk_deform_decrypt(Relation rel, TupleDesc desc, HeapTupleHeader td,
 		int32		hdr;
 
 		starts[i] = -1;
-		if (hasnulls && att_isnull(i, td->t_bits))
+		if (!locate_attr(rel, td, att, i, hasnulls, tp, limit, &off, &slow,
+						 &full, &hdr))
 		{
 			values[i] = (Datum) 0;
 			isnull[i] = true;
-			slow = true;
 			continue;
 		}
 		isnull[i] = false;
-
-		/* a varlena's first byte decides its alignment: it must be data */
-		if (att->attlen == -1 && (int32) off >= limit)
-			cmk_corrupt_at(rel, td, "attribute beyond end of data");
-		off = cmk_attr_offset(att, off, &slow, tp);
-		stored_extent(rel, td, att, tp, off, limit, &full, &hdr);
 
 		batch_add(&batch, attr_nonce(t, i), i,
 				  (uint8 *) tp + off + hdr, full - hdr);

@@ -228,6 +228,31 @@ stored_extent(Relation rel, HeapTupleHeader td, Form_pg_attribute att,
 		cmk_corrupt_at(rel, td, "attribute beyond end of data");
 }
 
+/*
+ * One step of a deform over a stored tuple (td, its data at tp, limit
+ * bytes before the trailer): false if attribute i (att) is null; else its
+ * aligned offset in *off and its extent in *full and *hdr, checked to lie
+ * inside the data.  *off and *slow advance as in slot_deform_heap_tuple.
+ * The one place the lazy deform and the page path locate an attribute.
+ */
+static pg_attribute_always_inline bool
+locate_attr(Relation rel, HeapTupleHeader td, Form_pg_attribute att, int i,
+			bool hasnulls, const char *tp, int32 limit, uint32 *off,
+			bool *slow, int32 *full, int32 *hdr)
+{
+	if (hasnulls && att_isnull(i, td->t_bits))
+	{
+		*slow = true;
+		return false;
+	}
+	/* a varlena's first byte decides its alignment: it must be data */
+	if (att->attlen == -1 && (int32) *off >= limit)
+		cmk_corrupt_at(rel, td, "attribute beyond end of data");
+	*off = cmk_attr_offset(att, *off, slow, tp);
+	stored_extent(rel, td, att, tp, *off, limit, full, hdr);
+	return true;
+}
+
 /* Which nonce attribute i uses. */
 static inline int
 map_get(const Trailer *t, int i)

@@ -391,19 +391,14 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 			int32		full;
 			int32		hdr;
 
-			if (hasnulls && att_isnull(i, src->t_bits))
+			if (!locate_attr(rel, src, att, i, hasnulls, stp, limit, &off,
+							 &slow, &full, &hdr))
 			{
 				v[i] = (Datum) 0;
 				nul[i] = true;
-				slow = true;
 				continue;
 			}
 			nul[i] = false;
-			/* a varlena's first byte decides its alignment: it must be data */
-			if (att->attlen == -1 && (int32) off >= limit)
-				cmk_corrupt_at(rel, src, "attribute beyond end of data");
-			off = cmk_attr_offset(att, off, &slow, stp);
-			stored_extent(rel, src, att, stp, off, limit, &full, &hdr);
 			nonce = attr_nonce(&pt->t, i);
 			if (att->attbyval)
 			{
@@ -424,7 +419,6 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 			if (att->attlen <= 0)
 				slow = true;
 		}
-		pt->first = first;
 		pt->ndec = n;
 		pt->off = off;
 		pt->slow = slow;
@@ -438,7 +432,7 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 
 		if (pt->fast && natts <= fast_natts)
 			continue;
-		for (int i = pt->first; i < pt->ndec; i++)
+		for (int i = pt->fast ? fast_natts : 0; i < pt->ndec; i++)
 		{
 			Form_pg_attribute att = TupleDescAttr(desc, i);
 			Datum	   *d = &pt->values[i];
