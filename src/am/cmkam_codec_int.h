@@ -64,7 +64,6 @@ typedef struct XorBatch
 	int32		contig_len;		/* bytes of those */
 	int32		fixed_pos[MaxTupleAttributeNumber]; /* their region offsets */
 	int			nblocks;
-	int			used;			/* high-water mark, for wiping */
 	int			nxors;
 	/* the last block queued, for sharing */
 	const uint8 *last_nonce;

@@ -10,9 +10,9 @@
  * 1.2 GB/s for 64-byte calls against 5.8 GB/s for 8 KiB ones here), hence
  * the batch.  The inline half (queueing a range that starts a block) is in
  * cmkam_codec_int.h with counter_blocks, the one definition of a counter
- * block.  This file must never leave keystream in the batch after
- * cmk_batch_done, nor XOR a range with blocks of another nonce, region or
- * offset than its own.
+ * block.  This file must never leave keystream in the batch after the
+ * flush that used it, nor XOR a range with blocks of another nonce, region
+ * or offset than its own.
  *
  *-------------------------------------------------------------------------
  */
@@ -36,7 +36,6 @@ cmk_batch_init(XorBatch *b, CmkKeystream *ks, TupleDesc desc)
 
 	b->ks = ks;
 	b->nblocks = 0;
-	b->used = 0;
 	b->nxors = 0;
 	b->last_nonce = NULL;
 	b->ncontig = 0;
@@ -118,10 +117,9 @@ batch_flush(XorBatch *b)
 {
 	if (b->nblocks == 0)
 		return;
-	b->used = Max(b->used, b->nblocks);
 	if (!cmk_keystream_blocks(b->ks, b->blocks, b->nblocks))
 	{
-		OPENSSL_cleanse(b->blocks, b->used * CMK_AES_BLOCK);
+		OPENSSL_cleanse(b->blocks, b->nblocks * CMK_AES_BLOCK);
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("AES keystream generation failed")));
@@ -130,6 +128,14 @@ batch_flush(XorBatch *b)
 		xor_bytes(b->xors[i].dst, b->xors[i].src,
 				  b->blocks + b->xors[i].block * CMK_AES_BLOCK + b->xors[i].skip,
 				  b->xors[i].len);
+
+	/*
+	 * Keystream is key-derived material: wipe it as soon as it is used, so
+	 * that between flushes the batch holds only counter blocks (public) and
+	 * an ERROR raised while the caller queues more leaves no keystream in
+	 * its stack frame.
+	 */
+	OPENSSL_cleanse(b->blocks, b->nblocks * CMK_AES_BLOCK);
 	b->nblocks = 0;
 	b->nxors = 0;
 	b->last_nonce = NULL;
@@ -192,10 +198,9 @@ cmk_batch_add_general(XorBatch *b, NonceRef nonce, int i, uint8 *data,
 	}
 }
 
+/* The last flush: afterwards the batch holds no keystream. */
 void
 cmk_batch_done(XorBatch *b)
 {
 	batch_flush(b);
-	/* keystream is key-derived material: wipe what was used */
-	OPENSSL_cleanse(b->blocks, b->used * CMK_AES_BLOCK);
 }
