@@ -55,7 +55,6 @@ typedef struct CmkPageCache
 	/* the fast path: by-value prefix attributes XORed from the page */
 	CmkPrefixLayout lay;		/* of lay_desc */
 	TupleDesc	lay_desc;		/* the slot's descriptor it was made for */
-	int			ks_natts;		/* fast tuples: [0, ks_natts) by XOR */
 	uint8	   *ks;				/* keystream of the visit's fast tuples */
 	Size		ks_size;
 	Size		ks_used;		/* high-water mark, for wiping */
@@ -360,7 +359,6 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 			left = cmk_page_prefix_keystream(cs->rel, &pc->lay, ks_natts,
 											 pc->tups, ntups, pc->ks);
 		}
-		pc->ks_natts = ks_natts;
 
 		/* the rest: decrypted into Datums now */
 		if (left > 0 || natts > ks_natts)
@@ -485,8 +483,9 @@ cmk_slot_getsomeattrs(TupleTableSlot *slot, int natts)
 			const uint8 *stp = (const uint8 *) pt->stp;
 			int			to = natts;
 
-			if (unlikely(to > cs->pc->ks_natts))
-				to = cs->pc->ks_natts;
+			/* the visit's keystream covers [0, Min(its natts, nbyval)) */
+			if (unlikely(to > lay->nbyval))
+				to = lay->nbyval;
 			for (int i = slot->tts_nvalid; i < to; i++)
 			{
 				slot->tts_values[i] = cmk_xor_byval(stp + lay->pos[i],
@@ -494,19 +493,14 @@ cmk_slot_getsomeattrs(TupleTableSlot *slot, int natts)
 													lay->len[i]);
 				slot->tts_isnull[i] = false;
 			}
-			if (likely(to == natts))
-			{
-				slot->tts_nvalid = natts;
-				cs->off = lay->end[natts - 1];
-				slot->tts_flags &= ~TTS_FLAG_SLOW;
-				return;
-			}
 			if (slot->tts_nvalid < to)
 			{
 				slot->tts_nvalid = to;
 				cs->off = lay->end[to - 1];
 				slot->tts_flags &= ~TTS_FLAG_SLOW;
 			}
+			if (likely(to == natts))
+				return;
 		}
 		tupnatts = Min(pt ? pt->tupnatts : HeapTupleHeaderGetNatts(raw_tuple(cs)->t_data),
 					   natts);
