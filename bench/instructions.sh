@@ -22,10 +22,15 @@ warm-up costs.  Prints a table (also written to bench/results/instructions.md).
 
 Queries: SELECT count(*), SELECT sum(abalance), COPY pgbench_accounts TO
 '/dev/null' (sequential scans forced) and COPY FROM a file into a fresh table.
+Then pgbench's TPC-B and select-only scripts, one client, fixed random seed:
+a run of N transactions and one of 3N, each in its own backend, give the
+instructions per transaction the same way.
 
 Options:
   --scale S            pgbench scale (default 2: 200,000 rows)
   --workdir DIR        parent of the scratch directory (default /tmp)
+  --only LIST          comma-separated subset of count,sum,copyto,copyfrom,tpcb,select
+  --transactions N     pgbench transactions of the short run (default 500)
   --keep               keep the cluster (stopped) and the callgrind files
                        (callgrind/backends names the file of each query)
   --no-build           do not run make / make install
@@ -34,16 +39,21 @@ Options:
 EOF
 }
 
-SCALE=2; WORKBASE="${TMPDIR:-/tmp}"; KEEP=0; BUILD=1; DEPS=1
+SCALE=2; TXNS=500; ONLY="count,sum,copyto,copyfrom,tpcb,select"; WORKBASE="${TMPDIR:-/tmp}"; KEEP=0; BUILD=1; DEPS=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --scale) need_arg "$@"; SCALE=$2; shift 2 ;;
+        --only) need_arg "$@"; ONLY=$2; shift 2 ;;
+        --transactions) need_arg "$@"; TXNS=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) common_option "$@" || { usage >&2; die "unknown option: $1"; }
            shift "$SHIFT_N" ;;
     esac
 done
 [[ $SCALE =~ ^[1-9][0-9]*$ ]] || die "--scale must be a positive integer"
+[[ ,$ONLY, =~ ^(,(count|sum|copyto|copyfrom|tpcb|select))+,$ ]] || die "--only: unknown query in '$ONLY'"
+wanted() { [[ ,$ONLY, == *,$1,* ]]; }
+[[ $TXNS =~ ^[1-9][0-9]*$ ]] || die "--transactions must be a positive integer"
 
 if [ "$DEPS" = 1 ]; then
     ensure_packages
@@ -137,6 +147,7 @@ total_of() {
 
 declare -A PER_ROW
 for q in count sum copyto copyfrom; do
+    wanted "$q" || continue
     for db in heap cmk; do
         say "$q on $db"
         p1=$(run_backend "$db" "$q" 1)
@@ -147,6 +158,36 @@ for q in count sum copyto copyfrom; do
         t1=$(total_of "$p1"); t3=$(total_of "$p3")
         [ -n "$t1" ] && [ -n "$t3" ] || die "$q on $db: no callgrind totals"
         PER_ROW[$q:$db]=$(awk -v a="$t1" -v b="$t3" -v r="$ROWS" 'BEGIN{ printf "%.0f", (b - a) / 2 / r }')
+    done
+done
+
+# pgbench: the client's backend is the one new file with the most
+# instructions (pgbench also opens a short connection of its own first).
+run_pgbench() {
+    local db=$1 mode=$2 n=$3 before new f t best="" max=-1
+    before=$(ls "$CG")
+    as_pg pgbench -n -c 1 -t "$n" --random-seed=1 $mode -h "$WORK/sock" -p "$(cl_port cg)" \
+        "$db" >"$WORK/pgbench-$db.log" 2>&1 || { tail -5 "$WORK/pgbench-$db.log" >&2; return 1; }
+    sleep 2
+    new=$(comm -13 <(echo "$before") <(ls "$CG") | grep '^cg\.[0-9]*$')
+    for f in $new; do
+        t=$(total_of "${f#cg.}")
+        [ -n "$t" ] && [ "$t" -gt "$max" ] && { max=$t; best=${f#cg.}; }
+    done
+    [ -n "$best" ] || return 1
+    echo "$best"
+}
+declare -A MODE=([tpcb]="" [select]="-S")
+for q in tpcb select; do
+    wanted "$q" || continue
+    for db in heap cmk; do
+        say "pgbench $q on $db ($TXNS and $((3 * TXNS)) transactions)"
+        p1=$(run_pgbench "$db" "${MODE[$q]}" "$TXNS") || die "pgbench $q on $db failed"
+        p3=$(run_pgbench "$db" "${MODE[$q]}" $((3 * TXNS))) || die "pgbench $q on $db failed"
+        printf '%s %s 1 cg.%s\n%s %s 3 cg.%s\n' "$q" "$db" "$p1" "$q" "$db" "$p3" >> "$CG/backends"
+        t1=$(total_of "$p1"); t3=$(total_of "$p3")
+        [ -n "$t1" ] && [ -n "$t3" ] || die "$q on $db: no callgrind totals"
+        PER_ROW[$q:$db]=$(awk -v a="$t1" -v b="$t3" -v r="$TXNS" 'BEGIN{ printf "%.0f", (b - a) / 2 / r }')
     done
 done
 
@@ -163,6 +204,7 @@ mkdir -p "$BENCH_DIR/results"
     echo "| query | heap | cmk_heap | cmk_heap − heap | ratio |"
     echo "|---|---:|---:|---:|---:|"
     for q in count sum copyto copyfrom; do
+        wanted "$q" || continue
         h=${PER_ROW[$q:heap]}; c=${PER_ROW[$q:cmk]}
         awk -v n="$q" -v h="$h" -v c="$c" 'BEGIN{
             printf "| %s | %d | %d | %+d | %.3f |\n", n, h, c, c - h, (h > 0 ? c / h : 0) }'
@@ -170,4 +212,16 @@ mkdir -p "$BENCH_DIR/results"
     echo
     echo "Instructions per row of one execution (backend running it three times minus one"
     echo "running it once, halved).  Counts, not time: cache misses do not show here."
+    echo
+    echo "| pgbench script | heap | cmk_heap | cmk_heap − heap | ratio |"
+    echo "|---|---:|---:|---:|---:|"
+    for q in tpcb select; do
+        wanted "$q" || continue
+        h=${PER_ROW[$q:heap]}; c=${PER_ROW[$q:cmk]}
+        awk -v n="$q" -v h="$h" -v c="$c" 'BEGIN{
+            printf "| %s | %d | %d | %+d | %.3f |\n", n, h, c, c - h, (h > 0 ? c / h : 0) }'
+    done
+    echo
+    echo "Instructions per transaction in the server backend (pgbench -c 1 --random-seed=1:"
+    echo "$((3 * TXNS)) transactions minus $TXNS, halved, over $TXNS).  The client's work is not counted."
 } | tee "$OUT"
