@@ -177,6 +177,7 @@ typedef struct CmkPageTuple
 	bool		slow;			/* out: as slot_deform_heap_tuple's "slow" */
 	/* out of cmk_page_prefix_keystream: served by XOR from the page */
 	bool		fast;			/* the prefix's keystream is at ks */
+	int			fast_natts;		/* ... for attributes [0, fast_natts) */
 	uint32		second;			/* codec-private: attributes under a
 								 * second nonce */
 	const char *stp;			/* its data area, in the pinned page */
@@ -201,6 +202,11 @@ typedef struct CmkPrefixLayout
 	int16		pos[CMK_PREFIX_MAX_ATTS];
 	int16		len[CMK_PREFIX_MAX_ATTS];
 	int16		end[CMK_PREFIX_MAX_ATTS];	/* pos + len */
+	/*
+	 * wide[n - 1]: how many leading attributes the keystream blocks of the
+	 * first n cover whole (at least n, at most nbyval)
+	 */
+	int8		wide[CMK_PREFIX_MAX_ATTS];
 } CmkPrefixLayout;
 
 /* Keystream blocks of the first natts attributes of a layout. */
@@ -355,6 +361,10 @@ extern PGDLLIMPORT const TupleTableSlotOps TTSOpsCmkHeapTuple;
 extern TupleTableSlot *cmk_slot_raw(TupleTableSlot *slot);
 extern void cmk_slot_drop_mat(TupleTableSlot *slot);
 extern HeapTuple cmk_slot_own_tuple(TupleTableSlot *slot);
+extern void cmk_slot_note_fetch(TupleTableSlot *slot);
+extern bool cmk_slot_fetched_version(Relation rel, ItemPointer tid,
+									 TupleTableSlot *newslot,
+									 HeapTuple cipher, HeapTuple plain);
 
 /*
  * The heap filled the raw slot with a stored tuple of rel: make it the

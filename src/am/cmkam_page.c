@@ -23,6 +23,7 @@
 
 #include "am/cmkam_codec_int.h"
 #include "keys/key_store.h"
+#include "port/pg_bitutils.h"
 
 #if defined(__GNUC__) || defined(__clang__)
 #define prefetch_read(p)	__builtin_prefetch(p)
@@ -32,14 +33,50 @@
 #define PREFETCH_AHEAD		4	/* general path */
 #define FAST_PREFETCH_AHEAD	16	/* by-value prefix path */
 
-/* No null among the first n attributes of a tuple with a null bitmap. */
-static inline bool
-no_null_before(const bits8 *bits, int n)
+/* Bits [0, n) set, n <= 32. */
+static inline uint32
+low_mask(int n)
 {
-	for (int i = 0; i < n; i++)
-		if (att_isnull(i, bits))
-			return false;
-	return true;
+	return n == 32 ? ~(uint32) 0 : ((uint32) 1 << n) - 1;
+}
+
+/*
+ * The first nbytes (1 to 4) of a little-endian bit string: a null bitmap, or
+ * the one-bit nonce map of a two-nonce trailer (bit i of byte i / 8 for
+ * attribute i).  The caller masks off the bits it does not want.
+ */
+static inline uint32
+load_bits(const bits8 *p, int nbytes)
+{
+	uint32		v = p[0];
+
+	for (int b = 1; b < nbytes; b++)
+		v |= (uint32) p[b] << (8 * b);
+	return v;
+}
+
+/*
+ * The prefix of the epoch a stored nonce names, or NULL if that epoch is not
+ * usable under tag (the general path reports it).  A page's tuples mostly
+ * share an epoch: *id / *pre keep the last one found usable.  (A tuple
+ * updated after a restart has its two nonces under two epochs: each of the
+ * two gets its own cache.)
+ */
+static inline const uint8 *
+usable_prefix(const uint8 *nonce, uint32 tag, int32 *id, const uint8 **pre)
+{
+	int32		this_id = (nonce[0] << 8) | nonce[1];
+
+	if (unlikely(this_id != *id))
+	{
+		const CmkEpoch *e = cmk_epoch(nonce);
+
+		if (!cmk_epoch_usable(e, tag))
+			return NULL;
+		*id = this_id;
+		*pre = e->prefix;
+	}
+	return *pre;
 }
 
 /*
@@ -67,6 +104,15 @@ cmk_prefix_layout(TupleDesc desc, CmkPrefixLayout *lay)
 		lay->end[i] = (int16) off;
 	}
 	lay->nbyval = i;
+	for (int n = 1; n <= lay->nbyval; n++)
+	{
+		int			w = n;
+
+		while (w < lay->nbyval &&
+			   cmk_prefix_blocks(lay, w + 1) == cmk_prefix_blocks(lay, n))
+			w++;
+		lay->wide[n - 1] = (int8) w;
+	}
 }
 
 /*
@@ -85,6 +131,13 @@ cmk_prefix_layout(TupleDesc desc, CmkPrefixLayout *lay)
  * per-tuple bookkeeping (what cmk_decrypt_page_prefixes, for the general
  * case, spends most of its time on).  One cipher call for the page.
  *
+ * The blocks computed for natts attributes often cover more of them (three
+ * int4 columns share one block): a tuple whose first lay->wide[natts - 1]
+ * attributes qualify as well gets the keystream of all of them, and
+ * fast_natts says how many it has.  Then a query that reads more of the
+ * tuples it qualifies (an UPDATE reading the new value's inputs from its one
+ * matching row, after a qualification on the key) needs no second pass.
+ *
  * Every other tuple is left with fast = false, for cmk_decrypt_page_prefixes
  * to decrypt from its first attribute (and to report whatever is wrong with
  * it).  Returns their number.
@@ -95,18 +148,23 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 {
 	uint32		tag;
 	CmkKeystream *cks = cmk_tuple_keystream(RelationGetRelationName(rel), &tag);
-	int			end = lay->end[natts - 1];
+	int			wide = lay->wide[natts - 1];
 	int			nblk = cmk_prefix_blocks(lay, natts);
-	uint32		all = natts == 32 ? ~(uint32) 0 : ((uint32) 1 << natts) - 1;
+	uint32		all = low_mask(natts);
+	uint32		all_wide = low_mask(wide);
+	int			nbytes = (natts + 7) / 8;
+	int			wide_nbytes = (wide + 7) / 8;
 	uint8	   *cb = ks;		/* next counter block */
 	int			nblocks;
 	int			left = 0;
 	bool		any_second = false;
-	int32		usable_id = -1;	/* an epoch checked usable, and its prefix */
-	const uint8 *usable_pre = NULL;
+	int32		id0 = -1;		/* see usable_prefix */
+	int32		id1 = -1;
+	const uint8 *pre0 = NULL;
+	const uint8 *pre1 = NULL;
 
 	StaticAssertStmt(CMK_PREFIX_MAX_ATTS <= 32, "second is a 32-bit mask");
-	Assert(natts > 0 && natts <= lay->nbyval);
+	Assert(natts > 0 && natts <= wide && wide <= lay->nbyval);
 
 	/*
 	 * Backwards: the heap fills a page from its end, so this walks the
@@ -122,10 +180,15 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 		int32		len = (int32) pt->src_len;
 		int			tupnatts = HeapTupleHeaderGetNatts(src);
 		uint8		flags = base[len - 1];
+		bool		hasnull = (src->t_infomask & HEAP_HASNULL) != 0;
 		NonceRef	nonce[2];
-		uint32		second = 0; /* prefix attributes under nonce[1] */
+		int			upto;		/* attributes served: natts or wide */
+		uint32		upto_mask;
+		int32		end;		/* their data's end */
+		uint32		second = 0; /* of them, those under nonce[1] */
 
 		pt->fast = false;
+		pt->fast_natts = 0;
 		pt->second = 0;
 		if (j >= FAST_PREFETCH_AHEAD)
 		{
@@ -133,34 +196,35 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 			prefetch_read((const char *) tups[j - FAST_PREFETCH_AHEAD].src +
 						  tups[j - FAST_PREFETCH_AHEAD].src_len - 1);
 		}
+		/* a null bitmap bit is set for a present attribute */
 		if (tupnatts < natts ||
-			((src->t_infomask & HEAP_HASNULL) &&
-			 !no_null_before(src->t_bits, natts)))
+			(hasnull && (load_bits(src->t_bits, nbytes) & all) != all))
 		{
 			left++;
 			continue;
 		}
+		upto = natts;
+		upto_mask = all;
+		if (wide > natts && tupnatts >= wide &&
+			(!hasnull || (load_bits(src->t_bits, wide_nbytes) & all_wide) == all_wide))
+		{
+			upto = wide;
+			upto_mask = all_wide;
+		}
+		end = lay->end[upto - 1];
+
 		if (likely(flags == CMK_FLAGS_MARKER &&
 				   len >= src->t_hoff + end + CMK_TRAILER_MIN))
 		{
 			/* one nonce, no external references: a fresh tuple */
 			const uint8 *n0 = base + len - CMK_TRAILER_MIN;
-			int32		id = (n0[0] << 8) | n0[1];
 
-			/* a page's tuples mostly share an epoch: check it once */
-			if (unlikely(id != usable_id))
+			nonce[0].pre = usable_prefix(n0, tag, &id0, &pre0);
+			if (nonce[0].pre == NULL)
 			{
-				const CmkEpoch *e = cmk_epoch(n0);
-
-				if (!cmk_epoch_usable(e, tag))
-				{
-					left++;		/* reported there */
-					continue;
-				}
-				usable_id = id;
-				usable_pre = e->prefix;
+				left++;
+				continue;
 			}
-			nonce[0].pre = usable_pre;
 			nonce[0].ctr = n0 + CMK_NONCE_EPOCH_LEN;
 		}
 		else if ((flags & ~CMK_FLAG_SHORT_NONCES) == (CMK_FLAGS_MARKER | 1))
@@ -178,26 +242,22 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 			const uint8 *map = base + data_end;
 			const uint8 *n0 = base + len - CMK_TRAILER_MIN;
 			const uint8 *n1 = map + map_size(2, tupnatts);
-			const CmkEpoch *e;
-			const CmkEpoch *e1;
 
 			if (data_end < src->t_hoff + end)
 			{
 				left++;			/* reported there */
 				continue;
 			}
-			e = cmk_epoch(n0);
-			e1 = n1len == CMK_NONCE_LEN ? cmk_epoch(n1) : e;
-			if (!cmk_epoch_usable(e, tag) || !cmk_epoch_usable(e1, tag))
+			nonce[0].pre = usable_prefix(n0, tag, &id0, &pre0);
+			nonce[1].pre = n1len == CMK_NONCE_LEN && nonce[0].pre != NULL ?
+				usable_prefix(n1, tag, &id1, &pre1) : nonce[0].pre;
+			if (nonce[1].pre == NULL)
 			{
 				left++;
 				continue;
 			}
-			for (int i = 0; i < natts; i++)
-				second |= (uint32) ((map[i / 8] >> (i % 8)) & 1) << i;
-			nonce[0].pre = e->prefix;
+			second = load_bits(map, (upto + 7) / 8) & upto_mask;
 			nonce[0].ctr = n0 + CMK_NONCE_EPOCH_LEN;
-			nonce[1].pre = e1->prefix;
 			nonce[1].ctr = n1 + (n1len - CMK_NONCE_CTR_LEN);
 		}
 		else
@@ -219,7 +279,7 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 			if (!cmk_trailer_readable(rel, &tup, tag, &t) ||
 				t.data_end - src->t_hoff < end)
 				ok = false;
-			for (int i = 0; ok && i < natts; i++)
+			for (int i = 0; ok && i < upto; i++)
 			{
 				int			k = map_get(&t, i);
 
@@ -245,8 +305,8 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 				nonce[1] = trailer_nonce(&t, idx[1]);
 		}
 
-		/* a nonce that covers the whole prefix is the only one */
-		if (second == all)
+		/* a nonce that covers all the attributes served is the only one */
+		if (second == upto_mask)
 		{
 			nonce[0] = nonce[1];
 			second = 0;
@@ -263,6 +323,7 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 		}
 		pt->stp = (const char *) src + src->t_hoff;
 		pt->fast = true;
+		pt->fast_natts = upto;
 	}
 
 	nblocks = (cb - ks) / CMK_AES_BLOCK;
@@ -285,12 +346,15 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 		CmkPageTuple *pt = &tups[j];
 		uint8	   *kp = (uint8 *) pt->ks;
 
-		if (!pt->fast || pt->second == 0)
+		if (!pt->fast)
 			continue;
-		for (int i = 0; i < natts; i++)
-			if (pt->second & ((uint32) 1 << i))
-				memcpy(kp + lay->pos[i], kp + nblk * CMK_AES_BLOCK + lay->pos[i],
-					   lay->len[i]);
+		for (uint32 m = pt->second; m != 0; m &= m - 1)
+		{
+			int			i = pg_rightmost_one_pos32(m);
+
+			memcpy(kp + lay->pos[i], kp + nblk * CMK_AES_BLOCK + lay->pos[i],
+				   lay->len[i]);
+		}
 	}
 	return left;
 }

@@ -149,6 +149,7 @@ cmkam_fetch_row_version(Relation rel, ItemPointer tid, Snapshot snapshot,
 	if (!HEAP_ROUTINE()->tuple_fetch_row_version(rel, tid, snapshot, cmk_slot_raw(slot)))
 		return false;
 	cmk_slot_adopt_raw(slot, rel, NULL, false);
+	cmk_slot_note_fetch(slot);
 	return true;
 }
 

@@ -24,8 +24,10 @@
 
 #include "access/heapam.h"
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "executor/tuptable.h"
 #include "storage/bufmgr.h"
+#include "storage/proc.h"
 #include "utils/memutils.h"
 
 #include "am/cmkam.h"
@@ -56,6 +58,7 @@ typedef struct CmkPageCache
 	CmkPrefixLayout lay;		/* of lay_desc */
 	TupleDesc	lay_desc;		/* the slot's descriptor it was made for */
 	uint8	   *ks;				/* keystream of the visit's fast tuples */
+	int			ks_wide;		/* attributes it can cover (lay.wide) */
 	Size		ks_size;
 	Size		ks_used;		/* high-water mark, for wiping */
 } CmkPageCache;
@@ -63,6 +66,20 @@ typedef struct CmkPageCache
 
 /* Page visits of this backend's scans; 0 means "not in a visit". */
 static uint64 page_visit_counter = 0;
+
+/*
+ * The slot table_tuple_fetch_row_version filled last (cmk_slot_note_fetch),
+ * for the update that usually follows: an UPDATE fetches the old version
+ * into a slot and deforms it to form the new row, then asks us to update
+ * that same TID in the same command.  Cleared whenever that slot is
+ * cleared, released or its memory context goes away, so it never points at
+ * a freed slot; and only good in the command that fetched, so never at a
+ * slot whose buffer pin an ERROR or the end of a statement released.
+ */
+static CmkTupleTableSlot *last_fetched = NULL;
+static LocalTransactionId last_fetched_lxid;
+static SubTransactionId last_fetched_subxid;
+static CommandId last_fetched_cid;
 
 /* The page cache's plaintext buffers: wiped (the part ever used), then freed. */
 static void
@@ -145,6 +162,8 @@ cmk_slot_clear(TupleTableSlot *slot)
 {
 	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
 
+	if (last_fetched == cs)
+		last_fetched = NULL;
 	if (TTS_SHOULDFREE(slot) && cs->mat)
 	{
 		heap_freetuple(cs->mat);
@@ -208,6 +227,8 @@ slot_wipe_callback(void *arg)
 
 	if (w->cs != NULL)
 	{
+		if (last_fetched == w->cs)
+			last_fetched = NULL;
 		drop_buffers(w->cs);
 		w->cs->wipe = NULL;
 		w->cs = NULL;
@@ -235,6 +256,8 @@ cmk_slot_release(TupleTableSlot *slot)
 {
 	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
 
+	if (last_fetched == cs)
+		last_fetched = NULL;
 	if (cs->raw)
 	{
 		ExecDropSingleTupleTableSlot(cs->raw);
@@ -301,7 +324,8 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 		arm_wipe(cs);
 		pc = cs->pc = MemoryContextAllocZero(cs->base.tts_mcxt, sizeof(CmkPageCache));
 	}
-	if (pc->visit != cs->visit || pc->natts < natts)
+	if (pc->visit != cs->visit ||
+		(pc->natts < natts && natts > pc->ks_wide))
 	{
 		MemoryContext mcxt = cs->base.tts_mcxt;
 		Page		page = BufferGetPage(scan->rs_cbuf);
@@ -329,6 +353,7 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 			pt->src_len = ItemIdGetLength(lp);
 			ItemPointerSet(&pt->tid, blk, o);
 			pt->fast = false;
+			pt->fast_natts = 0;
 		}
 		pc->ntups = ntups;
 
@@ -344,6 +369,7 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 		 * path decrypts the attributes after them.
 		 */
 		ks_natts = Min(natts, pc->lay.nbyval);
+		pc->ks_wide = 0;
 		if (ks_natts > 0)
 		{
 			Size		ks_need = (Size) 2 * ntups *
@@ -358,6 +384,7 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 			pc->ks_used = Max(pc->ks_used, ks_need);
 			left = cmk_page_prefix_keystream(cs->rel, &pc->lay, ks_natts,
 											 pc->tups, ntups, pc->ks);
+			pc->ks_wide = pc->lay.wide[ks_natts - 1];
 		}
 
 		/* the rest: decrypted into Datums now */
@@ -406,6 +433,14 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 	if (idx < 0 || idx >= pc->ntups ||
 		ItemPointerGetOffsetNumber(&pc->tups[idx].tid) !=
 		ItemPointerGetOffsetNumberNoCheck(&tup->t_self))
+		return NULL;
+
+	/*
+	 * More attributes than the visit was built for, all in its keystream
+	 * (pc->ks_wide): no second pass over the page.  A tuple that does not
+	 * have them all there is decrypted on its own.
+	 */
+	if (unlikely(natts > pc->natts) && pc->tups[idx].fast_natts < natts)
 		return NULL;
 	return &pc->tups[idx];
 }
@@ -483,9 +518,9 @@ cmk_slot_getsomeattrs(TupleTableSlot *slot, int natts)
 			const uint8 *stp = (const uint8 *) pt->stp;
 			int			to = natts;
 
-			/* the visit's keystream covers [0, Min(its natts, nbyval)) */
-			if (unlikely(to > lay->nbyval))
-				to = lay->nbyval;
+			/* this tuple's keystream covers [0, fast_natts) */
+			if (unlikely(to > pt->fast_natts))
+				to = pt->fast_natts;
 			for (int i = slot->tts_nvalid; i < to; i++)
 			{
 				slot->tts_values[i] = cmk_xor_byval(stp + lay->pos[i],
@@ -712,4 +747,66 @@ cmk_slot_own_tuple(TupleTableSlot *slot)
 	if (TTS_IS_BUFFERTUPLE(slot) || TTS_IS_HEAPTUPLE(slot))
 		return ((HeapTupleTableSlot *) slot)->tuple;
 	return NULL;
+}
+
+/*
+ * Remember a slot cmkam_fetch_row_version just filled.  Arming the wipe
+ * callback (once per slot) is what clears the note if an ERROR deletes the
+ * slot's memory context without a release.
+ */
+void
+cmk_slot_note_fetch(TupleTableSlot *slot)
+{
+	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
+
+	arm_wipe(cs);
+	last_fetched = cs;
+	last_fetched_lxid = MyProc->lxid;
+	last_fetched_subxid = GetCurrentSubTransactionId();
+	last_fetched_cid = GetCurrentCommandId(false);
+}
+
+/*
+ * The stored tuple at tid of rel and its decryption, if the slot last
+ * filled by cmkam_fetch_row_version still holds them: cmkam_tuple_update
+ * then needs neither to read the page again nor to decrypt the old version
+ * a second time.  cipher points into the page the slot keeps pinned (the
+ * pin also keeps the tuple from being pruned, and stored tuple data never
+ * changes in place); plain into the slot's plaintext copy, which the call
+ * completes.  Both stay valid until that slot is cleared or materialized;
+ * the caller must not change either.  newslot, the slot of the new
+ * version, is materialized by the update, so it must be another slot.
+ * Tuples with external references take the general path (their
+ * decryption also rewrites the references).
+ */
+bool
+cmk_slot_fetched_version(Relation rel, ItemPointer tid, TupleTableSlot *newslot,
+						 HeapTuple cipher, HeapTuple plain)
+{
+	CmkTupleTableSlot *cs = last_fetched;
+	HeapTuple	raw;
+
+	if (cs == NULL || &cs->base == newslot ||
+		last_fetched_lxid != MyProc->lxid ||
+		last_fetched_subxid != GetCurrentSubTransactionId() ||
+		last_fetched_cid != GetCurrentCommandId(false) ||
+		TTS_EMPTY(&cs->base) || cs->mat != NULL || !has_raw(cs) ||
+		cs->rel == NULL || RelationGetRelid(cs->rel) != RelationGetRelid(rel) ||
+		cs->base.tts_tupleDescriptor != RelationGetDescr(rel))
+		return false;
+	raw = raw_tuple(cs);
+	if (!ItemPointerEquals(&raw->t_self, tid))
+		return false;
+
+	/* decrypt what the executor did not read (usually nothing) */
+	slot_getallattrs(&cs->base);
+	if (!cs->prepared || cs->mat != NULL || cs->trailer.extbits != NULL)
+		return false;
+
+	*cipher = *raw;
+	plain->t_len = cs->trailer.data_end;
+	plain->t_self = raw->t_self;
+	plain->t_tableOid = raw->t_tableOid;
+	plain->t_data = cs->td;
+	return true;
 }

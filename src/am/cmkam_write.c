@@ -364,12 +364,33 @@ cmkam_tuple_update(Relation rel, ItemPointer otid, TupleTableSlot *slot,
 				   bool wait, TM_FailureData *tmfd, LockTupleMode *lockmode,
 				   bool *update_indexes)
 {
-	HeapTuple	old_cipher = cmk_read_cipher_tuple(rel, otid);
-	HeapTuple	old_plain = cmk_decrypt_tuple(rel, RelationGetDescr(rel), old_cipher);
+	HeapTupleData old_cipher_view;
+	HeapTupleData old_plain_view;
+	HeapTuple	old_cipher;
+	HeapTuple	old_plain;
+	bool		reused;
 	struct CmkToastState *st;
 	HeapTuple	plain;
 	HeapTuple	cipher;
 	TM_Result	result;
+
+	/*
+	 * The executor has usually just fetched and decrypted the old version
+	 * (to form the new row from it): use that rather than reading and
+	 * decrypting it again.
+	 */
+	reused = cmk_slot_fetched_version(rel, otid, slot, &old_cipher_view,
+									  &old_plain_view);
+	if (reused)
+	{
+		old_cipher = &old_cipher_view;
+		old_plain = &old_plain_view;
+	}
+	else
+	{
+		old_cipher = cmk_read_cipher_tuple(rel, otid);
+		old_plain = cmk_decrypt_tuple(rel, RelationGetDescr(rel), old_cipher);
+	}
 
 	plain = cmk_form_plain_tuple(rel, slot, old_plain, 0, &st);
 	cipher = cmk_encrypt_tuple(rel, plain, old_cipher, old_plain);
@@ -386,7 +407,10 @@ cmkam_tuple_update(Relation rel, ItemPointer otid, TupleTableSlot *slot,
 		stamp_slot(slot, cipher);
 
 	heap_freetuple(cipher);
-	heap_freetuple(old_plain);
-	heap_freetuple(old_cipher);
+	if (!reused)
+	{
+		heap_freetuple(old_plain);
+		heap_freetuple(old_cipher);
+	}
 	return result;
 }

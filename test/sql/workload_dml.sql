@@ -256,6 +256,22 @@ UPDATE tellers SET tbalance = 1 WHERE tbalance IS NULL AND tid % 2 = 0;
 UPDATE tellers SET filler = NULL WHERE tid % 10 = 0;
 SELECT count(*), count(tbalance), sum(tbalance), sum(bid), count(filler), sum(tid) FILTER (WHERE filler IS NULL) FROM tellers;
 SELECT tid, bid, tbalance, rtrim(filler) FROM tellers WHERE tid IN (5, 10, 17, 34, 35, 595, 600) ORDER BY tid;
+-- A qualification on the first column, then later by-value columns of the
+-- rows that pass: the page's keystream covers them where a tuple has them
+-- all (not where tbalance is NULL, tid % 17 = 0).  Then TPC-B's one-row
+-- updates one after another, each reusing the old version the executor
+-- has just fetched and decrypted.
+SELECT tid, bid, tbalance FROM tellers WHERE tid % 50 = 17 ORDER BY tid;
+SELECT tid, tbalance, bid FROM tellers WHERE tid IN (17, 34, 51, 52, 68, 69) ORDER BY tid;
+DO $$ BEGIN
+  FOR i IN 1..300 LOOP
+    UPDATE tellers SET tbalance = tbalance + i WHERE tid = (i * 37) % 600 + 1;
+  END LOOP;
+END $$;
+UPDATE tellers SET bid = bid + 1 WHERE tid = 34 RETURNING tid, bid, tbalance;
+UPDATE tellers SET tbalance = coalesce(tbalance, 0) - 1 WHERE tid IN (38, 51) RETURNING tid, bid, tbalance;
+SELECT sum(tbalance), count(tbalance), sum(bid), sum(tid * tbalance % 1000) FROM tellers;
+SELECT tid, bid, tbalance FROM tellers WHERE tid BETWEEN 30 AND 40 OR tid IN (51, 75, 112) ORDER BY tid;
 RESET enable_indexscan; RESET enable_bitmapscan;
 
 -- The page path's by-value prefix (queries that read only leading
