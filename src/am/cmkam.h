@@ -176,8 +176,8 @@ typedef struct CmkPageTuple
 	uint32		off;			/* out: deform position after attribute ndec */
 	bool		slow;			/* out: as slot_deform_heap_tuple's "slow" */
 	/* out of cmk_page_prefix_keystream: served by XOR from the page */
-	bool		fast;			/* the prefix's keystream is at ks */
-	int			fast_natts;		/* ... for attributes [0, fast_natts) */
+	int			fast_natts;		/* > 0: the keystream of attributes
+								 * [0, fast_natts) is at ks ("fast") */
 	uint32		second;			/* codec-private: attributes under a
 								 * second nonce */
 	const char *stp;			/* its data area, in the pinned page */

@@ -56,27 +56,26 @@ load_bits(const bits8 *p, int nbytes)
 }
 
 /*
- * The prefix of the epoch a stored nonce names, or NULL if that epoch is not
- * usable under tag (the general path reports it).  A page's tuples mostly
- * share an epoch: *id / *pre keep the last one found usable.  (A tuple
- * updated after a restart has its two nonces under two epochs: each of the
- * two gets its own cache.)
+ * Whether the epoch a stored nonce names is usable under tag (if not, the
+ * general path reports it), leaving its prefix in *pre.  A page's tuples
+ * mostly share an epoch: *id / *pre keep the last one found usable.  (A
+ * tuple updated after a restart has its two nonces under two epochs: each
+ * of the two gets its own cache.)
  */
-static inline const uint8 *
-usable_prefix(const uint8 *nonce, uint32 tag, int32 *id, const uint8 **pre)
+static inline bool
+epoch_usable_cached(const uint8 *nonce, uint32 tag, int32 *id, const uint8 **pre)
 {
 	int32		this_id = (nonce[0] << 8) | nonce[1];
+	const CmkEpoch *e;
 
-	if (unlikely(this_id != *id))
-	{
-		const CmkEpoch *e = cmk_epoch(nonce);
-
-		if (!cmk_epoch_usable(e, tag))
-			return NULL;
-		*id = this_id;
-		*pre = e->prefix;
-	}
-	return *pre;
+	if (likely(this_id == *id))
+		return true;
+	e = cmk_epoch(nonce);
+	if (!cmk_epoch_usable(e, tag))
+		return false;
+	*id = this_id;
+	*pre = e->prefix;
+	return true;
 }
 
 /*
@@ -125,7 +124,7 @@ cmk_prefix_layout(TupleDesc desc, CmkPrefixLayout *lay)
  * For every tuple of tups whose attributes [0, natts) are present, not
  * null, inside its data and under at most two nonces, compute their
  * keystream, at their nominal offsets, into ks (room for 2 * ntups *
- * cmk_prefix_blocks(lay, natts) blocks), set ks, stp and fast: the slot then
+ * cmk_prefix_blocks(lay, natts) blocks), set ks, stp and fast_natts: the slot then
  * decrypts each value when the executor asks for it, by XORing page and
  * keystream at the attribute's offset, with nothing copied and no
  * per-tuple bookkeeping (what cmk_decrypt_page_prefixes, for the general
@@ -138,27 +137,29 @@ cmk_prefix_layout(TupleDesc desc, CmkPrefixLayout *lay)
  * tuples it qualifies (an UPDATE reading the new value's inputs from its one
  * matching row, after a qualification on the key) needs no second pass.
  *
- * Every other tuple is left with fast = false, for cmk_decrypt_page_prefixes
+ * Every other tuple is left with fast_natts = 0, for cmk_decrypt_page_prefixes
  * to decrypt from its first attribute (and to report whatever is wrong with
  * it).  Returns their number.
  */
-int
-cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
-						  CmkPageTuple *tups, int ntups, uint8 *ks)
+static pg_attribute_always_inline int
+prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
+				 CmkPageTuple *tups, int ntups, uint8 *ks, bool widen)
 {
 	uint32		tag;
 	CmkKeystream *cks = cmk_tuple_keystream(RelationGetRelationName(rel), &tag);
-	int			wide = lay->wide[natts - 1];
+	int			wide = widen ? lay->wide[natts - 1] : natts;
 	int			nblk = cmk_prefix_blocks(lay, natts);
 	uint32		all = low_mask(natts);
 	uint32		all_wide = low_mask(wide);
+	int32		end_natts = lay->end[natts - 1];
+	int32		end_wide = lay->end[wide - 1];
 	int			nbytes = (natts + 7) / 8;
 	int			wide_nbytes = (wide + 7) / 8;
 	uint8	   *cb = ks;		/* next counter block */
 	int			nblocks;
 	int			left = 0;
 	bool		any_second = false;
-	int32		id0 = -1;		/* see usable_prefix */
+	int32		id0 = -1;		/* see epoch_usable_cached */
 	int32		id1 = -1;
 	const uint8 *pre0 = NULL;
 	const uint8 *pre1 = NULL;
@@ -187,7 +188,6 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 		int32		end;		/* their data's end */
 		uint32		second = 0; /* of them, those under nonce[1] */
 
-		pt->fast = false;
 		pt->fast_natts = 0;
 		pt->second = 0;
 		if (j >= FAST_PREFETCH_AHEAD)
@@ -205,13 +205,14 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 		}
 		upto = natts;
 		upto_mask = all;
-		if (wide > natts && tupnatts >= wide &&
+		end = end_natts;
+		if (widen && tupnatts >= wide &&
 			(!hasnull || (load_bits(src->t_bits, wide_nbytes) & all_wide) == all_wide))
 		{
 			upto = wide;
 			upto_mask = all_wide;
+			end = end_wide;
 		}
-		end = lay->end[upto - 1];
 
 		if (likely(flags == CMK_FLAGS_MARKER &&
 				   len >= src->t_hoff + end + CMK_TRAILER_MIN))
@@ -219,12 +220,12 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 			/* one nonce, no external references: a fresh tuple */
 			const uint8 *n0 = base + len - CMK_TRAILER_MIN;
 
-			nonce[0].pre = usable_prefix(n0, tag, &id0, &pre0);
-			if (nonce[0].pre == NULL)
+			if (unlikely(!epoch_usable_cached(n0, tag, &id0, &pre0)))
 			{
 				left++;
 				continue;
 			}
+			nonce[0].pre = pre0;
 			nonce[0].ctr = n0 + CMK_NONCE_EPOCH_LEN;
 		}
 		else if ((flags & ~CMK_FLAG_SHORT_NONCES) == (CMK_FLAGS_MARKER | 1))
@@ -248,14 +249,15 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 				left++;			/* reported there */
 				continue;
 			}
-			nonce[0].pre = usable_prefix(n0, tag, &id0, &pre0);
-			nonce[1].pre = n1len == CMK_NONCE_LEN && nonce[0].pre != NULL ?
-				usable_prefix(n1, tag, &id1, &pre1) : nonce[0].pre;
-			if (nonce[1].pre == NULL)
+			if (unlikely(!epoch_usable_cached(n0, tag, &id0, &pre0) ||
+						 (n1len == CMK_NONCE_LEN &&
+						  !epoch_usable_cached(n1, tag, &id1, &pre1))))
 			{
 				left++;
 				continue;
 			}
+			nonce[0].pre = pre0;
+			nonce[1].pre = n1len == CMK_NONCE_LEN ? pre1 : pre0;
 			second = load_bits(map, (upto + 7) / 8) & upto_mask;
 			nonce[0].ctr = n0 + CMK_NONCE_EPOCH_LEN;
 			nonce[1].ctr = n1 + (n1len - CMK_NONCE_CTR_LEN);
@@ -322,7 +324,6 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 			any_second = true;
 		}
 		pt->stp = (const char *) src + src->t_hoff;
-		pt->fast = true;
 		pt->fast_natts = upto;
 	}
 
@@ -346,7 +347,7 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 		CmkPageTuple *pt = &tups[j];
 		uint8	   *kp = (uint8 *) pt->ks;
 
-		if (!pt->fast)
+		if (pt->fast_natts == 0)
 			continue;
 		for (uint32 m = pt->second; m != 0; m &= m - 1)
 		{
@@ -357,6 +358,16 @@ cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 		}
 	}
 	return left;
+}
+
+int
+cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
+						  CmkPageTuple *tups, int ntups, uint8 *ks)
+{
+	/* two copies of the loop: the common one has nothing to widen */
+	if (lay->wide[natts - 1] > natts)
+		return prefix_keystream(rel, lay, natts, tups, ntups, ks, true);
+	return prefix_keystream(rel, lay, natts, tups, ntups, ks, false);
 }
 
 /*
@@ -409,7 +420,7 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 		Datum	   *v = values + (Size) j * natts;
 		bool	   *nul = isnull + (Size) j * natts;
 
-		if (pt->fast)
+		if (pt->fast_natts > 0)
 		{
 			if (natts <= fast_natts)
 				continue;		/* all by XOR from the page */
@@ -494,9 +505,9 @@ cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc, CmkPageTuple *tups,
 	{
 		CmkPageTuple *pt = &tups[j];
 
-		if (pt->fast && natts <= fast_natts)
+		if (pt->fast_natts > 0 && natts <= fast_natts)
 			continue;
-		for (int i = pt->fast ? fast_natts : 0; i < pt->ndec; i++)
+		for (int i = pt->fast_natts > 0 ? fast_natts : 0; i < pt->ndec; i++)
 		{
 			Form_pg_attribute att = TupleDescAttr(desc, i);
 			Datum	   *d = &pt->values[i];

@@ -352,7 +352,6 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 			pt->src = (HeapTupleHeader) PageGetItem(page, lp);
 			pt->src_len = ItemIdGetLength(lp);
 			ItemPointerSet(&pt->tid, blk, o);
-			pt->fast = false;
 			pt->fast_natts = 0;
 		}
 		pc->ntups = ntups;
@@ -506,7 +505,7 @@ cmk_slot_getsomeattrs(TupleTableSlot *slot, int natts)
 		/* first the page cache, which knows the tuple's natts too */
 		if (!cs->prepared && cs->scan != NULL)
 			pt = page_cache_entry(cs, natts);
-		if (pt != NULL && pt->fast)
+		if (pt != NULL && pt->fast_natts > 0)
 		{
 			/*
 			 * By-value prefix attributes, none null: decrypt what is asked
