@@ -194,37 +194,38 @@ for q in tpcb select; do
     done
 done
 
+# A markdown table of the wanted ones among the given queries; false if none.
+ratio_table() {
+    local title=$1 q h c any=1
+    shift
+    for q in "$@"; do
+        wanted "$q" || continue
+        if [ "$any" = 1 ]; then
+            echo "| $title | heap | cmk_heap | cmk_heap − heap | ratio |"
+            echo "|---|---:|---:|---:|---:|"
+            any=0
+        fi
+        h=${PER_ROW[$q:heap]}; c=${PER_ROW[$q:cmk]}
+        awk -v n="$q" -v h="$h" -v c="$c" 'BEGIN{
+            printf "| %s | %d | %d | %+d | %.3f |\n", n, h, c, c - h, (h > 0 ? c / h : 0) }'
+    done
+    return $any
+}
+
 SO="$(pg_config_dir pkglibdir)/cmk_storage.so"
 OUT="$BENCH_DIR/results/instructions.md"
 mkdir -p "$BENCH_DIR/results"
 {
-    echo "# Instructions per row, heap vs cmk_heap (callgrind)"
+    echo "# Instructions, heap vs cmk_heap (callgrind)"
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); $ROWS rows (pgbench scale $SCALE)"
     echo "- cmk_storage at $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), installed cmk_storage.so sha256 $(sha256sum "$SO" | cut -c1-12)"
     echo "- $("$PG_BINDIR/postgres" --version)"
     echo
-    echo "| query | heap | cmk_heap | cmk_heap − heap | ratio |"
-    echo "|---|---:|---:|---:|---:|"
-    for q in count sum copyto copyfrom; do
-        wanted "$q" || continue
-        h=${PER_ROW[$q:heap]}; c=${PER_ROW[$q:cmk]}
-        awk -v n="$q" -v h="$h" -v c="$c" 'BEGIN{
-            printf "| %s | %d | %d | %+d | %.3f |\n", n, h, c, c - h, (h > 0 ? c / h : 0) }'
-    done
-    echo
-    echo "Instructions per row of one execution (backend running it three times minus one"
-    echo "running it once, halved).  Counts, not time: cache misses do not show here."
-    echo
-    echo "| pgbench script | heap | cmk_heap | cmk_heap − heap | ratio |"
-    echo "|---|---:|---:|---:|---:|"
-    for q in tpcb select; do
-        wanted "$q" || continue
-        h=${PER_ROW[$q:heap]}; c=${PER_ROW[$q:cmk]}
-        awk -v n="$q" -v h="$h" -v c="$c" 'BEGIN{
-            printf "| %s | %d | %d | %+d | %.3f |\n", n, h, c, c - h, (h > 0 ? c / h : 0) }'
-    done
-    echo
-    echo "Instructions per transaction in the server backend (pgbench -c 1 --random-seed=1:"
-    echo "$((3 * TXNS)) transactions minus $TXNS, halved, over $TXNS).  The client's work is not counted."
+    ratio_table "query" count sum copyto copyfrom &&
+        printf '%s\n' "" "Instructions per row of one execution (backend running it three times minus one" \
+            "running it once, halved).  Counts, not time: cache misses do not show here." ""
+    ratio_table "pgbench script" tpcb select &&
+        printf '%s\n' "" "Instructions per transaction in the server backend (pgbench -c 1 --random-seed=1:" \
+            "$((3 * TXNS)) transactions minus $TXNS, halved, over $TXNS).  The client's work is not counted."
 } | tee "$OUT"
