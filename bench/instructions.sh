@@ -147,6 +147,17 @@ total_of() {
 }
 
 declare -A PER_ROW
+# The cost of one execution of q on db per unit (row or transaction): the
+# backend that ran it three times (pid p3) minus the one that ran it once
+# (p1), halved, over units.
+record() {
+    local q=$1 db=$2 p1=$3 p3=$4 units=$5 t1 t3
+    # with --keep: which file is which, for callgrind_annotate
+    printf '%s %s 1 cg.%s\n%s %s 3 cg.%s\n' "$q" "$db" "$p1" "$q" "$db" "$p3" >> "$CG/backends"
+    t1=$(total_of "$p1"); t3=$(total_of "$p3")
+    [ -n "$t1" ] && [ -n "$t3" ] || die "$q on $db: no callgrind totals"
+    PER_ROW[$q:$db]=$(awk -v a="$t1" -v b="$t3" -v r="$units" 'BEGIN{ printf "%.0f", (b - a) / 2 / r }')
+}
 for q in count sum copyto copyfrom; do
     wanted "$q" || continue
     for db in heap cmk; do
@@ -156,11 +167,7 @@ for q in count sum copyto copyfrom; do
         p1=$(run_backend "$db" "$q" 1)
         p3=$(run_backend "$db" "$q" 3)
         [ -n "$p1" ] && [ -n "$p3" ] || die "$q on $db: no backend pid"
-        # with --keep: which file is which, for callgrind_annotate
-        printf '%s %s 1 cg.%s\n%s %s 3 cg.%s\n' "$q" "$db" "$p1" "$q" "$db" "$p3" >> "$CG/backends"
-        t1=$(total_of "$p1"); t3=$(total_of "$p3")
-        [ -n "$t1" ] && [ -n "$t3" ] || die "$q on $db: no callgrind totals"
-        PER_ROW[$q:$db]=$(awk -v a="$t1" -v b="$t3" -v r="$ROWS" 'BEGIN{ printf "%.0f", (b - a) / 2 / r }')
+        record "$q" "$db" "$p1" "$p3" "$ROWS"
     done
 done
 
@@ -187,10 +194,7 @@ for q in tpcb select; do
         say "pgbench $q on $db ($TXNS and $((3 * TXNS)) transactions)"
         p1=$(run_pgbench "$db" "${MODE[$q]}" "$TXNS") || die "pgbench $q on $db failed"
         p3=$(run_pgbench "$db" "${MODE[$q]}" $((3 * TXNS))) || die "pgbench $q on $db failed"
-        printf '%s %s 1 cg.%s\n%s %s 3 cg.%s\n' "$q" "$db" "$p1" "$q" "$db" "$p3" >> "$CG/backends"
-        t1=$(total_of "$p1"); t3=$(total_of "$p3")
-        [ -n "$t1" ] && [ -n "$t3" ] || die "$q on $db: no callgrind totals"
-        PER_ROW[$q:$db]=$(awk -v a="$t1" -v b="$t3" -v r="$TXNS" 'BEGIN{ printf "%.0f", (b - a) / 2 / r }')
+        record "$q" "$db" "$p1" "$p3" "$TXNS"
     done
 done
 
