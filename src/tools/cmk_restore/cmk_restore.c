@@ -252,6 +252,13 @@ header_subkey(Job *job, const CmkStreamHeader *hdr, uint8 *subkey)
 			job_fail(job, err.kind == CMK_ERR_WRONG_KEY ? EXIT_WRONG_KEY : EXIT_KEY_UNAVAILABLE,
 					 "%s%s%s", err.message, err.detail[0] ? ": " : "", err.detail);
 			strlcpy(job->hint, err.hint, sizeof(job->hint));
+			/* the providers' hints name the server's settings */
+			if (strstr(job->hint, "cmk_storage.") != NULL)
+				strlcat(job->hint,
+						" (cmk_restore reads cmk_storage.azure_* and cmk_storage.ca_file from the"
+						" environment: CMK_AZURE_CLIENT_ID, CMK_AZURE_TOKEN_ENDPOINT, CMK_CA_FILE and"
+						" the others in docs/azure-setup.md.)",
+						sizeof(job->hint));
 			OPENSSL_cleanse(kc->dek, sizeof(kc->dek));
 			return false;
 		}

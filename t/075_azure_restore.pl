@@ -1,0 +1,95 @@
+# cmk_restore with the key encryption key in Azure Key Vault (the emulator):
+# archived WAL restores byte for byte when the tool runs as the managed
+# identity named in its environment (CMK_AZURE_CLIENT_ID and friends, never a
+# command-line secret); an identity the vault does not allow to unwrap, and
+# a vault the tool cannot reach, are key errors with their documented exit
+# codes, and write nothing.
+use strict;
+use warnings;
+use IPC::Run;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use CmkTest;
+
+plan skip_all => 'Node.js is needed for the Key Vault emulator'
+  if system('node --version >/dev/null 2>&1') != 0;
+
+my $tmp = PostgreSQL::Test::Utils::tempdir;
+my $emu = CmkTest::start_emulator(state_dir => "$tmp/kv");
+my $id = CmkTest::emulator_admin($emu, 'POST', '/identities',
+	{ name => 'pg-server', permissions => [qw(get wrapKey unwrapKey)] });
+my $no_unwrap = CmkTest::emulator_admin($emu, 'POST', '/identities',
+	{ name => 'reader', permissions => ['get'] });
+CmkTest::emulator_admin($emu, 'POST', '/keys/kek', { key_size => 2048 });
+my $key_uri = "$emu->{vault_url}/keys/kek";
+
+my $arch = "$tmp/archive";
+mkdir $arch or die;
+# cmk_node writes a file:// key_uri; the lines below come later and win.
+my $node = cmk_node('azrestore', '/nonexistent.pem', init => { allows_streaming => 1 }, conf => qq{
+cmk_storage.key_uri = '$key_uri'
+cmk_storage.azure_client_id = '$id->{client_id}'
+cmk_storage.azure_token_endpoint = '$emu->{token_url}'
+cmk_storage.ca_file = '$emu->{ca_file}'
+archive_mode = on
+archive_library = 'cmk_storage'
+cmk_storage.archive_directory = '$arch'
+wal_keep_size = '1GB'
+});
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION cmk_storage');
+is(wait_key_settled($node)->{state}, 'available', 'key from the vault available');
+
+my $marker = random_marker('azwal');
+$node->safe_psql('postgres', qq{
+CREATE TABLE c (id int PRIMARY KEY, v text) USING cmk_heap;
+INSERT INTO c SELECT g, '$marker' || g FROM generate_series(1, 300) g;});
+my $seg = $node->safe_psql('postgres', 'SELECT pg_walfile_name(pg_current_wal_lsn())');
+$node->safe_psql('postgres', 'SELECT pg_switch_wal()');
+$node->poll_query_until('postgres', qq{SELECT last_archived_wal >= '$seg' FROM pg_stat_archiver})
+  or die 'archiving timed out';
+is_deeply([ files_containing($arch, $marker) ], [], 'no value in clear in the archive directory');
+
+my $restore = $node->config_data('--bindir') . '/cmk_restore';
+my $pgdata = $node->data_dir;
+
+# cmk_restore as the identity client_id; returns exit code, stderr.
+sub restore_as
+{
+	my ($client_id, $token_url, @args) = @_;
+	local $ENV{CMK_AZURE_CLIENT_ID} = $client_id;
+	local $ENV{CMK_AZURE_TOKEN_ENDPOINT} = $token_url;
+	local $ENV{CMK_CA_FILE} = $emu->{ca_file};
+	local $ENV{CMK_AZURE_RETRY_TIMEOUT_MS} = 2000;
+	my ($out, $err) = ('', '');
+	IPC::Run::run([ $restore, 'wal', '--key-uri', $key_uri, '--archive-directory', $arch, @args ],
+		'>', \$out, '2>', \$err);
+	return ($? >> 8, $err);
+}
+
+my ($rc, $err) = restore_as($id->{client_id}, $emu->{token_url},
+	'--pgdata', $pgdata, $seg, "$tmp/RECOVERYXLOG");
+is($rc, 0, 'cmk_restore wal with the key in the vault: exit 0') or diag $err;
+ok(-f "$tmp/RECOVERYXLOG" && slurp_bytes("$tmp/RECOVERYXLOG") eq slurp_bytes("$pgdata/pg_wal/$seg"),
+	'the restored segment is byte for byte the original');
+
+($rc, $err) = restore_as($no_unwrap->{client_id}, $emu->{token_url}, $seg, "$tmp/denied");
+is($rc, 201, 'an identity without unwrapKey: exit 201 (key unavailable)') or diag $err;
+note("identity without unwrapKey: $err");
+like($err, qr/unwrap/i, 'identity without unwrapKey: the message names the refused operation');
+ok(!-e "$tmp/denied", 'identity without unwrapKey: nothing written');
+
+# A token endpoint where nothing listens: a port that was free a moment ago.
+my $dead_port = PostgreSQL::Test::Cluster::get_free_port();
+($rc, $err) = restore_as($id->{client_id}, "http://127.0.0.1:$dead_port/metadata/identity/oauth2/token",
+	$seg, "$tmp/unreachable");
+is($rc, 201, 'identity endpoint unreachable: exit 201 (key unavailable)') or diag $err;
+note("identity endpoint unreachable: $err");
+like($err, qr/hint:.*azure_token_endpoint.*CMK_AZURE_TOKEN_ENDPOINT/s,
+	'identity endpoint unreachable: the hint names the environment variable cmk_restore reads');
+ok(!-e "$tmp/unreachable", 'identity endpoint unreachable: nothing written');
+
+$node->stop;
+CmkTest::stop_emulator($emu);
+done_testing();
