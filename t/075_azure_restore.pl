@@ -2,8 +2,8 @@
 # archived WAL restores byte for byte when the tool runs as the managed
 # identity named in its environment (CMK_AZURE_CLIENT_ID and friends, never a
 # command-line secret); an identity the vault does not allow to unwrap, and
-# a vault the tool cannot reach, are key errors with their documented exit
-# codes, and write nothing.
+# an identity endpoint the tool cannot reach, are key errors with their
+# documented exit codes, hints written for the tool, and write nothing.
 use strict;
 use warnings;
 use IPC::Run;
@@ -78,7 +78,10 @@ ok(-f "$tmp/RECOVERYXLOG" && slurp_bytes("$tmp/RECOVERYXLOG") eq slurp_bytes("$p
 is($rc, 201, 'an identity without unwrapKey: exit 201 (key unavailable)') or diag $err;
 note("identity without unwrapKey: $err");
 like($err, qr/unwrap/i, 'identity without unwrapKey: the message names the refused operation');
+like($err, qr/hint:.*Unwrap Key.*Then run the command again\./s,
+	'identity without unwrapKey: the hint says what to grant, then to run the tool again');
 ok(!-e "$tmp/denied", 'identity without unwrapKey: nothing written');
+my $err_denied = $err;
 
 # A token endpoint where nothing listens: a port that was free a moment ago.
 my $dead_port = PostgreSQL::Test::Cluster::get_free_port();
@@ -86,9 +89,11 @@ my $dead_port = PostgreSQL::Test::Cluster::get_free_port();
 	$seg, "$tmp/unreachable");
 is($rc, 201, 'identity endpoint unreachable: exit 201 (key unavailable)') or diag $err;
 note("identity endpoint unreachable: $err");
-like($err, qr/hint:.*azure_token_endpoint.*CMK_AZURE_TOKEN_ENDPOINT/s,
-	'identity endpoint unreachable: the hint names the environment variable cmk_restore reads');
+like($err, qr/hint:.*azure_token_endpoint.*Run the command again.*CMK_AZURE_TOKEN_ENDPOINT/s,
+	'identity endpoint unreachable: the hint says to run the tool again and names the variable it reads');
 ok(!-e "$tmp/unreachable", 'identity endpoint unreachable: nothing written');
+unlike("$err_denied$err", qr/keeps retrying|at the next check/,
+	'no hint promises a retry or a check the tool does not make');
 
 $node->stop;
 CmkTest::stop_emulator($emu);

@@ -49,12 +49,12 @@
 
 #define HINT_MALFORMED \
 	"The vault, or something between it and this server (a TLS-inspecting proxy), " \
-	"sent a response that is not what Azure Key Vault sends. cmk_storage tries again at the next check."
+	"sent a response that is not what Azure Key Vault sends. " AZ_HINT_RETRYING
 
 #define HINT_PERMISSIONS \
 	"Grant the server's managed identity the key permissions Get, Wrap Key and Unwrap Key " \
 	"(access policy), or the role \"Key Vault Crypto Service Encryption User\" on the key or vault (Azure RBAC). " \
-	"Encrypted data becomes available again at the next check, without a restart."
+	AZ_HINT_HEALS
 
 /* ------------------------------------------------------------------------
  * Settings
@@ -245,7 +245,7 @@ vault_net_error(const AzureKeyRef *vault, const char *version,
 		case AZURE_NET_TRANSIENT:
 		case AZURE_NET_INTERRUPTED:
 			cmk_error_set(err, CMK_ERR_TRANSIENT, "VaultUnreachable",
-						  "Check the network path to the vault (DNS, firewall, private endpoint, the vault's network rules). cmk_storage keeps retrying.",
+						  "Check the network path to the vault (DNS, firewall, private endpoint, the vault's network rules). " AZ_HINT_RETRYING,
 						  "could not reach Azure Key Vault %s: %s", base, resp->net_error);
 			break;
 		case AZURE_NET_TOO_LARGE:
@@ -296,7 +296,7 @@ vault_status_error(const char *op, const AzureKeyRef *vault, const char *name,
 	{
 		kind = CMK_ERR_DENIED;
 		if (code_is(&se, "KeyDisabled"))
-			hint = "The key version is disabled. Enable it (az keyvault key set-attributes --vault-name <vault> --name <key> --version <version> --enabled true); encrypted data becomes available again at the next check, without a restart.";
+			hint = "The key version is disabled. Enable it (az keyvault key set-attributes --vault-name <vault> --name <key> --version <version> --enabled true). " AZ_HINT_HEALS;
 		else if (code_is(&se, "KeyExpired") || code_is(&se, "KeyNotYetValid"))
 			hint = "The key version is outside its activation (nbf) / expiry (exp) dates. Wrapping needs a valid version: extend the expiry date or rotate to a new version. Unwrapping keeps working with an expired version.";
 		else if (code_is(&se, "KeyOperationForbidden"))

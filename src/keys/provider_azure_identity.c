@@ -211,8 +211,8 @@ identity_error(const IdentitySource *src, const AzureHttpResponse *resp, CmkErro
 		case AZURE_NET_INTERRUPTED:
 			cmk_error_set(err, CMK_ERR_TRANSIENT, "IdentityEndpointUnreachable",
 						  src->app_service ?
-						  "Check that the app has the managed identity assigned. cmk_storage keeps retrying." :
-						  "On an Azure VM, IMDS (169.254.169.254) must be reachable without a proxy and the user-assigned identity attached to the VM; elsewhere set cmk_storage.azure_token_endpoint. cmk_storage keeps retrying.",
+						  "Check that the app has the managed identity assigned. " AZ_HINT_RETRYING :
+						  "On an Azure VM, IMDS (169.254.169.254) must be reachable without a proxy and the user-assigned identity attached to the VM; elsewhere set cmk_storage.azure_token_endpoint. " AZ_HINT_RETRYING,
 						  "could not reach the %s: %s", what, resp->net_error);
 			identity_detail(err, src, resp);
 			return;
@@ -232,7 +232,7 @@ identity_error(const IdentitySource *src, const AzureHttpResponse *resp, CmkErro
 
 	if (retryable_identity(resp->status))
 		cmk_error_set(err, CMK_ERR_TRANSIENT, se.code,
-					  "The managed identity endpoint is busy or not ready (IMDS answers 404 or 410 while it starts or updates); cmk_storage keeps retrying.",
+					  "The managed identity endpoint is busy or not ready (IMDS answers 404 or 410 while it starts or updates). " AZ_HINT_RETRYING,
 					  "the %s did not issue a token (HTTP %ld %s)%s%s",
 					  what, resp->status, se.code, se.message[0] ? ": " : "", se.message);
 	else if (resp->status == 400)

@@ -27,6 +27,20 @@
 #define AZURE_DEFAULT_API		"7.4"
 
 /*
+ * How a hint ends, after a failure the customer can fix: the server's key
+ * worker checks again and heals by itself; a frontend tool (cmk_restore)
+ * has already retried for its retry timeout and exits, so it has to be run
+ * again.
+ */
+#ifdef FRONTEND
+#define AZ_HINT_RETRYING	"Run the command again once that is fixed (it retries for CMK_AZURE_RETRY_TIMEOUT_MS)."
+#define AZ_HINT_HEALS		"Then run the command again."
+#else
+#define AZ_HINT_RETRYING	"cmk_storage keeps retrying."
+#define AZ_HINT_HEALS		"Encrypted data becomes available again at the next check, without a restart."
+#endif
+
+/*
  * Settings, read afresh for every operation: from the cmk_storage.azure_*
  * GUCs in the server, from CMK_AZURE_* environment variables in frontend
  * tools.  Strings point into storage owned by the GUC machinery or the
