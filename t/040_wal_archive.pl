@@ -17,12 +17,8 @@ my $other_kek = new_kek("$tmp/other.pem");
 my $arch = "$tmp/archive";
 mkdir $arch or die;
 
-my $node = cmk_node('arch', $kek, init => { allows_streaming => 1 }, conf => qq{
-archive_mode = on
-archive_library = 'cmk_storage'
-cmk_storage.archive_directory = '$arch'
-wal_keep_size = '1GB'
-});
+my $node = cmk_node('arch', $kek, init => { allows_streaming => 1 },
+	conf => archive_conf($arch) . "wal_keep_size = '1GB'\n");
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION cmk_storage');
 is(wait_key_settled($node)->{state}, 'available', 'key available');
@@ -38,13 +34,9 @@ CREATE TABLE c (id int PRIMARY KEY, v text) USING cmk_heap;
 INSERT INTO h SELECT g, '$m_heap' || g FROM generate_series(1, 300) g;
 INSERT INTO c SELECT g, '$m_cmk' || g FROM generate_series(1, 300) g;
 });
-my $seg1 = $node->safe_psql('postgres', 'SELECT pg_walfile_name(pg_current_wal_lsn())');
-$node->safe_psql('postgres', 'SELECT pg_switch_wal()');
+my $seg1 = archive_current_segment($node);
 $node->safe_psql('postgres', "INSERT INTO h SELECT g, 'second' || g FROM generate_series(301, 400) g");
-my $seg2 = $node->safe_psql('postgres', 'SELECT pg_walfile_name(pg_current_wal_lsn())');
-$node->safe_psql('postgres', 'SELECT pg_switch_wal()');
-$node->poll_query_until('postgres', qq{SELECT last_archived_wal >= '$seg2' FROM pg_stat_archiver})
-  or die 'archiving timed out';
+my $seg2 = archive_current_segment($node);
 is($node->safe_psql('postgres', 'SELECT failed_count FROM pg_stat_archiver'), '0',
 	'archiver reported no failure');
 

@@ -20,11 +20,7 @@ my $arch = "$tmp/archive";
 mkdir $arch or die;
 mkdir "$tmp/ts" or die;
 
-my $node = cmk_node('primary', $kek, init => { allows_streaming => 1 }, conf => qq{
-archive_mode = on
-archive_library = 'cmk_storage'
-cmk_storage.archive_directory = '$arch'
-});
+my $node = cmk_node('primary', $kek, init => { allows_streaming => 1 }, conf => archive_conf($arch));
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION cmk_storage');
 is(wait_key_settled($node)->{state}, 'available', 'key available');
@@ -107,10 +103,7 @@ UPDATE c SET v = '$m3[1]' WHERE id < 100;
 TRUNCATE ht;
 INSERT INTO ct SELECT g, '$m3[3]' FROM generate_series(401, 500) g;
 });
-my $last = $node->safe_psql('postgres', 'SELECT pg_walfile_name(pg_current_wal_lsn())');
-$node->safe_psql('postgres', 'SELECT pg_switch_wal()');
-$node->poll_query_until('postgres', qq{SELECT last_archived_wal >= '$last' FROM pg_stat_archiver})
-  or die 'archiving timed out';
+archive_current_segment($node);
 is_deeply([ files_containing($arch, @m1, @m2, @m3) ], [], 'no table value in clear in the WAL archive');
 
 # --- point-in-time recovery on a brand-new data directory --------------------------------

@@ -32,11 +32,8 @@ cmk_storage.key_uri = '$key_uri'
 cmk_storage.azure_client_id = '$id->{client_id}'
 cmk_storage.azure_token_endpoint = '$emu->{token_url}'
 cmk_storage.ca_file = '$emu->{ca_file}'
-archive_mode = on
-archive_library = 'cmk_storage'
-cmk_storage.archive_directory = '$arch'
 wal_keep_size = '1GB'
-});
+} . archive_conf($arch));
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION cmk_storage');
 is(wait_key_settled($node)->{state}, 'available', 'key from the vault available');
@@ -45,10 +42,7 @@ my $marker = random_marker('azwal');
 $node->safe_psql('postgres', qq{
 CREATE TABLE c (id int PRIMARY KEY, v text) USING cmk_heap;
 INSERT INTO c SELECT g, '$marker' || g FROM generate_series(1, 300) g;});
-my $seg = $node->safe_psql('postgres', 'SELECT pg_walfile_name(pg_current_wal_lsn())');
-$node->safe_psql('postgres', 'SELECT pg_switch_wal()');
-$node->poll_query_until('postgres', qq{SELECT last_archived_wal >= '$seg' FROM pg_stat_archiver})
-  or die 'archiving timed out';
+my $seg = archive_current_segment($node);
 is_deeply([ files_containing($arch, $marker) ], [], 'no value in clear in the archive directory');
 
 my $restore = $node->config_data('--bindir') . '/cmk_restore';

@@ -10,7 +10,8 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 our @EXPORT = qw(new_kek cmk_node key_status wait_key_settled restart_expect
-  slurp_bytes spew_bytes control_path unwrap_dek files_containing random_marker);
+  slurp_bytes spew_bytes control_path unwrap_dek files_containing random_marker
+  archive_conf archive_current_segment);
 
 # Generate an RSA (or other) private key in PEM, mode 0600.
 sub new_kek
@@ -145,6 +146,30 @@ sub random_marker
 	my ($prefix) = @_;
 	my @c = ('a' .. 'z', 'A' .. 'Z', '0' .. '9');
 	return $prefix . join('', map { $c[ int(rand(@c)) ] } 1 .. 24);
+}
+
+# postgresql.conf lines that archive WAL encrypted into $dir through the
+# archive module (the cluster needs wal_level replica: init => { allows_streaming => 1 }).
+sub archive_conf
+{
+	my ($dir) = @_;
+	return qq{
+archive_mode = on
+archive_library = 'cmk_storage'
+cmk_storage.archive_directory = '$dir'
+};
+}
+
+# Switch to a new WAL segment and wait until the one that was current is
+# archived; returns its file name.
+sub archive_current_segment
+{
+	my ($node) = @_;
+	my $seg = $node->safe_psql('postgres', 'SELECT pg_walfile_name(pg_current_wal_lsn())');
+	$node->safe_psql('postgres', 'SELECT pg_switch_wal()');
+	$node->poll_query_until('postgres', qq{SELECT last_archived_wal >= '$seg' FROM pg_stat_archiver})
+	  or die "archiving $seg timed out";
+	return $seg;
 }
 
 # --- Azure Key Vault emulator (emulator/README.md) ---------------------------------
