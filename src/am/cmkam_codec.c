@@ -404,9 +404,16 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher,
 		stored_fresh = palloc(data_len);
 		memcpy(stored_fresh, stored, data_len);
 		cmk_parse_trailer(rel, old_cipher, tag, &ot);
-		/* our own copy: it is turned back into stored form below */
-		old_plain = old_decrypted ? heap_copytuple(old_decrypted) :
-			cmk_decrypt_tuple(rel, desc, old_cipher);
+		/*
+		 * External references are turned back into stored form below, in our
+		 * own copy; without them the caller's decryption is only read.
+		 */
+		if (old_decrypted == NULL)
+			old_plain = cmk_decrypt_tuple(rel, desc, old_cipher);
+		else if (ot.extbits)
+			old_plain = heap_copytuple(old_decrypted);
+		else
+			old_plain = old_decrypted;
 		/* back to stored form for byte comparison */
 		old_natts = walk_attrs(rel, desc, old_cipher, ot.data_end, old_spans);
 		for (int i = 0; ot.extbits && i < old_natts; i++)
@@ -595,7 +602,8 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher,
 	pfree(stored);
 	if (old_plain)
 	{
-		pfree(old_plain);
+		if (old_plain != old_decrypted)
+			pfree(old_plain);
 		pfree(stored_fresh);
 	}
 	return out;
