@@ -267,7 +267,7 @@ cmk_xor_byval(const uint8 *cp, const uint8 *kp, int16 len)
 extern void cmk_prefix_layout(TupleDesc desc, CmkPrefixLayout *lay);
 extern int	cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay,
 									  int natts, CmkPageTuple *tups, int ntups,
-									  uint8 *ks);
+									  uint8 *ks, int *nblocks);
 extern bool cmk_decrypt_page_prefixes(Relation rel, TupleDesc desc,
 									  CmkPageTuple *tups, int ntups, int natts,
 									  const CmkPrefixLayout *lay,
@@ -353,7 +353,11 @@ typedef struct CmkTupleTableSlot
 	HeapTupleHeader plain;		/* own copy buffer */
 	Size		bufsize;
 	uint32		off;			/* deform position after tts_nvalid */
+	int			xor_natts;		/* leading attributes decrypted by XOR from
+								 * the stored tuple: still ciphertext in td */
 	struct CmkPageCache *pc;			/* allocated on first use */
+	CmkPrefixLayout *lay;		/* of lay_desc, if not the relation's */
+	TupleDesc	lay_desc;
 	struct CmkSlotWipe *wipe;	/* set with the first plaintext buffer */
 } CmkTupleTableSlot;
 
@@ -392,6 +396,7 @@ cmk_slot_adopt_raw(TupleTableSlot *slot, Relation rel, HeapScanDesc scan,
 	cs->rel = rel;
 	cs->prepared = false;
 	cs->off = 0;
+	cs->xor_natts = 0;
 	slot->tts_nvalid = 0;
 	slot->tts_flags &= ~TTS_FLAG_EMPTY;
 	slot->tts_tid = cs->raw->tts_tid;

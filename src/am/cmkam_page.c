@@ -124,7 +124,8 @@ cmk_prefix_layout(TupleDesc desc, CmkPrefixLayout *lay)
  * For every tuple of tups whose attributes [0, natts) are present, not
  * null, inside its data and under at most two nonces, compute their
  * keystream, at their nominal offsets, into ks (room for 2 * ntups *
- * cmk_prefix_blocks(lay, natts) blocks), set ks, stp and fast_natts: the slot then
+ * cmk_prefix_blocks(lay, natts) blocks; *nblocksp says how many it wrote, for
+ * the caller to wipe), set ks, stp and fast_natts: the slot then
  * decrypts each value when the executor asks for it, by XORing page and
  * keystream at the attribute's offset, with nothing copied and no
  * per-tuple bookkeeping (what cmk_decrypt_page_prefixes, for the general
@@ -132,10 +133,10 @@ cmk_prefix_layout(TupleDesc desc, CmkPrefixLayout *lay)
  *
  * The blocks computed for natts attributes often cover more of them (three
  * int4 columns share one block): a tuple whose first lay->wide[natts - 1]
- * attributes qualify as well gets the keystream of all of them, and
- * fast_natts says how many it has.  Then a query that reads more of the
- * tuples it qualifies (an UPDATE reading the new value's inputs from its one
- * matching row, after a qualification on the key) needs no second pass.
+ * attributes qualify as well, under no nonce the first natts do not use,
+ * gets the keystream of all of them, and fast_natts says how many it has.
+ * Then a query that reads more of the tuples it qualifies needs no second
+ * pass over the page.
  *
  * Every other tuple is left with fast_natts = 0, for cmk_decrypt_page_prefixes
  * to decrypt from its first attribute (and to report whatever is wrong with
@@ -143,7 +144,8 @@ cmk_prefix_layout(TupleDesc desc, CmkPrefixLayout *lay)
  */
 static pg_attribute_always_inline int
 prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
-				 CmkPageTuple *tups, int ntups, uint8 *ks, bool widen)
+				 CmkPageTuple *tups, int ntups, uint8 *ks, int *nblocksp,
+				 bool widen)
 {
 	uint32		tag;
 	CmkKeystream *cks = cmk_tuple_keystream(RelationGetRelationName(rel), &tag);
@@ -259,6 +261,25 @@ prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 			nonce[0].pre = pre0;
 			nonce[1].pre = n1len == CMK_NONCE_LEN ? pre1 : pre0;
 			second = load_bits(map, (upto + 7) / 8) & upto_mask;
+			if (widen && upto > natts)
+			{
+				uint32		narrow = second & all;
+
+				/*
+				 * Widen only for free: not when the attributes beyond natts
+				 * need a nonce those up to it do not (an UPDATE changed
+				 * them), which would double this tuple's blocks for the one
+				 * row a qualification usually lets through; the slot serves
+				 * that row alone (serve_prefix_alone).
+				 */
+				if ((narrow == 0 && second != 0) ||
+					(narrow == all && second != upto_mask))
+				{
+					upto = natts;
+					upto_mask = all;
+					second = narrow;
+				}
+			}
 			nonce[0].ctr = n0 + CMK_NONCE_EPOCH_LEN;
 			nonce[1].ctr = n1 + (n1len - CMK_NONCE_CTR_LEN);
 		}
@@ -328,6 +349,7 @@ prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 	}
 
 	nblocks = (cb - ks) / CMK_AES_BLOCK;
+	*nblocksp = nblocks;
 	if (nblocks > 0 && !cmk_keystream_blocks(cks, ks, nblocks))
 	{
 		OPENSSL_cleanse(ks, nblocks * CMK_AES_BLOCK);
@@ -362,12 +384,14 @@ prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 
 int
 cmk_page_prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
-						  CmkPageTuple *tups, int ntups, uint8 *ks)
+						  CmkPageTuple *tups, int ntups, uint8 *ks,
+						  int *nblocks)
 {
 	/* two copies of the loop: the common one has nothing to widen */
 	if (lay->wide[natts - 1] > natts)
-		return prefix_keystream(rel, lay, natts, tups, ntups, ks, true);
-	return prefix_keystream(rel, lay, natts, tups, ntups, ks, false);
+		return prefix_keystream(rel, lay, natts, tups, ntups, ks, nblocks,
+								true);
+	return prefix_keystream(rel, lay, natts, tups, ntups, ks, nblocks, false);
 }
 
 /*

@@ -58,7 +58,7 @@ typedef struct CmkPageCache
 	CmkPrefixLayout lay;		/* of lay_desc */
 	TupleDesc	lay_desc;		/* the slot's descriptor it was made for */
 	uint8	   *ks;				/* keystream of the visit's fast tuples */
-	int			ks_wide;		/* attributes it can cover (lay.wide) */
+	int			lone;			/* tuples served alone since the last build */
 	Size		ks_size;
 	Size		ks_used;		/* high-water mark, for wiping */
 } CmkPageCache;
@@ -149,11 +149,14 @@ cmk_slot_init(TupleTableSlot *slot)
 	cs->plain = NULL;
 	cs->bufsize = 0;
 	cs->off = 0;
+	cs->xor_natts = 0;
 	cs->scan = NULL;
 	cs->visit = 0;
 	cs->cindex = -1;
 	cs->td = NULL;
 	cs->pc = NULL;
+	cs->lay = NULL;
+	cs->lay_desc = NULL;
 	cs->wipe = NULL;
 }
 
@@ -177,6 +180,7 @@ cmk_slot_clear(TupleTableSlot *slot)
 	cs->visit = 0;
 	cs->prepared = false;
 	cs->off = 0;
+	cs->xor_natts = 0;
 	slot->tts_nvalid = 0;
 	slot->tts_flags |= TTS_FLAG_EMPTY;
 	ItemPointerSetInvalid(&slot->tts_tid);
@@ -264,6 +268,12 @@ cmk_slot_release(TupleTableSlot *slot)
 		cs->raw = NULL;
 	}
 	drop_buffers(cs);
+	if (cs->lay)
+	{
+		pfree(cs->lay);
+		cs->lay = NULL;
+		cs->lay_desc = NULL;
+	}
 	if (cs->wipe)
 	{
 		cs->wipe->cs = NULL;
@@ -297,6 +307,104 @@ prepare_raw(CmkTupleTableSlot *cs)
 }
 
 /*
+ * The by-value prefix layout of the slot's descriptor (CmkPrefixLayout).
+ * For the relation's own descriptor, what every slot has, it is made once
+ * and kept in the relcache entry (rd_amcache, which a relcache rebuild frees
+ * and this makes again), not once per query's slots.  The result may go
+ * away with the next invalidation a catalog access or lock accepts: callers
+ * use it within one step and copy what they keep.
+ */
+static const CmkPrefixLayout *
+slot_layout(CmkTupleTableSlot *cs)
+{
+	TupleDesc	desc = cs->base.tts_tupleDescriptor;
+	Relation	rel = cs->rel;
+
+	if (likely(rel != NULL && desc == RelationGetDescr(rel)))
+	{
+		if (unlikely(rel->rd_amcache == NULL))
+		{
+			CmkPrefixLayout *lay = MemoryContextAlloc(CacheMemoryContext,
+													  sizeof(CmkPrefixLayout));
+
+			cmk_prefix_layout(desc, lay);
+			rel->rd_amcache = lay;
+		}
+		return (const CmkPrefixLayout *) rel->rd_amcache;
+	}
+	if (cs->lay_desc != desc)
+	{
+		if (cs->lay == NULL)
+			cs->lay = MemoryContextAlloc(cs->base.tts_mcxt,
+										 sizeof(CmkPrefixLayout));
+		cmk_prefix_layout(desc, cs->lay);
+		cs->lay_desc = desc;
+	}
+	return cs->lay;
+}
+
+/*
+ * A tuple not served from a page cache (an index scan's, a fetched row
+ * version): decrypt as much of [tts_nvalid, natts) as lies in the by-value
+ * prefix the way the page path does, with the same builder on a page of
+ * one, straight from the stored tuple into the slot's Datums, and return
+ * whether that was all the executor asked for.  Nothing is copied; the
+ * keystream lives on this stack frame and is wiped before returning.  A
+ * tuple the builder does not take (a null among those attributes, external
+ * references, three nonces, anything damaged) is left to the general path,
+ * which reports what is wrong with it.
+ */
+static bool
+serve_prefix_alone(CmkTupleTableSlot *cs, int natts)
+{
+	TupleTableSlot *slot = &cs->base;
+	const CmkPrefixLayout *lay = slot_layout(cs);
+	HeapTuple	tup = raw_tuple(cs);
+	int			to = Min(natts, lay->nbyval);
+	CmkPageTuple pt;
+	uint8		ks[2 * CMK_PREFIX_MAX_BLOCKS * CMK_AES_BLOCK];
+	int			nblocks;
+
+	if (slot->tts_nvalid >= to)
+		return false;
+	pt.src = tup->t_data;
+	pt.src_len = tup->t_len;
+	pt.tid = tup->t_self;
+	if (cmk_page_prefix_keystream(cs->rel, lay, to, &pt, 1, ks, &nblocks) != 0)
+		return false;			/* no keystream was made */
+
+	for (int i = slot->tts_nvalid; i < to; i++)
+	{
+		slot->tts_values[i] = cmk_xor_byval((const uint8 *) pt.stp + lay->pos[i],
+											pt.ks + lay->pos[i], lay->len[i]);
+		slot->tts_isnull[i] = false;
+	}
+	OPENSSL_cleanse(ks, nblocks * CMK_AES_BLOCK);
+	slot->tts_nvalid = to;
+	cs->xor_natts = to;
+	cs->off = lay->end[to - 1];
+	slot->tts_flags &= ~TTS_FLAG_SLOW;
+	return to == natts;
+}
+
+/*
+ * The page cache's entry of tup, the tuple the scan returned last.  Entries
+ * follow the scan's rs_vistuples, which stay put for the visit, and the
+ * heap leaves rs_cindex on the tuple it returned: that is the entry.  The
+ * TID check is independent of the lookup (the CPU overlaps the two) and
+ * only guards the assumption.
+ */
+static inline CmkPageTuple *
+visit_entry(CmkPageCache *pc, int idx, HeapTuple tup)
+{
+	if (idx < 0 || idx >= pc->ntups ||
+		ItemPointerGetOffsetNumber(&pc->tups[idx].tid) !=
+		ItemPointerGetOffsetNumberNoCheck(&tup->t_self))
+		return NULL;
+	return &pc->tups[idx];
+}
+
+/*
  * Sequential scans: decrypt the wanted attribute prefix of every visible
  * tuple on the page at once and serve this and the following tuples from
  * there.  Returns the entry of the slot's raw tuple, or NULL if it is not
@@ -308,7 +416,6 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 	HeapScanDesc scan = cs->scan;
 	HeapTuple	tup = raw_tuple(cs);
 	CmkPageCache *pc = cs->pc;
-	int			idx;
 
 	if (cs->visit == 0)
 	{
@@ -324,8 +431,26 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 		arm_wipe(cs);
 		pc = cs->pc = MemoryContextAllocZero(cs->base.tts_mcxt, sizeof(CmkPageCache));
 	}
-	if (pc->visit != cs->visit ||
-		(pc->natts < natts && natts > pc->ks_wide))
+	if (pc->visit == cs->visit && unlikely(natts > pc->natts))
+	{
+		/*
+		 * More attributes than the visit was built for.  A tuple that has
+		 * them in its keystream (fast_natts) is served from it.  The first
+		 * one that does not is served alone: a qualification let one row
+		 * through, and the target list or an UPDATE now reads the rest of
+		 * it.  A second one means the query reads more of many tuples:
+		 * build the visit again for natts.
+		 */
+		CmkPageTuple *pt = visit_entry(pc, cs->cindex, tup);
+
+		if (pt == NULL)
+			return NULL;
+		if (pt->fast_natts >= natts)
+			return pt;
+		if (pc->lone++ == 0)
+			return NULL;
+	}
+	if (pc->visit != cs->visit || natts > pc->natts)
 	{
 		MemoryContext mcxt = cs->base.tts_mcxt;
 		Page		page = BufferGetPage(scan->rs_cbuf);
@@ -333,6 +458,7 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 		int			ntups = scan->rs_ntuples;
 		int			left = ntups;
 		int			ks_natts;
+		const CmkPrefixLayout *lay;
 
 		pc->visit = 0;
 		pc->ntups = 0;
@@ -356,23 +482,24 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 		}
 		pc->ntups = ntups;
 
-		/* by-value prefix attributes only: keystream now, XOR on demand */
 		if (pc->lay_desc != cs->base.tts_tupleDescriptor)
 		{
-			cmk_prefix_layout(cs->base.tts_tupleDescriptor, &pc->lay);
+			pc->lay = *slot_layout(cs);
 			pc->lay_desc = cs->base.tts_tupleDescriptor;
 		}
+		lay = &pc->lay;
+
 		/*
 		 * By-value prefix attributes: keystream now, XOR on demand.  For
 		 * every tuple if the query reads nothing else; otherwise the general
 		 * path decrypts the attributes after them.
 		 */
-		ks_natts = Min(natts, pc->lay.nbyval);
-		pc->ks_wide = 0;
+		ks_natts = Min(natts, lay->nbyval);
 		if (ks_natts > 0)
 		{
 			Size		ks_need = (Size) 2 * ntups *
-				cmk_prefix_blocks(&pc->lay, ks_natts) * CMK_AES_BLOCK;
+				cmk_prefix_blocks(lay, ks_natts) * CMK_AES_BLOCK;
+			int			nblocks;
 
 			if (ks_need > pc->ks_size)
 			{
@@ -380,10 +507,10 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 				pc->ks_size = Max(ks_need, 4096);
 				pc->ks = MemoryContextAlloc(mcxt, pc->ks_size);
 			}
-			pc->ks_used = Max(pc->ks_used, ks_need);
-			left = cmk_page_prefix_keystream(cs->rel, &pc->lay, ks_natts,
-											 pc->tups, ntups, pc->ks);
-			pc->ks_wide = pc->lay.wide[ks_natts - 1];
+			left = cmk_page_prefix_keystream(cs->rel, lay, ks_natts,
+											 pc->tups, ntups, pc->ks,
+											 &nblocks);
+			pc->ks_used = Max(pc->ks_used, (Size) nblocks * CMK_AES_BLOCK);
 		}
 
 		/* the rest: decrypted into Datums now */
@@ -413,35 +540,16 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 			pc->area_used = Max(pc->area_used, area_need);
 			if (!cmk_decrypt_page_prefixes(cs->rel, cs->base.tts_tupleDescriptor,
 										   pc->tups, ntups, natts,
-										   &pc->lay, ks_natts,
+										   lay, ks_natts,
 										   pc->values, pc->isnull,
 										   pc->area, pc->area_size))
 				return NULL;
 		}
 		pc->visit = cs->visit;
 		pc->natts = natts;
+		pc->lone = 0;
 	}
-
-	/*
-	 * Entries follow the scan's rs_vistuples, which stay put for the visit,
-	 * and the heap leaves rs_cindex on the tuple it returned: that is the
-	 * entry.  The TID check is independent of the lookup (the CPU overlaps
-	 * the two) and only guards the assumption.
-	 */
-	idx = cs->cindex;
-	if (idx < 0 || idx >= pc->ntups ||
-		ItemPointerGetOffsetNumber(&pc->tups[idx].tid) !=
-		ItemPointerGetOffsetNumberNoCheck(&tup->t_self))
-		return NULL;
-
-	/*
-	 * More attributes than the visit was built for, all in its keystream
-	 * (pc->ks_wide): no second pass over the page.  A tuple that does not
-	 * have them all there is decrypted on its own.
-	 */
-	if (unlikely(natts > pc->natts) && pc->tups[idx].fast_natts < natts)
-		return NULL;
-	return &pc->tups[idx];
+	return visit_entry(pc, cs->cindex, tup);
 }
 
 /*
@@ -530,12 +638,15 @@ cmk_slot_getsomeattrs(TupleTableSlot *slot, int natts)
 			if (slot->tts_nvalid < to)
 			{
 				slot->tts_nvalid = to;
+				cs->xor_natts = to;
 				cs->off = lay->end[to - 1];
 				slot->tts_flags &= ~TTS_FLAG_SLOW;
 			}
 			if (likely(to == natts))
 				return;
 		}
+		else if (pt == NULL && !cs->prepared && serve_prefix_alone(cs, natts))
+			return;
 		tupnatts = Min(pt ? pt->tupnatts : HeapTupleHeaderGetNatts(raw_tuple(cs)->t_data),
 					   natts);
 
@@ -801,6 +912,23 @@ cmk_slot_fetched_version(Relation rel, ItemPointer tid, TupleTableSlot *newslot,
 	slot_getallattrs(&cs->base);
 	if (!cs->prepared || cs->mat != NULL || cs->trailer.extbits != NULL)
 		return false;
+
+	/*
+	 * The leading attributes served by XOR went straight from the stored
+	 * tuple into Datums; the copy still has their ciphertext.  They are
+	 * by-value, not null, at their nominal offsets: store the plaintext.
+	 */
+	if (cs->xor_natts > 0)
+	{
+		const CmkPrefixLayout *lay = slot_layout(cs);
+		char	   *tp = (char *) cs->td + cs->td->t_hoff;
+
+		Assert(cs->xor_natts <= lay->nbyval);
+		for (int i = 0; i < cs->xor_natts; i++)
+			store_att_byval(tp + lay->pos[i], cs->base.tts_values[i],
+							lay->len[i]);
+		cs->xor_natts = 0;
+	}
 
 	*cipher = *raw;
 	plain->t_len = cs->trailer.data_end;
