@@ -72,8 +72,10 @@ ok(-f "$tmp/RECOVERYXLOG" && slurp_bytes("$tmp/RECOVERYXLOG") eq slurp_bytes("$p
 is($rc, 201, 'an identity without unwrapKey: exit 201 (key unavailable)') or diag $err;
 note("identity without unwrapKey: $err");
 like($err, qr/unwrap/i, 'identity without unwrapKey: the message names the refused operation');
-like($err, qr/hint:.*Unwrap Key.*Then run the command again\./s,
-	'identity without unwrapKey: the hint says what to grant, then to run the tool again');
+like($err, qr/hint:.*Grant the managed identity this command runs as \(CMK_AZURE_CLIENT_ID\).*Unwrap Key.*Then run the command again\./s,
+	'identity without unwrapKey: the hint says which identity needs what, then to run the tool again');
+unlike($err, qr/server's managed identity/,
+	'identity without unwrapKey: the hint does not send the user to the server\'s identity');
 ok(!-e "$tmp/denied", 'identity without unwrapKey: nothing written');
 my $err_denied = $err;
 

@@ -48,11 +48,11 @@
 #define B64_WRAPPED_MAX		(CMK_MAX_WRAPPED * 4 / 3 + 4)
 
 #define HINT_MALFORMED \
-	"The vault, or something between it and this server (a TLS-inspecting proxy), " \
+	"The vault, or something between it and " AZ_WHERE " (a TLS-inspecting proxy), " \
 	"sent a response that is not what Azure Key Vault sends. " AZ_HINT_RETRYING
 
 #define HINT_PERMISSIONS \
-	"Grant the server's managed identity the key permissions Get, Wrap Key and Unwrap Key " \
+	"Grant " AZ_WHO " the key permissions Get, Wrap Key and Unwrap Key " \
 	"(access policy), or the role \"Key Vault Crypto Service Encryption User\" on the key or vault (Azure RBAC). " \
 	AZ_HINT_HEALS
 
@@ -234,7 +234,7 @@ vault_net_error(const AzureKeyRef *vault, const char *version,
 	{
 		case AZURE_NET_TLS_UNTRUSTED:
 			cmk_error_set(err, CMK_ERR_CONFIG, "TlsVerificationFailed",
-						  "The vault's TLS certificate is not trusted by this server. For a private CA (such as the emulator's ca_file) set cmk_storage.ca_file to its PEM file; verification cannot be turned off.",
+						  "The vault's TLS certificate is not trusted by " AZ_WHERE ". For a private CA (such as the emulator's ca_file) set cmk_storage.ca_file to its PEM file; verification cannot be turned off.",
 						  "TLS verification of Azure Key Vault %s failed: %s", base, resp->net_error);
 			break;
 		case AZURE_NET_CONFIG:
@@ -302,9 +302,9 @@ vault_status_error(const char *op, const AzureKeyRef *vault, const char *name,
 		else if (code_is(&se, "KeyOperationForbidden"))
 			hint = "The key does not permit this operation: add wrapKey and unwrapKey to its permitted operations (key_ops).";
 		else if (code_is(&se, "ForbiddenByRbac"))
-			hint = "Assign the role \"Key Vault Crypto Service Encryption User\" (keys/read, keys/wrap/action, keys/unwrap/action) to the server's managed identity on the key or the vault. Role assignments can take a few minutes to apply.";
+			hint = "Assign the role \"Key Vault Crypto Service Encryption User\" (keys/read, keys/wrap/action, keys/unwrap/action) to " AZ_WHO " on the key or the vault. Role assignments can take a few minutes to apply.";
 		else if (code_is(&se, "ForbiddenByFirewall") || code_is(&se, "ForbiddenByConnection"))
-			hint = "The vault's network rules refuse this server. Allow its network (virtual network rule, private endpoint or IP rule) in the vault's networking settings.";
+			hint = "The vault's network rules refuse " AZ_WHERE ". Allow its network (virtual network rule, private endpoint or IP rule) in the vault's networking settings.";
 		else
 			hint = HINT_PERMISSIONS;
 	}

@@ -41,6 +41,18 @@
 #endif
 
 /*
+ * Who asks the vault, and from where, as hints name them: the server's
+ * identity, or the one a frontend tool was told to use.
+ */
+#ifdef FRONTEND
+#define AZ_WHO		"the managed identity this command runs as (CMK_AZURE_CLIENT_ID)"
+#define AZ_WHERE	"this machine"
+#else
+#define AZ_WHO		"the server's managed identity"
+#define AZ_WHERE	"this server"
+#endif
+
+/*
  * Settings, read afresh for every operation: from the cmk_storage.azure_*
  * GUCs in the server, from CMK_AZURE_* environment variables in frontend
  * tools.  Strings point into storage owned by the GUC machinery or the
