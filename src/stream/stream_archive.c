@@ -38,6 +38,7 @@
 #include "storage/fd.h"
 #include "utils/memutils.h"
 
+#include "stream/cmk_fd_sink.h"
 #include "stream/stream_server.h"
 
 PGDLLEXPORT void _PG_archive_module_init(ArchiveModuleCallbacks *cb);
@@ -86,34 +87,6 @@ cmk_archive_shutdown(void)
 }
 
 /* ---------------------------------------------------------------------- */
-
-typedef struct FdSink
-{
-	int			fd;
-	int			save_errno;
-} FdSink;
-
-static bool
-write_fd(void *arg, const uint8_t *data, size_t len)
-{
-	FdSink	   *sink = arg;
-
-	while (len > 0)
-	{
-		ssize_t		n;
-
-		errno = 0;
-		n = write(sink->fd, data, len);
-		if (n <= 0)
-		{
-			sink->save_errno = errno ? errno : ENOSPC;
-			return false;
-		}
-		data += n;
-		len -= n;
-	}
-	return true;
-}
 
 static void
 report_stream_error(const char *what, const char *path, CmkStreamStatus st,
@@ -261,7 +234,7 @@ archive_file_internal(const char *file, const char *path)
 	struct timeval tv;
 	CmkStreamHeader hdr;
 	uint8		subkey[CMK_SUBKEY_LEN];
-	FdSink		sink = {-1, 0};
+	CmkFdSink	sink = {-1, 0};
 	CmkStreamStatus rc;
 	int			in;
 
@@ -321,7 +294,7 @@ archive_file_internal(const char *file, const char *path)
 				 errmsg("could not create file \"%s\": %m", temp_path)));
 
 	cmk_stream_server_subkey(CMK_STREAM_WAL, hdr.dek_id, subkey);
-	rc = cmk_stream_encrypt_begin(archive_stream, &hdr, subkey, write_fd, &sink);
+	rc = cmk_stream_encrypt_begin(archive_stream, &hdr, subkey, cmk_fd_sink_write, &sink);
 	OPENSSL_cleanse(subkey, sizeof(subkey));
 	if (rc != CMK_STREAM_OK)
 		report_stream_error("encrypt into", temp_path, rc, sink.save_errno);

@@ -49,6 +49,7 @@
 #include "crypto/cmk_crypto.h"
 #include "keys/control_file.h"
 #include "keys/key_provider.h"
+#include "stream/cmk_fd_sink.h"
 #include "stream/cmk_stream.h"
 
 #define EXIT_NOT_FOUND			1
@@ -443,34 +444,6 @@ decrypt_file(CmkStream *s, Job *job, CmkStreamWriteFn wfn, void *warg,
 }
 
 /* Output sinks */
-typedef struct FdOut
-{
-	int			fd;
-} FdOut;
-
-static bool
-write_fd(void *arg, const uint8_t *data, size_t len)
-{
-	FdOut	   *o = arg;
-
-	while (len > 0)
-	{
-		ssize_t		n;
-
-		errno = 0;
-		n = write(o->fd, data, len);
-		if (n <= 0)
-		{
-			if (errno == 0)
-				errno = ENOSPC;
-			return false;
-		}
-		data += n;
-		len -= n;
-	}
-	return true;
-}
-
 static bool
 write_discard(void *arg, const uint8_t *data, size_t len)
 {
@@ -508,7 +481,7 @@ static int
 decrypt_to_path(CmkStream *s, Job *job, const char *dest, bool do_fsync)
 {
 	char		tmp[MAXPGPATH];
-	FdOut		out;
+	CmkFdSink	out;
 	int			rc;
 
 	snprintf(tmp, sizeof(tmp), "%s.cmk_partial", dest);
@@ -518,7 +491,7 @@ decrypt_to_path(CmkStream *s, Job *job, const char *dest, bool do_fsync)
 		job_fail(job, EXIT_IO, "could not create \"%s\": %m", tmp);
 		return EXIT_IO;
 	}
-	rc = decrypt_file(s, job, write_fd, &out, NULL, NULL);
+	rc = decrypt_file(s, job, cmk_fd_sink_write, &out, NULL, NULL);
 	if (rc == 0 && do_fsync && fsync(out.fd) != 0)
 	{
 		job_fail(job, EXIT_IO, "could not fsync \"%s\": %m", tmp);
@@ -1043,7 +1016,7 @@ restore_archive(CmkStream *s, const BackupEnd *be, const EndFile *f, bool extrac
 	}
 	else
 	{
-		FdOut		out;
+		CmkFdSink	out;
 		pid_t		pid;
 		int			status;
 
@@ -1088,7 +1061,7 @@ restore_archive(CmkStream *s, const BackupEnd *be, const EndFile *f, bool extrac
 		pid = spawn_tar(f->name, dest, &out.fd, &rc);
 		if (pid < 0)
 			return rc;
-		rc = decrypt_file(s, &job, write_fd, &out, NULL, &bytes);
+		rc = decrypt_file(s, &job, cmk_fd_sink_write, &out, NULL, &bytes);
 		close(out.fd);
 		if (rc != 0)
 			kill(pid, SIGTERM);
@@ -1237,9 +1210,9 @@ cmd_files(int argc, char **argv, const char *what)
 				rc = decrypt_to_path(s, &job, output_path, true);
 			else
 			{
-				FdOut		out = {1};
+				CmkFdSink	out = {1, 0};
 
-				rc = decrypt_file(s, &job, write_fd, &out, &hdr, &bytes);
+				rc = decrypt_file(s, &job, cmk_fd_sink_write, &out, &hdr, &bytes);
 			}
 		}
 		else
