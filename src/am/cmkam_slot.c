@@ -405,6 +405,114 @@ visit_entry(CmkPageCache *pc, int idx, HeapTuple tup)
 }
 
 /*
+ * Build the page cache for the slot's visit of the scan's current page:
+ * attributes [0, natts) of every visible tuple.  Returns false if the page
+ * does not fit the cache's area (the caller then goes one tuple at a time).
+ */
+static bool
+build_visit(CmkTupleTableSlot *cs, CmkPageCache *pc, int natts)
+{
+	HeapScanDesc scan = cs->scan;
+	MemoryContext mcxt = cs->base.tts_mcxt;
+	Page		page = BufferGetPage(scan->rs_cbuf);
+	BlockNumber blk = scan->rs_cblock;
+	int			ntups = scan->rs_ntuples;
+	int			left = ntups;
+	int			ks_natts;
+	const CmkPrefixLayout *lay;
+
+	pc->visit = 0;
+	pc->ntups = 0;
+	if (ntups > pc->ntups_alloc)
+	{
+		if (pc->tups)
+			pfree(pc->tups);
+		pc->ntups_alloc = Max(ntups, 64);
+		pc->tups = MemoryContextAlloc(mcxt, pc->ntups_alloc * sizeof(CmkPageTuple));
+	}
+	for (int i = 0; i < ntups; i++)
+	{
+		OffsetNumber o = scan->rs_vistuples[i];
+		ItemId		lp = PageGetItemId(page, o);
+		CmkPageTuple *pt = &pc->tups[i];
+
+		pt->src = (HeapTupleHeader) PageGetItem(page, lp);
+		pt->src_len = ItemIdGetLength(lp);
+		ItemPointerSet(&pt->tid, blk, o);
+		pt->fast_natts = 0;
+	}
+	pc->ntups = ntups;
+
+	if (pc->lay_desc != cs->base.tts_tupleDescriptor)
+	{
+		pc->lay = *slot_layout(cs);
+		pc->lay_desc = cs->base.tts_tupleDescriptor;
+	}
+	lay = &pc->lay;
+
+	/*
+	 * By-value prefix attributes: keystream now, XOR on demand.  For every
+	 * tuple if the query reads nothing else; otherwise the general path
+	 * decrypts the attributes after them.
+	 */
+	ks_natts = Min(natts, lay->nbyval);
+	if (ks_natts > 0)
+	{
+		Size		ks_need = (Size) 2 * ntups *
+			cmk_prefix_blocks(lay, ks_natts) * CMK_AES_BLOCK;
+		int			nblocks;
+
+		if (ks_need > pc->ks_size)
+		{
+			drop_ks(pc);
+			pc->ks_size = Max(ks_need, 4096);
+			pc->ks = MemoryContextAlloc(mcxt, pc->ks_size);
+		}
+		left = cmk_page_prefix_keystream(cs->rel, lay, ks_natts,
+										 pc->tups, ntups, pc->ks,
+										 &nblocks);
+		pc->ks_used = Max(pc->ks_used, (Size) nblocks * CMK_AES_BLOCK);
+	}
+
+	/* the rest: decrypted into Datums now */
+	if (left > 0 || natts > ks_natts)
+	{
+		Size		need = (Size) ntups * natts;
+		Size		area_need = 0;
+
+		for (int i = 0; i < ntups; i++)
+			area_need += MAXALIGN(pc->tups[i].src_len);
+
+		if (need > pc->nvalues)
+		{
+			drop_values(pc);
+			pc->nvalues = Max(need, 256);
+			pc->values = MemoryContextAlloc(mcxt, pc->nvalues * sizeof(Datum));
+			pc->isnull = MemoryContextAlloc(mcxt, pc->nvalues * sizeof(bool));
+		}
+		/* every tuple's data fits in its stored length */
+		if (area_need > pc->area_size)
+		{
+			drop_area(pc);
+			pc->area_size = Max(area_need, 1024);
+			pc->area = MemoryContextAlloc(mcxt, pc->area_size);
+		}
+		pc->values_used = Max(pc->values_used, need);
+		pc->area_used = Max(pc->area_used, area_need);
+		if (!cmk_decrypt_page_prefixes(cs->rel, cs->base.tts_tupleDescriptor,
+									   pc->tups, ntups, natts,
+									   lay, ks_natts,
+									   pc->values, pc->isnull,
+									   pc->area, pc->area_size))
+			return false;
+	}
+	pc->visit = cs->visit;
+	pc->natts = natts;
+	pc->lone = 0;
+	return true;
+}
+
+/*
  * Sequential scans: decrypt the wanted attribute prefix of every visible
  * tuple on the page at once and serve this and the following tuples from
  * there.  Returns the entry of the slot's raw tuple, or NULL if it is not
@@ -431,8 +539,13 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 		arm_wipe(cs);
 		pc = cs->pc = MemoryContextAllocZero(cs->base.tts_mcxt, sizeof(CmkPageCache));
 	}
-	if (pc->visit == cs->visit && unlikely(natts > pc->natts))
+	if (likely(pc->visit == cs->visit))
 	{
+		CmkPageTuple *pt;
+
+		if (likely(natts <= pc->natts))
+			return visit_entry(pc, cs->cindex, tup);
+
 		/*
 		 * More attributes than the visit was built for.  A tuple that has
 		 * them in its keystream (fast_natts) is served from it.  The first
@@ -441,8 +554,7 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 		 * it.  A second one means the query reads more of many tuples:
 		 * build the visit again for natts.
 		 */
-		CmkPageTuple *pt = visit_entry(pc, cs->cindex, tup);
-
+		pt = visit_entry(pc, cs->cindex, tup);
 		if (pt == NULL)
 			return NULL;
 		if (pt->fast_natts >= natts)
@@ -450,105 +562,9 @@ page_cache_entry(CmkTupleTableSlot *cs, int natts)
 		if (pc->lone++ == 0)
 			return NULL;
 	}
-	if (pc->visit != cs->visit || natts > pc->natts)
-	{
-		MemoryContext mcxt = cs->base.tts_mcxt;
-		Page		page = BufferGetPage(scan->rs_cbuf);
-		BlockNumber blk = scan->rs_cblock;
-		int			ntups = scan->rs_ntuples;
-		int			left = ntups;
-		int			ks_natts;
-		const CmkPrefixLayout *lay;
 
-		pc->visit = 0;
-		pc->ntups = 0;
-		if (ntups > pc->ntups_alloc)
-		{
-			if (pc->tups)
-				pfree(pc->tups);
-			pc->ntups_alloc = Max(ntups, 64);
-			pc->tups = MemoryContextAlloc(mcxt, pc->ntups_alloc * sizeof(CmkPageTuple));
-		}
-		for (int i = 0; i < ntups; i++)
-		{
-			OffsetNumber o = scan->rs_vistuples[i];
-			ItemId		lp = PageGetItemId(page, o);
-			CmkPageTuple *pt = &pc->tups[i];
-
-			pt->src = (HeapTupleHeader) PageGetItem(page, lp);
-			pt->src_len = ItemIdGetLength(lp);
-			ItemPointerSet(&pt->tid, blk, o);
-			pt->fast_natts = 0;
-		}
-		pc->ntups = ntups;
-
-		if (pc->lay_desc != cs->base.tts_tupleDescriptor)
-		{
-			pc->lay = *slot_layout(cs);
-			pc->lay_desc = cs->base.tts_tupleDescriptor;
-		}
-		lay = &pc->lay;
-
-		/*
-		 * By-value prefix attributes: keystream now, XOR on demand.  For
-		 * every tuple if the query reads nothing else; otherwise the general
-		 * path decrypts the attributes after them.
-		 */
-		ks_natts = Min(natts, lay->nbyval);
-		if (ks_natts > 0)
-		{
-			Size		ks_need = (Size) 2 * ntups *
-				cmk_prefix_blocks(lay, ks_natts) * CMK_AES_BLOCK;
-			int			nblocks;
-
-			if (ks_need > pc->ks_size)
-			{
-				drop_ks(pc);
-				pc->ks_size = Max(ks_need, 4096);
-				pc->ks = MemoryContextAlloc(mcxt, pc->ks_size);
-			}
-			left = cmk_page_prefix_keystream(cs->rel, lay, ks_natts,
-											 pc->tups, ntups, pc->ks,
-											 &nblocks);
-			pc->ks_used = Max(pc->ks_used, (Size) nblocks * CMK_AES_BLOCK);
-		}
-
-		/* the rest: decrypted into Datums now */
-		if (left > 0 || natts > ks_natts)
-		{
-			Size		need = (Size) ntups * natts;
-			Size		area_need = 0;
-
-			for (int i = 0; i < ntups; i++)
-				area_need += MAXALIGN(pc->tups[i].src_len);
-
-			if (need > pc->nvalues)
-			{
-				drop_values(pc);
-				pc->nvalues = Max(need, 256);
-				pc->values = MemoryContextAlloc(mcxt, pc->nvalues * sizeof(Datum));
-				pc->isnull = MemoryContextAlloc(mcxt, pc->nvalues * sizeof(bool));
-			}
-			/* every tuple's data fits in its stored length */
-			if (area_need > pc->area_size)
-			{
-				drop_area(pc);
-				pc->area_size = Max(area_need, 1024);
-				pc->area = MemoryContextAlloc(mcxt, pc->area_size);
-			}
-			pc->values_used = Max(pc->values_used, need);
-			pc->area_used = Max(pc->area_used, area_need);
-			if (!cmk_decrypt_page_prefixes(cs->rel, cs->base.tts_tupleDescriptor,
-										   pc->tups, ntups, natts,
-										   lay, ks_natts,
-										   pc->values, pc->isnull,
-										   pc->area, pc->area_size))
-				return NULL;
-		}
-		pc->visit = cs->visit;
-		pc->natts = natts;
-		pc->lone = 0;
-	}
+	if (!build_visit(cs, pc, natts))
+		return NULL;
 	return visit_entry(pc, cs->cindex, tup);
 }
 
