@@ -114,10 +114,42 @@ for my $want ('create:success', 'rotate:success', 'revoke:failure', 'recover:suc
 
 # kek1 is no longer needed
 move($kek1, "$kek1.retired") or die;
+my $before_restart = $primary->safe_psql('postgres',
+	q{SELECT max(seq) || '|' || string_agg(seq || ':' || event || ':' || outcome, ',' ORDER BY seq) FROM cmk_storage.key_events});
 $primary->safe_psql('postgres', "ALTER SYSTEM SET cmk_storage.key_uri = 'file://$kek2'; SELECT pg_reload_conf();");
 $primary->restart;
 is(wait_key_settled($primary)->{state}, 'available', 'restart after rotation: available without the old key');
 is($primary->safe_psql('postgres', 'SELECT count(*) FROM acct'), '1000', 'data intact');
+
+# --- the audit trail outlives restarts (cmk_storage/audit_trail) --------------------------
+my ($max_before, $list_before) = split /\|/, $before_restart;
+my $after = $primary->safe_psql('postgres',
+	qq{SELECT string_agg(seq || ':' || event || ':' || outcome, ',' ORDER BY seq) FROM cmk_storage.key_events WHERE seq <= $max_before});
+is($after, $list_before, "audit: the $max_before events before the restart are still in the view, numbered as before");
+like($primary->safe_psql('postgres', qq{SELECT string_agg(event, ',') FROM cmk_storage.key_events WHERE seq > $max_before}),
+	qr/unwrap/, 'audit: numbering continues after the restart (the start-up unwrap follows them)');
+like($list_before, qr/^1:create:success,/, 'audit: the trail starts with the key\'s creation');
+
+# a torn or altered record: skipped with a warning, the rest kept
+$primary->stop;
+{
+	my $trail = $primary->data_dir . '/cmk_storage/audit_trail';
+	open(my $fh, '+<:raw', $trail) or die "open $trail: $!";
+	seek($fh, 100, 0) or die;
+	my $b;
+	read($fh, $b, 1) == 1 or die;
+	seek($fh, 100, 0) or die;
+	print $fh chr(ord($b) ^ 0x01);
+	close($fh) or die;
+}
+my $log_offset = -s $primary->logfile;
+$primary->start;
+is(wait_key_settled($primary)->{state}, 'available', 'altered audit record: the key is still available');
+like(slurp_file($primary->logfile, $log_offset),
+	qr/WARNING:  cmk_storage audit trail "cmk_storage\/audit_trail": 1 damaged record\(s\) skipped/,
+	'altered audit record: the start-up warns that one record was skipped');
+is($primary->safe_psql('postgres', q{SELECT min(seq) FROM cmk_storage.key_events}), '2',
+	'altered audit record: that event (the first) is left out, the others stay');
 
 # --- a changed key_uri is adopted by itself ------------------------------------------------
 $gen = ctl_generation($primary);

@@ -2,7 +2,8 @@
  *
  * key_audit.h
  *		Key events: one parseable log line each, and a bounded ring in
- *		shared memory that SQL reads (cmk_storage.key_events).
+ *		shared memory that SQL reads (cmk_storage.key_events), kept in
+ *		$PGDATA/cmk_storage/audit_trail across restarts.
  *
  *-------------------------------------------------------------------------
  */
