@@ -194,54 +194,59 @@ collect_timings() {
 }
 
 # --- phase 1: scans from cache ---------------------------------------------------
-SCAN_SQL="$WORK/scans.sql"
-{
-    echo '\o /dev/null'
-    echo 'SET enable_indexscan = off; SET enable_indexonlyscan = off; SET enable_bitmapscan = off;'
-    echo '-- warm-up, untimed'
-    echo 'SELECT count(*) FROM pgbench_accounts;'
-    echo 'SELECT sum(abalance) FROM pgbench_accounts;'
-    echo "COPY pgbench_accounts TO '/dev/null';"
-    echo '\timing on'
-    for _ in $(seq 1 "$REPS"); do
-        echo '\echo @count'
-        echo 'SELECT count(*) FROM pgbench_accounts;'
-        echo '\echo @sum'
-        echo 'SELECT sum(abalance) FROM pgbench_accounts;'
-        echo '\echo @copyto'
-        echo "COPY pgbench_accounts TO '/dev/null';"
+# This VM flips between a fast and a slow state within seconds, so a heap sample
+# and the cmk_heap sample it is paired with are taken one right after the other:
+# each timed query is its own psql run (heap, cmk_heap, padded heap; then the
+# next), after an untimed EXPLAIN that loads the catalogs into the new backend.
+SCAN_QUERIES="count:SELECT count(*) FROM %s;
+sum:SELECT sum(abalance) FROM %s;
+copyto:COPY %s TO '/dev/null';"
+scan_sql() {   # metric table -> path of a script timing that query once
+    local m=$1 t=$2 q f="$WORK/scan-$1-$2.sql"
+    q=$(printf '%s\n' "$SCAN_QUERIES" | sed -n "s/^$m://p")
+    # shellcheck disable=SC2059
+    printf -v q "$q" "$t"
+    {
+        echo '\o /dev/null'
+        echo 'SET enable_indexscan = off; SET enable_indexonlyscan = off; SET enable_bitmapscan = off;'
+        echo "EXPLAIN SELECT * FROM $t;"
+        echo '\timing on'
+        echo "\\echo @$m"
+        echo "$q"
+    } | as_pg bash -c "cat > '$f'"
+    echo "$f"
+}
+declare -A SCAN_FILE
+for m in count sum copyto; do
+    for t in pgbench_accounts accounts_padded; do SCAN_FILE[$m:$t]=$(scan_sql "$m" "$t"); done
+done
+# warm-up, untimed: the tables into shared buffers, hint bits set
+for c in $CLUSTERS; do
+    tabs=pgbench_accounts; [ "$c" = heap ] && tabs="pgbench_accounts accounts_padded"
+    for t in $tabs; do
+        cl_psql "$c" "$DB" -c "SET enable_indexscan = off" -c "SET enable_bitmapscan = off" \
+            -c "SELECT count(*), sum(abalance) FROM $t" -c "COPY $t TO '/dev/null'" >/dev/null 2>&1 \
+            || die "warm-up scan of $t failed in '$c'"
     done
-} | as_pg bash -c "cat > '$SCAN_SQL'"
-
-# the heap cluster also scans the padded table, in the same round
-SCAN_SQL_HEAP="$WORK/scans-heap.sql"
-{
-    sed '/^\\timing on/,$d' "$SCAN_SQL"
-    echo 'SELECT sum(abalance) FROM accounts_padded;'
-    echo "COPY accounts_padded TO '/dev/null';"
-    echo '\timing on'
-    for _ in $(seq 1 "$REPS"); do
-        for q in count:'SELECT count(*) FROM pgbench_accounts;' count_pad:'SELECT count(*) FROM accounts_padded;' \
-                 sum:'SELECT sum(abalance) FROM pgbench_accounts;' sum_pad:'SELECT sum(abalance) FROM accounts_padded;' \
-                 copyto:"COPY pgbench_accounts TO '/dev/null';" copyto_pad:"COPY accounts_padded TO '/dev/null';"; do
-            echo "\\echo @${q%%:*}"
-            echo "${q#*:}"
-        done
-    done
-} | as_pg bash -c "cat > '$SCAN_SQL_HEAP'"
+done
 
 note_load scans
 say "phase 1/4: count(*), sum(abalance), COPY TO /dev/null ($RUNS rounds x $REPS reps)"
 for r in $(seq 1 "$RUNS"); do
-    for c in $CLUSTERS; do
-        out="$WORK/$c/scan.$r.out"
-        sql=$SCAN_SQL; [ "$c" = heap ] && sql=$SCAN_SQL_HEAP
-        if cl_psql "$c" "$DB" -f "$sql" >"$out" 2>"$out.err"; then
-            collect_timings "$c" "$out"
-        else
-            fail_metric count "scan queries failed in '$c': $(head -c 300 "$out.err")"
-            fail_metric sum "see count"; fail_metric copyto "see count"
-        fi
+    for _ in $(seq 1 "$REPS"); do
+        for m in count sum copyto; do
+            for c in $CLUSTERS pad; do
+                cl=$c; t=pgbench_accounts; key=$m
+                [ "$c" = pad ] && { cl=heap; t=accounts_padded; key=${m}_pad; }
+                out="$WORK/$cl/scan.$key.out"
+                if cl_psql "$cl" "$DB" -f "${SCAN_FILE[$m:$t]}" >"$out" 2>"$out.err"; then
+                    sed -i "s/^@$m\$/@$key/" "$out"
+                    collect_timings "$cl" "$out"
+                else
+                    fail_metric "$m" "$m failed in '$cl' on $t: $(head -c 300 "$out.err")"
+                fi
+            done
+        done
     done
 done
 
@@ -479,7 +484,8 @@ REPORT=$(cat <<EOF
   max_parallel_workers_per_gather 0, max_wal_size 8GB, shared_preload_libraries cmk_storage (key: RSA 3072 file)
 - 1-min load average at: $LOADS (the benchmark itself accounts for up to ~2; more means other work shared the 2 cores)
 - pgbench scale $SCALE, fillfactor $FILLFACTOR, $CLIENTS clients/threads; $RUNS rounds, each round measures heap then cmk_heap;
-  scan queries $REPS× per round (seq scan forced), medians over all samples; CHECKPOINT before each pgbench run and each COPY FROM
+  scan queries $REPS× per round (seq scan forced), each sample its own psql run, heap then cmk_heap then padded heap back to back;
+  medians over all samples; CHECKPOINT before each pgbench run and each COPY FROM
 
 | metric | heap | cmk_heap | ratio | target |
 |---|---:|---:|---:|---|
