@@ -23,13 +23,15 @@ like($st->{kek_id}, qr/^file:sha256:[0-9a-f]{64}$/, 'KEK id is the key fingerpri
 opendir(my $dh, $node->data_dir . '/cmk_storage') or die;
 my @entries = sort grep { !/^\.\.?$/ } readdir $dh;
 closedir $dh;
-is_deeply(\@entries, ['control', 'nonce_epochs'], 'first start created the control file and an empty nonce epoch file');
+is_deeply(\@entries, ['audit_trail', 'control', 'nonce_epochs'],
+	'first start created the control file, an empty nonce epoch file and the audit trail');
 is(length(slurp_bytes($node->data_dir . '/cmk_storage/nonce_epochs')), 20, 'nonce epoch file: header and checksum, no epoch yet');
 ok(!-e $node->data_dir . '/cmk_storage.new', 'no staging directory left behind');
 my $control = slurp_bytes(control_path($node));
 is(length($control), 2048, 'control file is 2048 bytes');
 is((stat(control_path($node)))[2] & 07777, 0600, 'control file mode 0600');
 is((stat($node->data_dir . '/cmk_storage/nonce_epochs'))[2] & 07777, 0600, 'nonce epoch file mode 0600');
+is((stat($node->data_dir . '/cmk_storage/audit_trail'))[2] & 07777, 0600, 'audit trail file mode 0600');
 
 # The DEK unwrapped with the private key matches the DEK identifier shown.
 my $dek = unwrap_dek(control_path($node), $kek, $tmp);
