@@ -926,7 +926,17 @@ cmk_slot_fetched_version(Relation rel, ItemPointer tid, TupleTableSlot *newslot,
 
 	/* decrypt what the executor did not read (usually nothing) */
 	slot_getallattrs(&cs->base);
-	if (!cs->prepared || cs->mat != NULL || cs->trailer.extbits != NULL)
+	if (cs->mat != NULL)
+		return false;
+
+	/*
+	 * A tuple of by-value columns only may have been served by XOR whole,
+	 * with no copy made: make the copy now, it is completed below.
+	 */
+	if (!cs->prepared &&
+		cs->xor_natts >= HeapTupleHeaderGetNatts(raw->t_data))
+		prepare_raw(cs);
+	if (!cs->prepared || cs->trailer.extbits != NULL)
 		return false;
 
 	/*
