@@ -344,6 +344,32 @@ slot_layout(CmkTupleTableSlot *cs)
 }
 
 /*
+ * Attributes [tts_nvalid, to) of the by-value prefix, none null: XOR the
+ * stored tuple's data area stp with its keystream ks, both at the layout's
+ * nominal offsets, straight into the slot's Datums.  The stored copy, if
+ * one is made later, still has their ciphertext (xor_natts).
+ */
+static pg_attribute_always_inline void
+xor_prefix_into_slot(CmkTupleTableSlot *cs, const CmkPrefixLayout *lay,
+					 const uint8 *stp, const uint8 *ks, int to)
+{
+	TupleTableSlot *slot = &cs->base;
+
+	if (slot->tts_nvalid >= to)
+		return;
+	for (int i = slot->tts_nvalid; i < to; i++)
+	{
+		slot->tts_values[i] = cmk_xor_byval(stp + lay->pos[i], ks + lay->pos[i],
+											lay->len[i]);
+		slot->tts_isnull[i] = false;
+	}
+	slot->tts_nvalid = to;
+	cs->xor_natts = to;
+	cs->off = lay->end[to - 1];
+	slot->tts_flags &= ~TTS_FLAG_SLOW;
+}
+
+/*
  * A tuple not served from a page cache (an index scan's, a fetched row
  * version): decrypt as much of [tts_nvalid, natts) as lies in the by-value
  * prefix the way the page path does, with the same builder on a page of
@@ -373,17 +399,8 @@ serve_prefix_alone(CmkTupleTableSlot *cs, int natts)
 	if (cmk_page_prefix_keystream(cs->rel, lay, to, &pt, 1, ks, &nblocks) != 0)
 		return false;			/* no keystream was made */
 
-	for (int i = slot->tts_nvalid; i < to; i++)
-	{
-		slot->tts_values[i] = cmk_xor_byval((const uint8 *) pt.stp + lay->pos[i],
-											pt.ks + lay->pos[i], lay->len[i]);
-		slot->tts_isnull[i] = false;
-	}
+	xor_prefix_into_slot(cs, lay, (const uint8 *) pt.stp, pt.ks, to);
 	OPENSSL_cleanse(ks, nblocks * CMK_AES_BLOCK);
-	slot->tts_nvalid = to;
-	cs->xor_natts = to;
-	cs->off = lay->end[to - 1];
-	slot->tts_flags &= ~TTS_FLAG_SLOW;
 	return to == natts;
 }
 
@@ -637,27 +654,13 @@ cmk_slot_getsomeattrs(TupleTableSlot *slot, int natts)
 			 * page visit.  The attributes after them, if asked for, are in
 			 * the page cache.
 			 */
-			const CmkPrefixLayout *lay = &cs->pc->lay;
-			const uint8 *stp = (const uint8 *) pt->stp;
 			int			to = natts;
 
 			/* this tuple's keystream covers [0, fast_natts) */
 			if (unlikely(to > pt->fast_natts))
 				to = pt->fast_natts;
-			for (int i = slot->tts_nvalid; i < to; i++)
-			{
-				slot->tts_values[i] = cmk_xor_byval(stp + lay->pos[i],
-													pt->ks + lay->pos[i],
-													lay->len[i]);
-				slot->tts_isnull[i] = false;
-			}
-			if (slot->tts_nvalid < to)
-			{
-				slot->tts_nvalid = to;
-				cs->xor_natts = to;
-				cs->off = lay->end[to - 1];
-				slot->tts_flags &= ~TTS_FLAG_SLOW;
-			}
+			xor_prefix_into_slot(cs, &cs->pc->lay, (const uint8 *) pt->stp,
+								 pt->ks, to);
 			if (likely(to == natts))
 				return;
 		}
