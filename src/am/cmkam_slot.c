@@ -626,8 +626,15 @@ deform_plain(TupleTableSlot *slot, HeapTupleHeader td, int to)
 	slot->tts_nvalid = Max(slot->tts_nvalid, to);
 }
 
-static void
-cmk_slot_getsomeattrs(TupleTableSlot *slot, int natts)
+/*
+ * Everything but a page visit's tuple whose keystream covers the request
+ * (cmk_slot_getsomeattrs).  Out of line, so that the caller's common case
+ * saves and restores none of the registers this needs.  pt: the tuple's
+ * entry in the page cache of the current visit, built for natts attributes
+ * or more, if the caller found it; else NULL.
+ */
+static pg_noinline void
+getsomeattrs_general(TupleTableSlot *slot, int natts, CmkPageTuple *pt)
 {
 	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
 	int			tupnatts;
@@ -640,11 +647,9 @@ cmk_slot_getsomeattrs(TupleTableSlot *slot, int natts)
 	}
 	else
 	{
-		CmkPageTuple *pt = NULL;
-
 		Assert(has_raw(cs));
 		/* first the page cache, which knows the tuple's natts too */
-		if (!cs->prepared && cs->scan != NULL)
+		if (pt == NULL && !cs->prepared && cs->scan != NULL)
 			pt = page_cache_entry(cs, natts);
 		if (pt != NULL && pt->fast_natts > 0)
 		{
@@ -714,6 +719,35 @@ cmk_slot_getsomeattrs(TupleTableSlot *slot, int natts)
 	}
 	if (tupnatts < natts)
 		slot_getmissingattrs(slot, tupnatts, natts);
+}
+
+/*
+ * The common case inline: a tuple of the current page visit (the visit
+ * built for at least natts attributes) whose prefix keystream covers them,
+ * served by XOR from the pinned page.  The same test page_cache_entry makes
+ * first, without its bookkeeping; anything else goes the general way.
+ */
+static void
+cmk_slot_getsomeattrs(TupleTableSlot *slot, int natts)
+{
+	CmkTupleTableSlot *cs = (CmkTupleTableSlot *) slot;
+	CmkPageCache *pc = cs->pc;
+	CmkPageTuple *pt = NULL;
+
+	Assert(!TTS_EMPTY(slot));
+	if (likely(pc != NULL && cs->visit != 0 && pc->visit == cs->visit &&
+			   natts <= pc->natts && cs->mat == NULL && !cs->prepared))
+	{
+		pt = visit_entry(pc, cs->cindex, raw_tuple(cs));
+		if (likely(pt != NULL && pt->fast_natts >= natts))
+		{
+			xor_prefix_into_slot(cs, &pc->lay, (const uint8 *) pt->stp,
+								 pt->ks, natts);
+			return;
+		}
+	}
+	/* the rest, including page cache rows beyond their keystream (COPY TO) */
+	getsomeattrs_general(slot, natts, pt);
 }
 
 static Datum
