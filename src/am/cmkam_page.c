@@ -115,6 +115,70 @@ cmk_prefix_layout(TupleDesc desc, CmkPrefixLayout *lay)
 }
 
 /*
+ * The counter blocks of a tuple's by-value prefix: nblk is 1 for anything up
+ * to 16 bytes of leading columns (three int4, two int8), so that case is
+ * unrolled.
+ */
+static pg_attribute_always_inline void
+prefix_counter_blocks(uint8 *cb, NonceRef nonce, int nblk)
+{
+	if (likely(nblk == 1))
+		counter_block(cb, nonce, 0, 0);
+	else
+		counter_blocks(cb, nonce, 0, 0, nblk);
+}
+
+/*
+ * prefix_keystream's case for any other trailer (external references, a
+ * trailer with more nonces, or a damaged one): whether attributes [0, upto)
+ * of pt, data up to end, lie under at most two nonces, given in nonce[] with
+ * those under the second in *second.  Out of line, so that the common
+ * cases' loop keeps its registers.
+ */
+static pg_noinline bool
+prefix_nonces_general(Relation rel, CmkPageTuple *pt, uint32 tag, int upto,
+					  int32 end, NonceRef nonce[2], uint32 *second)
+{
+	HeapTupleData tup;
+	Trailer		t;
+	int			idx[2] = {-1, -1};
+
+	tup.t_data = pt->src;
+	tup.t_len = pt->src_len;
+	tup.t_self = pt->tid;
+	tup.t_tableOid = RelationGetRelid(rel);
+
+	/*
+	 * A damaged trailer is left to cmk_decrypt_page_prefixes, which walks
+	 * the page forwards: the error names the first damaged tuple in scan
+	 * order.
+	 */
+	if (!cmk_trailer_readable(rel, &tup, tag, &t) ||
+		t.data_end - pt->src->t_hoff < end)
+		return false;
+	for (int i = 0; i < upto; i++)
+	{
+		int			k = map_get(&t, i);
+
+		if (bit_get(t.extbits, i))
+			return false;		/* corrupt: a by-value external reference */
+		else if (idx[0] < 0 || k == idx[0])
+			idx[0] = k;
+		else if (idx[1] < 0 || k == idx[1])
+		{
+			idx[1] = k;
+			*second |= (uint32) 1 << i;
+		}
+		else
+			return false;		/* three nonces: not kept here */
+	}
+	nonce[0] = trailer_nonce(&t, idx[0]);
+	if (idx[1] >= 0)
+		nonce[1] = trailer_nonce(&t, idx[1]);
+	return true;
+}
+
+/*
  * The fast page path of sequential scans, for the by-value attributes of
  * the fixed-width prefix (natts <= lay->nbyval): all a sum() over an integer
  * column or a qualification on an integer key reads, and the start of the
@@ -283,49 +347,11 @@ prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 			nonce[0].ctr = n0 + CMK_NONCE_EPOCH_LEN;
 			nonce[1].ctr = n1 + (n1len - CMK_NONCE_CTR_LEN);
 		}
-		else
+		else if (!prefix_nonces_general(rel, pt, tag, upto, end, nonce,
+										&second))
 		{
-			HeapTupleData tup;
-			Trailer		t;
-			int			idx[2] = {-1, -1};
-			bool		ok = true;
-
-			tup.t_data = src;
-			tup.t_len = pt->src_len;
-			tup.t_self = pt->tid;
-			tup.t_tableOid = RelationGetRelid(rel);
-			/*
-			 * A damaged trailer is left to cmk_decrypt_page_prefixes, which
-			 * walks the page forwards: the error names the first damaged
-			 * tuple in scan order.
-			 */
-			if (!cmk_trailer_readable(rel, &tup, tag, &t) ||
-				t.data_end - src->t_hoff < end)
-				ok = false;
-			for (int i = 0; ok && i < upto; i++)
-			{
-				int			k = map_get(&t, i);
-
-				if (bit_get(t.extbits, i))
-					ok = false; /* corrupt: a by-value external reference */
-				else if (idx[0] < 0 || k == idx[0])
-					idx[0] = k;
-				else if (idx[1] < 0 || k == idx[1])
-				{
-					idx[1] = k;
-					second |= (uint32) 1 << i;
-				}
-				else
-					ok = false; /* three nonces: not kept here */
-			}
-			if (!ok)
-			{
-				left++;
-				continue;
-			}
-			nonce[0] = trailer_nonce(&t, idx[0]);
-			if (idx[1] >= 0)
-				nonce[1] = trailer_nonce(&t, idx[1]);
+			left++;
+			continue;
 		}
 
 		/* a nonce that covers all the attributes served is the only one */
@@ -335,11 +361,11 @@ prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 			second = 0;
 		}
 		pt->ks = cb;
-		counter_blocks(cb, nonce[0], 0, 0, nblk);
+		prefix_counter_blocks(cb, nonce[0], nblk);
 		cb += nblk * CMK_AES_BLOCK;
 		if (second != 0)
 		{
-			counter_blocks(cb, nonce[1], 0, 0, nblk);
+			prefix_counter_blocks(cb, nonce[1], nblk);
 			cb += nblk * CMK_AES_BLOCK;
 			pt->second = second;
 			any_second = true;
