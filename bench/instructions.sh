@@ -77,6 +77,12 @@ cleanup() {
         as_pg pg_ctl -D "$(cl_dir cg)/data" -m fast -w -t 300 stop >/dev/null 2>&1 || true
     fi
     cl_stop cg
+    # Processes under valgrind write their profile as they exit, some after
+    # the postmaster has: let them finish before the directory goes.
+    for _ in $(seq 1 60); do
+        pgrep -f -- "--callgrind-out-file=$CG/" >/dev/null || break
+        sleep 0.5
+    done
     if [ "$KEEP" = 1 ]; then say "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT

@@ -466,21 +466,19 @@ drop_local_context(void)
 	local_generation = 0;
 }
 
-CmkKeystream *
-cmk_tuple_keystream(const char *relname, uint32 *dek_tag)
+/*
+ * cmk_tuple_keystream when this backend's cipher context is missing or older
+ * than the key store's generation: make it again from the shared subkey, or
+ * wait for a key that is loading, or report why there is none.
+ */
+static pg_noinline CmkKeystream *
+tuple_keystream_refresh(const char *relname, uint32 *dek_tag)
 {
 	uint64		gen;
 	TimestampTz deadline = 0;
 
 	if (store == NULL)
 		cmk_report_key_unavailable(relname);
-
-	gen = pg_atomic_read_u64(&store->generation);
-	if (likely(gen == local_generation && tuple_ks.evp != NULL))
-	{
-		*dek_tag = local_dek_tag;
-		return &tuple_ks;
-	}
 
 	drop_local_context();
 	for (;;)
@@ -523,4 +521,22 @@ cmk_tuple_keystream(const char *relname, uint32 *dek_tag)
 		CHECK_FOR_INTERRUPTS();
 		pg_usleep(10000L);
 	}
+}
+
+/*
+ * The cipher context for tuple data, and the tag of the DEK it uses.  Called
+ * before every use, so a key change or revocation (which moves the store's
+ * generation) takes effect at the next page or tuple: the common case is one
+ * shared-memory read, kept free of the refresh path's stack frame.
+ */
+CmkKeystream *
+cmk_tuple_keystream(const char *relname, uint32 *dek_tag)
+{
+	if (likely(store != NULL && tuple_ks.evp != NULL &&
+			   pg_atomic_read_u64(&store->generation) == local_generation))
+	{
+		*dek_tag = local_dek_tag;
+		return &tuple_ks;
+	}
+	return tuple_keystream_refresh(relname, dek_tag);
 }

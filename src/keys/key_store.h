@@ -90,7 +90,8 @@ extern const char *cmk_key_state_name(CmkKeyState state);
  * Backends: the tuple keystream of the current DEK.  Waits while the key is
  * loading and raises an ERROR naming the reason if it is unavailable; the
  * returned context stays valid until the next call.  dek_tag receives the
- * 4-byte DEK identifier prefix that tuples carry.
+ * 4-byte DEK identifier prefix that the nonce epochs record (a tuple is
+ * decrypted only under an epoch of this DEK).
  */
 extern CmkKeystream *cmk_tuple_keystream(const char *relname, uint32 *dek_tag);
 extern void cmk_report_key_unavailable(const char *relname);
