@@ -1,4 +1,5 @@
-# Helpers shared by bench/run.sh and bench/profile.sh.  Sourced, not executed.
+# Helpers shared by the bench scripts (run.sh, instructions.sh, profile.sh,
+# pgbench_profile.sh).  Sourced, not executed.
 #
 # Deliberately self-contained (it does not source scripts/lib.sh) so that the
 # benchmark keeps working while the test scripts change.
@@ -226,3 +227,49 @@ spread_pct() {
 }
 min_of() { printf '%s\n' "$@" | sort -g | head -1; }
 max_of() { printf '%s\n' "$@" | sort -g | tail -1; }
+
+# For the profiling scripts: perf installed (linux-perf, when DEPS=1 and
+# root) and able to record with the given options here, or say why not and
+# exit 0 without a profile: containers and some VMs forbid sampling.
+require_perf() {
+    if [ "${DEPS:-1}" = 1 ] && ! command -v perf >/dev/null && is_root && command -v apt-get >/dev/null; then
+        say "installing linux-perf"
+        apt-get update -q >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q linux-perf >/dev/null || true
+    fi
+    if ! command -v perf >/dev/null; then
+        echo "perf is not installed (apt-get install linux-perf) — no profile taken."
+        exit 0
+    fi
+    local out
+    out=$(mktemp)
+    if ! perf record -q "$@" -o "$out" -- true >/dev/null 2>"$out.err"; then
+        echo "perf cannot sample here — no profile taken:"
+        sed 's/^/    /' "$out.err" | head -8
+        echo "(perf_event_paranoid=$(cat /proc/sys/kernel/perf_event_paranoid 2>/dev/null); run as root or lower it)"
+        rm -f "$out" "$out.err"
+        exit 0
+    fi
+    rm -f "$out" "$out.err"
+}
+
+# shared_buffers in MB for pgbench tables of scale $1 to stay cached:
+# 400 MB a scale unit, between 1 and 8 GB.
+shared_buffers_mb() {
+    local mb=$(($1 * 400))
+    [ "$mb" -lt 1024 ] && mb=1024
+    [ "$mb" -gt 8192 ] && mb=8192
+    echo "$mb"
+}
+
+# pgbench -i -s SCALE into database DB of cluster NAME, then check that
+# pgbench_accounts uses access method AM.
+cl_pgbench_init() {
+    local name=$1 db=$2 scale=$3 am=$4
+    say "pgbench -i -s $scale ($db, $am)"
+    as_pg pgbench -i -s "$scale" -h "$WORK/sock" -p "$(cl_port "$name")" "$db" >"$WORK/init-$db.log" 2>&1 \
+        || { tail -20 "$WORK/init-$db.log" >&2; die "pgbench -i failed"; }
+    local got
+    got=$(cl_table_am "$name" "$db" pgbench_accounts)
+    [ "$got" = "$am" ] || die "pgbench_accounts in $db uses '$got', expected '$am'"
+}

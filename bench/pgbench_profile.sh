@@ -58,24 +58,9 @@ for v in SCALE SECS CLIENTS FREQ TOP; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "--$(echo "$v" | tr 'A-Z' 'a-z') must be a positive integer"
 done
 
-if [ "$DEPS" = 1 ]; then
-    ensure_packages
-    if ! command -v perf >/dev/null && is_root && command -v apt-get >/dev/null; then
-        say "installing linux-perf"
-        apt-get update -q >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q linux-perf >/dev/null || true
-    fi
-fi
-command -v perf >/dev/null || { echo "perf is not installed (apt-get install linux-perf) — no profile taken."; exit 0; }
-# System-wide sampling needs root or a low perf_event_paranoid.
-PERF_OUT=$(mktemp)
-if ! perf record -q -a -e cpu-clock -o "$PERF_OUT" -- true >/dev/null 2>"$PERF_OUT.err"; then
-    echo "perf cannot sample all CPUs here — no profile taken:"
-    sed 's/^/    /' "$PERF_OUT.err" | head -8
-    rm -f "$PERF_OUT" "$PERF_OUT.err"
-    exit 0
-fi
-rm -f "$PERF_OUT" "$PERF_OUT.err"
+if [ "$DEPS" = 1 ]; then ensure_packages; fi
+# system-wide sampling needs root or a low perf_event_paranoid
+require_perf -a -e cpu-clock
 
 if [ "$BUILD" = 1 ]; then build_and_install; fi
 
@@ -88,16 +73,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-SB_MB=$((SCALE * 400)); [ "$SB_MB" -lt 1024 ] && SB_MB=1024; [ "$SB_MB" -gt 8192 ] && SB_MB=8192
-cl_create prof "$(free_port 56532)" "${SB_MB}MB" off
+cl_create prof "$(free_port 56532)" "$(shared_buffers_mb "$SCALE")MB" off
 cl_start prof
 for db in heap cmk; do
-    cl_setup_db prof "$db" "$([ "$db" = heap ] && echo heap || echo cmk_heap)"
-    say "pgbench -i -s $SCALE ($db)"
-    as_pg pgbench -i -s "$SCALE" -h "$WORK/sock" -p "$(cl_port prof)" "$db" >"$WORK/init-$db.log" 2>&1 \
-        || { tail -20 "$WORK/init-$db.log" >&2; die "pgbench -i failed"; }
+    am=heap; [ "$db" = cmk ] && am=cmk_heap
+    cl_setup_db prof "$db" "$am"
+    cl_pgbench_init prof "$db" "$SCALE" "$am"
 done
-[ "$(cl_table_am prof cmk pgbench_accounts)" = cmk_heap ] || die "pgbench_accounts in 'cmk' is not cmk_heap"
 
 mkdir -p "$OUTDIR"
 SO="$(pg_config_dir pkglibdir)/cmk_storage.so"

@@ -50,31 +50,8 @@ for v in SCALE SECS TOP; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer"
 done
 
-if [ "$DEPS" = 1 ]; then
-    ensure_packages
-    if ! command -v perf >/dev/null; then
-        if is_root && command -v apt-get >/dev/null; then
-            say "installing linux-perf"
-            apt-get update -q >/dev/null
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -q linux-perf >/dev/null || true
-        fi
-    fi
-fi
-
-# Can perf sample at all here?  (Containers and some VMs forbid it.)
-PERF_OUT=$(mktemp)
-if ! command -v perf >/dev/null; then
-    echo "perf is not installed (apt-get install linux-perf) — no profile taken."
-    exit 0
-fi
-if ! perf record -q -o "$PERF_OUT" -- true >/dev/null 2>"$PERF_OUT.err"; then
-    echo "perf cannot run in this sandbox — no profile taken:"
-    sed 's/^/    /' "$PERF_OUT.err" | head -8
-    echo "(perf_event_paranoid=$(cat /proc/sys/kernel/perf_event_paranoid 2>/dev/null); run as root or lower it)"
-    rm -f "$PERF_OUT" "$PERF_OUT.err"
-    exit 0
-fi
-rm -f "$PERF_OUT" "$PERF_OUT.err"
+if [ "$DEPS" = 1 ]; then ensure_packages; fi
+require_perf
 
 if [ "$BUILD" = 1 ]; then build_and_install; fi
 
@@ -87,15 +64,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-SB_MB=$((SCALE * 400)); [ "$SB_MB" -lt 1024 ] && SB_MB=1024; [ "$SB_MB" -gt 8192 ] && SB_MB=8192
-cl_create prof "$(free_port 56432)" "${SB_MB}MB" off
+cl_create prof "$(free_port 56432)" "$(shared_buffers_mb "$SCALE")MB" off
 cl_start prof
 cl_setup_db prof bench "$TAM"
-say "pgbench -i -s $SCALE ($TAM)"
-as_pg pgbench -i -s "$SCALE" -h "$WORK/sock" -p "$(cl_port prof)" bench >"$WORK/init.log" 2>&1 \
-    || { tail -20 "$WORK/init.log" >&2; die "pgbench -i failed"; }
-am=$(cl_table_am prof bench pgbench_accounts)
-[ "$am" = "$TAM" ] || die "pgbench_accounts uses '$am', expected '$TAM'"
+cl_pgbench_init prof bench "$SCALE" "$TAM"
 
 mkdir -p "$OUTDIR"
 SO="$(pg_config_dir pkglibdir)/cmk_storage.so"
