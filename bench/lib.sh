@@ -273,3 +273,17 @@ cl_pgbench_init() {
     got=$(cl_table_am "$name" "$db" pgbench_accounts)
     [ "$got" = "$am" ] || die "pgbench_accounts in $db uses '$got', expected '$am'"
 }
+
+# A scratch directory (WORK) for a script's one cluster NAME: stopped, and
+# the directory removed unless KEEP=1, when the script exits.
+single_cluster_workdir() {
+    WORK=$(make_workdir "$WORKBASE") || die "cannot create a work directory"
+    export WORK
+    SINGLE_CLUSTER=$1
+    trap single_cluster_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+single_cluster_cleanup() {
+    cl_stop "$SINGLE_CLUSTER"
+    if [ "$KEEP" = 1 ]; then say "cluster kept (stopped) in $WORK/$SINGLE_CLUSTER"; else rm -rf "$WORK"; fi
+}

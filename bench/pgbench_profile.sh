@@ -64,14 +64,7 @@ require_perf -a -e cpu-clock
 
 if [ "$BUILD" = 1 ]; then build_and_install; fi
 
-WORK=$(make_workdir "$WORKBASE") || die "cannot create a work directory"
-export WORK
-cleanup() {
-    cl_stop prof
-    if [ "$KEEP" = 1 ]; then say "cluster kept (stopped) in $WORK/prof"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+single_cluster_workdir prof
 
 cl_create prof "$(free_port 56532)" "$(shared_buffers_mb "$SCALE")MB" off
 cl_start prof
