@@ -114,7 +114,7 @@ def load(path):
         by_sym[(dso, sym)] += int(n)
     return by_dso, by_sym
 us = lambda samples, txns: samples * 1e6 / freq / txns
-hd, hs = load(fh)
+hd, _ = load(fh)       # by function: cmk_heap only
 cd, cs = load(fc)
 print(f"# pgbench {script}: server CPU time per transaction, heap vs cmk_heap (perf cpu-clock)")
 print()
