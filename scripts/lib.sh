@@ -2,8 +2,10 @@
 # unprivileged postgres user.  Sourced, not executed.
 
 PG_MAJOR=15
-PG_BINDIR=/usr/lib/postgresql/$PG_MAJOR/bin
-PGXS_DIR=/usr/lib/postgresql/$PG_MAJOR/lib/pgxs
+# CMK_PG_BINDIR selects another (relocated) copy of the server, so that
+# several checkouts can build, install and test side by side.
+PG_BINDIR=${CMK_PG_BINDIR:-/usr/lib/postgresql/$PG_MAJOR/bin}
+PGXS_DIR=$(dirname "$PG_BINDIR")/lib/pgxs
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 APT_PACKAGES="postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib
@@ -28,14 +30,14 @@ ensure_packages() {
 
 build_and_install() {
     say "building cmk_storage"
-    make -C "$REPO" -s clean >/dev/null 2>&1 || true
+    make -C "$REPO" -s PG_CONFIG="$PG_BINDIR/pg_config" clean >/dev/null 2>&1 || true
     local out
-    out=$(make -C "$REPO" -s 2>&1) || { echo "$out" >&2; die "build failed"; }
+    out=$(make -C "$REPO" -s PG_CONFIG="$PG_BINDIR/pg_config" 2>&1) || { echo "$out" >&2; die "build failed"; }
     if echo "$out" | grep -q "warning:"; then
         echo "$out" >&2
         die "the build produced compiler warnings"
     fi
-    make -C "$REPO" -s install >/dev/null || die "make install failed (run as root)"
+    make -C "$REPO" -s PG_CONFIG="$PG_BINDIR/pg_config" install >/dev/null || die "make install failed (run as root)"
 }
 
 # A scratch directory the postgres user owns; PostgreSQL refuses to run as root.

@@ -5,6 +5,9 @@
 #
 #   scripts/test.sh            all suites
 #   scripts/test.sh --quick    skip the PostgreSQL regression-suite oracle
+#
+# TAP_TESTS="t/030_tuple_integrity.pl ..." runs only those TAP files;
+# CMK_PG_BINDIR=/path/bin tests against a relocated copy of the server.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -70,7 +73,7 @@ run_tap() {
     say "TAP tests"
     local out
     out=$(cd "$WORK" && as_pg env TESTDIR="$WORK" PG_REGRESS="$PGXS_DIR/src/test/regress/pg_regress" \
-        REPO="$WORK" perl "$WORK/scripts/run-tap.pl" "$PGXS_DIR/src/test/perl" t/*.pl 2>&1)
+        REPO="$WORK" perl "$WORK/scripts/run-tap.pl" "$PGXS_DIR/src/test/perl" ${TAP_TESTS:-t/*.pl} 2>&1)
     echo "$out"
     add_summary "$out" 'TAP: '
 }
