@@ -82,7 +82,8 @@ next_nonce(uint8 *out, uint32 dek_tag)
 /*
  * Locate every attribute of a tuple from attribute first on (which starts
  * at data offset off, unaligned), checking that none runs past data_end (the
- * trailer must never be read as data).  spans[0 .. first) are left alone.
+ * trailer must never be read as data).  spans[0 .. first) are left alone:
+ * the caller fills them.
  * Returns the number of physically present attributes.
  */
 static int
@@ -266,6 +267,20 @@ encrypt_for_insert(Relation rel, TupleDesc desc, uint32 tag, HeapTuple plain,
 	if (!HeapTupleHasNulls(plain) && batch->ncontig > 1 &&
 		HeapTupleHeaderGetNatts(plain->t_data) >= batch->ncontig)
 		first = batch->ncontig;
+
+	/*
+	 * Every span is defined, the prefix's too, so that no loop below can
+	 * read an entry nobody wrote (a loop over spans[0 .. natts) once did,
+	 * and wrote a varlena header at a garbage offset).  Without nulls or
+	 * padding, attribute i of the prefix sits at its nominal offset.
+	 */
+	for (int i = 0; i < first; i++)
+	{
+		spans[i].start = plain->t_data->t_hoff + batch->fixed_pos[i];
+		spans[i].full = TupleDescAttr(desc, i)->attlen;
+		spans[i].hdr = 0;
+		spans[i].is_ondisk = false;
+	}
 	natts = walk_attrs_from(rel, desc, plain, data_len, spans, first,
 							first > 0 ? batch->contig_len : 0);
 	for (int i = first; i < natts; i++)
@@ -286,7 +301,8 @@ encrypt_for_insert(Relation rel, TupleDesc desc, uint32 tag, HeapTuple plain,
 	memset(tp, 0, tsize);
 	if (has_ext)
 	{
-		for (int i = 0; i < natts; i++)
+		/* the fixed-width prefix [0, first) holds no TOAST pointer */
+		for (int i = first; i < natts; i++)
 		{
 			if (!spans[i].is_ondisk)
 				continue;

@@ -256,6 +256,7 @@ prefix_keystream(Relation rel, const CmkPrefixLayout *lay, int natts,
 
 		pt->fast_natts = 0;
 		pt->second = 0;
+		pt->tupnatts = tupnatts;	/* also for a tuple served whole */
 		if (j >= FAST_PREFETCH_AHEAD)
 		{
 			prefetch_read(tups[j - FAST_PREFETCH_AHEAD].src);

@@ -457,6 +457,15 @@ build_visit(CmkTupleTableSlot *cs, CmkPageCache *pc, int natts)
 		pt->src_len = ItemIdGetLength(lp);
 		ItemPointerSet(&pt->tid, blk, o);
 		pt->fast_natts = 0;
+
+		/*
+		 * Nothing decrypted yet.  cmk_decrypt_page_prefixes skips a tuple
+		 * that the keystream serves whole and leaves these alone: they must
+		 * not keep a former visit's values (the class of bug of issue 21).
+		 */
+		pt->ndec = 0;
+		pt->off = 0;
+		pt->slow = false;
 	}
 	pc->ntups = ntups;
 

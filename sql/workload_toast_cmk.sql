@@ -1,0 +1,3 @@
+-- shared workload, identical for heap and cmk_heap (run from the repository root)
+\set am cmk_heap
+\i test/sql/workload_toast_insert.sql
