@@ -237,6 +237,23 @@ cmk_decrypt_tuple(Relation rel, TupleDesc desc, HeapTuple cipher)
 }
 
 /*
+ * Refuse a tuple that cannot fit on a page, with heap's own error, before
+ * any of it is encrypted: heap_insert would refuse it only after, and the
+ * encryption of an oversized value is not to be attempted at all (a
+ * keystream region has 1 MiB: CMK_REGION_MAX_BYTES).  stored_len is the
+ * size the stored tuple will have, or a lower bound of it.
+ */
+static inline void
+check_stored_size(Size stored_len)
+{
+	if (unlikely(MAXALIGN(stored_len) > MaxHeapTupleSize))
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("row is too big: size %zu, maximum size %zu",
+						MAXALIGN(stored_len), MaxHeapTupleSize)));
+}
+
+/*
  * Insert-only encryption (no old version, so one fresh nonce and no
  * collision check), writing straight into the result and queueing the
  * keystream on a caller's batch: COPY encrypts a whole multi-insert batch
@@ -286,6 +303,7 @@ encrypt_for_insert(Relation rel, TupleDesc desc, uint32 tag, HeapTuple plain,
 	for (int i = first; i < natts; i++)
 		has_ext |= spans[i].is_ondisk;
 	tsize = trailer_size(1, natts, has_ext, false);
+	check_stored_size(data_len + tsize);
 	out = (HeapTuple) *space;
 	*space += MAXALIGN(HEAPTUPLESIZE + data_len + tsize);
 	out->t_len = data_len + tsize;
@@ -400,6 +418,8 @@ cmk_encrypt_tuple(Relation rel, HeapTuple plain, HeapTuple old_cipher,
 	}
 
 	natts = walk_attrs(rel, desc, plain, data_len, spans);
+	/* the smallest trailer it can get; heap_update checks the final size */
+	check_stored_size(data_len + trailer_size(1, natts, false, false));
 
 	/* Stored form: on-disk pointers become short varlenas to encrypt. */
 	stored = palloc(data_len);

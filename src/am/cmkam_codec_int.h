@@ -48,6 +48,15 @@ typedef struct NonceRef
 	const uint8 *ctr;
 } NonceRef;
 
+/*
+ * Bytes of one keystream region: its blocks are numbered by a uint16 in
+ * the counter block (docs/tuple-format.md).  Checked, not assumed:
+ * cmk_batch_init (the fixed-width prefix), cmk_batch_add_general (every
+ * range longer than the inline path takes); cmkam_codec.c refuses a tuple
+ * larger than a page before encrypting it.
+ */
+#define CMK_REGION_MAX_BYTES	(0x10000 * CMK_AES_BLOCK)
+
 #define BATCH_BLOCKS	512
 #define BATCH_XORS		1024
 
@@ -96,7 +105,9 @@ extern void cmk_corrupt_at(Relation rel, HeapTupleHeader td,
  * The counter blocks of blocks blk .. blk + n - 1 of keystream region r
  * under nonce N: N || r || blk, big-endian uint16 each
  * (docs/tuple-format.md).  The one place that defines them.  A region never
- * reaches 2^16 blocks: an inline attribute is smaller than a page.
+ * reaches 2^16 blocks: the callers check CMK_REGION_MAX_BYTES (the inline
+ * path of batch_add_from only takes ranges of at most BATCH_BLOCKS blocks
+ * in a region other than 0, whose extent cmk_batch_init checked).
  */
 static inline void
 counter_blocks(uint8 *cb, NonceRef nonce, int region, int blk, int n)

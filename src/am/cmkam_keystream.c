@@ -56,8 +56,22 @@ cmk_batch_init(XorBatch *b, CmkKeystream *ks, TupleDesc desc)
 		off += att->attlen;
 	}
 	b->nfixed = i;
-	/* region offsets are counted in 16-bit block numbers */
-	Assert(off <= 0xFFFF * CMK_AES_BLOCK);
+
+	/*
+	 * Region offsets are counted in 16-bit block numbers: past 1 MiB the
+	 * counter would wrap and two attributes would share keystream.  Only a
+	 * table of very wide fixed-width types (whose rows could still fit with
+	 * most of them null) gets here.  A real check, not an Assert: the
+	 * table's definition is user input.
+	 */
+	if (unlikely(off > CMK_REGION_MAX_BYTES))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cmk_heap cannot encrypt a row whose leading fixed-width columns span %d bytes",
+						(int) off),
+				 errdetail("The fixed-width columns before the first variable-width column must span at most %d bytes.",
+						   CMK_REGION_MAX_BYTES),
+				 errhint("Reorder the table's columns or use the heap access method for it.")));
 }
 
 /* d[0..n) = s[0..n) ^ k[0..n), two words at a time; d may be s */
@@ -165,6 +179,20 @@ cmk_batch_add_general(XorBatch *b, NonceRef nonce, int i, uint8 *data,
 		int			first;
 		int32		n;
 
+		/*
+		 * A keystream region has 2^16 blocks (1 MiB); a longer range would
+		 * wrap the block counter and reuse keystream.  Stored tuples are
+		 * smaller than a page, so only a value that never reaches a page
+		 * (a STORAGE PLAIN value over 1 MiB, before "row is too big") can
+		 * get here: refuse before any byte is encrypted with it.
+		 */
+		if (unlikely(pos + len > CMK_REGION_MAX_BYTES))
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("cmk_heap cannot encrypt a value of %d bytes",
+							(int) (pos + len)),
+					 errdetail("An encrypted column value stored inline must be at most %d bytes.",
+							   CMK_REGION_MAX_BYTES)));
 		if (b->nxors == BATCH_XORS)
 			batch_flush(b);
 		/* the counter pointer identifies the nonce within one batch */
