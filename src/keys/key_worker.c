@@ -302,6 +302,13 @@ rewrap(const char *new_uri, const char *actor, char *msg, size_t msgsize)
 		snprintf(msg, msgsize, "the data encryption key is not available");
 		return false;
 	}
+	/* generation 0 is invalid (docs/control-file.md): never wrap to it */
+	if (ctl.generation == PG_UINT32_MAX)
+	{
+		OPENSSL_cleanse(cmk_key_store_scratch(), CMK_DEK_LEN);
+		snprintf(msg, msgsize, "the control file's generation counter is exhausted");
+		return false;
+	}
 	provider = cmk_find_provider(new_uri, &err);
 	c.wrap_alg = (CmkWrapAlg) cmk_wrap_algorithm;
 	ok = provider != NULL &&
