@@ -270,7 +270,7 @@ cmk_control_read(CmkControl *ctl, CmkError *err)
 	{
 		if (errno == ENOENT)
 			cmk_error_set(err, CMK_ERR_CONFIG, "ControlFileMissing",
-						  "Restore $PGDATA/cmk_storage/control from a backup of this cluster; without it the encrypted data cannot be read. Do not delete the directory: that would create a new key that cannot read existing data.",
+						  "Restore $PGDATA/cmk_storage/control from a backup of this cluster; without it the encrypted data cannot be read. Deleting the directory does not help: only this cluster's key reads its data.",
 						  "cmk_storage control file \"%s\" is missing although its directory exists",
 						  CMK_CONTROL_FILE);
 		else
