@@ -65,6 +65,15 @@ RETURNS text
 AS 'MODULE_PATHNAME', 'cmk_rotate_key'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
+-- A data encryption key for a data directory whose cmk_storage directory is
+-- lost, past the evidence that made start-up refuse (docs/operations.md,
+-- "Lost key directory").  force => true also ignores encrypted relations,
+-- which then stay unreadable.
+CREATE FUNCTION create_key(force boolean DEFAULT false)
+RETURNS text
+AS 'MODULE_PATHNAME', 'cmk_create_key'
+LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
+
 CREATE FUNCTION check_key(OUT available boolean, OUT message text)
 RETURNS record
 AS 'MODULE_PATHNAME', 'cmk_check_key'
@@ -98,7 +107,7 @@ END
 $$;
 
 GRANT USAGE ON SCHEMA cmk_storage TO PUBLIC;
-REVOKE ALL ON FUNCTION key_status(), rotate_key(text), check_key(), key_events_raw(), self_test() FROM PUBLIC;
+REVOKE ALL ON FUNCTION key_status(), rotate_key(text), check_key(), key_events_raw(), self_test(), create_key(boolean) FROM PUBLIC;
 REVOKE ALL ON status, key_events FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION key_status(), rotate_key(text), check_key(), key_events_raw(), self_test() TO cmk_key_admin;
+GRANT EXECUTE ON FUNCTION key_status(), rotate_key(text), check_key(), key_events_raw(), self_test(), create_key(boolean) TO cmk_key_admin;
 GRANT SELECT ON status, key_events TO cmk_key_admin;

@@ -24,6 +24,7 @@
 #include "am/cmkam.h"
 #include "cmk_storage.h"
 #include "keys/key_audit.h"
+#include "keys/key_guard.h"
 #include "keys/key_provider.h"
 #include "keys/key_store.h"
 #include "keys/key_wal.h"
@@ -69,6 +70,7 @@ cmk_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(cmk_audit_shmem_size());
+	RequestAddinShmemSpace(cmk_guard_shmem_size());
 	cmk_epochs_shmem_request();
 }
 
@@ -79,6 +81,7 @@ cmk_shmem_startup(void)
 		prev_shmem_startup_hook();
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	cmk_audit_shmem_init();
+	cmk_guard_shmem_init();
 	cmk_epochs_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }

@@ -52,9 +52,10 @@ static const char magic[8] = {'C', 'M', 'K', 'C', 'T', 'R', 'L', '\0'};
 #define OFF_WRAPPED		64
 #define OFF_KID			(OFF_WRAPPED + CMK_MAX_WRAPPED)		/* 576 */
 #define OFF_URI			(OFF_KID + CMK_CONTROL_TEXT_MAX)	/* 1088 */
+#define OFF_RESERVED	(OFF_URI + CMK_CONTROL_TEXT_MAX)	/* 1600 */
 #define OFF_CHECKSUM	(CMK_CONTROL_SIZE - 32)				/* 2016 */
 
-StaticAssertDecl(OFF_URI + CMK_CONTROL_TEXT_MAX <= OFF_CHECKSUM,
+StaticAssertDecl(OFF_RESERVED <= OFF_CHECKSUM,
 				 "control file fields overlap the checksum");
 
 void
@@ -84,6 +85,48 @@ cmk_control_serialize(const CmkControl *ctl, uint8 *buf)
 	cmk_sha256(buf, OFF_CHECKSUM, buf + OFF_CHECKSUM);
 }
 
+/*
+ * The first non-zero byte of buf[from, to), or -1.  Unused space must be
+ * zero: the writer zeroes the whole image, so anything else is damage or a
+ * file this version does not understand.
+ */
+static int
+first_nonzero(const uint8 *buf, int from, int to)
+{
+	for (int i = from; i < to; i++)
+		if (buf[i] != 0)
+			return i;
+	return -1;
+}
+
+/* Text fields hold no NUL and no control characters. */
+static bool
+valid_text(const uint8 *p, int len)
+{
+	for (int i = 0; i < len; i++)
+		if (p[i] < 0x20 || p[i] == 0x7f)
+			return false;
+	return true;
+}
+
+static bool
+damaged(CmkError *err, const char *fmt,...) pg_attribute_printf(2, 3);
+
+/* A field the format does not allow: name it. */
+static bool
+damaged(CmkError *err, const char *fmt,...)
+{
+	char		what[256];
+	va_list		ap;
+
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	cmk_error_set(err, CMK_ERR_CONFIG, "ControlFileField", NULL,
+				  "cmk_storage control file is damaged: %s", what);
+	return false;
+}
+
 bool
 cmk_control_parse(const uint8 *buf, size_t len, CmkControl *ctl, CmkError *err)
 {
@@ -91,6 +134,8 @@ cmk_control_parse(const uint8 *buf, size_t len, CmkControl *ctl, CmkError *err)
 	uint16		kid_len,
 				uri_len,
 				alg;
+	int			nz;
+	static const uint8 zero_id[CMK_DEK_ID_LEN] = {0};
 
 	memset(ctl, 0, sizeof(*ctl));
 	if (len != CMK_CONTROL_SIZE)
@@ -122,6 +167,13 @@ cmk_control_parse(const uint8 *buf, size_t len, CmkControl *ctl, CmkError *err)
 					  ctl->version, CMK_CONTROL_VERSION);
 		return false;
 	}
+
+	/*
+	 * The checksum matched, so what follows was written deliberately: by a
+	 * buggy or foreign writer, or by someone who recomputed the checksum.
+	 * Every field is checked against what the format allows
+	 * (docs/control-file.md), and the first one that is wrong is named.
+	 */
 	ctl->generation = cmk_get32(buf + OFF_GENERATION);
 	ctl->system_identifier = cmk_get64(buf + OFF_SYSID);
 	ctl->created_at = (int64) cmk_get64(buf + OFF_CREATED);
@@ -131,15 +183,52 @@ cmk_control_parse(const uint8 *buf, size_t len, CmkControl *ctl, CmkError *err)
 	ctl->wrapped_len = cmk_get16(buf + OFF_WRAPPED_LEN);
 	kid_len = cmk_get16(buf + OFF_KID_LEN);
 	uri_len = cmk_get16(buf + OFF_URI_LEN);
-	if ((alg != CMK_WRAP_RSA_OAEP_256 && alg != CMK_WRAP_RSA_OAEP) ||
-		ctl->wrapped_len == 0 || ctl->wrapped_len > CMK_MAX_WRAPPED ||
-		kid_len == 0 || kid_len > CMK_CONTROL_TEXT_MAX ||
-		uri_len > CMK_CONTROL_TEXT_MAX)
-	{
-		cmk_error_set(err, CMK_ERR_CONFIG, "ControlFileField", NULL,
-					  "cmk_storage control file has an invalid field");
-		return false;
-	}
+
+	if (ctl->generation == 0)
+		return damaged(err, "generation is 0 (it starts at 1)");
+	if (ctl->system_identifier == 0)
+		return damaged(err, "system identifier is 0");
+
+	/*
+	 * Times are only checked for sign: a clock set back between creation and
+	 * a re-wrap legitimately gives wrapped_at < created_at.
+	 */
+	if (ctl->created_at <= 0)
+		return damaged(err, "DEK creation time %lld is not a positive unix time",
+					   (long long) ctl->created_at);
+	if (ctl->wrapped_at <= 0)
+		return damaged(err, "wrap time %lld is not a positive unix time",
+					   (long long) ctl->wrapped_at);
+	if (memcmp(ctl->dek_id, zero_id, CMK_DEK_ID_LEN) == 0)
+		return damaged(err, "DEK identifier is all zero");
+	if (alg != CMK_WRAP_RSA_OAEP_256 && alg != CMK_WRAP_RSA_OAEP)
+		return damaged(err, "wrap algorithm %u is unknown (1 = RSA-OAEP-256, 2 = RSA-OAEP)", alg);
+	/* RSA 2048, 3072 or 4096: the only key sizes a provider accepts */
+	if (ctl->wrapped_len != 256 && ctl->wrapped_len != 384 && ctl->wrapped_len != 512)
+		return damaged(err, "wrapped DEK length %u is not 256, 384 or 512", ctl->wrapped_len);
+	if (kid_len == 0 || kid_len > CMK_CONTROL_TEXT_MAX)
+		return damaged(err, "key id length %u is not between 1 and %d",
+					   kid_len, CMK_CONTROL_TEXT_MAX);
+	if (uri_len == 0 || uri_len > CMK_CONTROL_TEXT_MAX)
+		return damaged(err, "key URI length %u is not between 1 and %d",
+					   uri_len, CMK_CONTROL_TEXT_MAX);
+	if ((nz = first_nonzero(buf, OFF_WRAPPED + ctl->wrapped_len, OFF_KID)) >= 0)
+		return damaged(err, "byte %d after the wrapped DEK (%d..%d) is not zero",
+					   nz, OFF_WRAPPED + ctl->wrapped_len, OFF_KID - 1);
+	if (!valid_text(buf + OFF_KID, kid_len))
+		return damaged(err, "key id contains a NUL or control character");
+	if ((nz = first_nonzero(buf, OFF_KID + kid_len, OFF_URI)) >= 0)
+		return damaged(err, "byte %d after the key id (%d..%d) is not zero",
+					   nz, OFF_KID + kid_len, OFF_URI - 1);
+	if (!valid_text(buf + OFF_URI, uri_len))
+		return damaged(err, "key URI contains a NUL or control character");
+	if ((nz = first_nonzero(buf, OFF_URI + uri_len, OFF_RESERVED)) >= 0)
+		return damaged(err, "byte %d after the key URI (%d..%d) is not zero",
+					   nz, OFF_URI + uri_len, OFF_RESERVED - 1);
+	if ((nz = first_nonzero(buf, OFF_RESERVED, OFF_CHECKSUM)) >= 0)
+		return damaged(err, "reserved byte %d (%d..%d) is not zero",
+					   nz, OFF_RESERVED, OFF_CHECKSUM - 1);
+
 	ctl->wrap_alg = (CmkWrapAlg) alg;
 	memcpy(ctl->wrapped, buf + OFF_WRAPPED, ctl->wrapped_len);
 	memcpy(ctl->kid, buf + OFF_KID, kid_len);
@@ -181,7 +270,7 @@ cmk_control_read(CmkControl *ctl, CmkError *err)
 	{
 		if (errno == ENOENT)
 			cmk_error_set(err, CMK_ERR_CONFIG, "ControlFileMissing",
-						  "Restore $PGDATA/cmk_storage/control from a backup of this cluster; without it the encrypted data cannot be read. Do not delete the directory: that would create a new key that cannot read existing data.",
+						  "Restore $PGDATA/cmk_storage/control from a backup of this cluster; without it the encrypted data cannot be read. Deleting the directory does not help: only this cluster's key reads its data.",
 						  "cmk_storage control file \"%s\" is missing although its directory exists",
 						  CMK_CONTROL_FILE);
 		else

@@ -17,12 +17,14 @@
 #include "utils/timestamp.h"
 
 #include "am/cmkam.h"
+#include "cmk_storage.h"
 #include "keys/key_store.h"
 
 PG_FUNCTION_INFO_V1(cmk_key_status);
 PG_FUNCTION_INFO_V1(cmk_self_test);
 PG_FUNCTION_INFO_V1(cmk_rotate_key);
 PG_FUNCTION_INFO_V1(cmk_check_key);
+PG_FUNCTION_INFO_V1(cmk_create_key);
 
 #define REQUEST_TIMEOUT_MS	120000
 
@@ -172,4 +174,30 @@ cmk_check_key(PG_FUNCTION_ARGS)
 	values[0] = BoolGetDatum(ok);
 	values[1] = CStringGetTextDatum(msg);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/*
+ * Create a DEK for a data directory that has lost (or never had) its
+ * cmk_storage directory, which start-up refuses to do when it finds evidence
+ * of encrypted data.  Without force, the key worker still refuses while any
+ * database holds a cmk_heap relation; with force it creates the key anyway
+ * and data encrypted under the lost key stays unreadable
+ * (docs/operations.md, "Lost key directory").
+ */
+Datum
+cmk_create_key(PG_FUNCTION_ARGS)
+{
+	bool		force = PG_GETARG_BOOL(0);
+	char		msg[CMK_ERR_MSG];
+
+	/* the key worker waits for a key URI before it serves requests */
+	if (cmk_key_uri == NULL || cmk_key_uri[0] == '\0')
+		cmk_report_key_unavailable(NULL);
+	if (!cmk_key_request(force ? CMK_REQ_CREATE_FORCE : CMK_REQ_CREATE, NULL,
+						 current_actor(), REQUEST_TIMEOUT_MS, msg, sizeof(msg)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("could not create a data encryption key: %s", msg),
+				 errhint("See cmk_storage.status and cmk_storage.key_events, and \"Lost key directory\" in docs/operations.md.")));
+	PG_RETURN_TEXT_P(cstring_to_text(msg));
 }

@@ -54,6 +54,10 @@ typedef enum CmkRequestKind
 	CMK_REQ_NONE = 0,
 	CMK_REQ_CHECK,				/* re-validate the KEK now */
 	CMK_REQ_ROTATE,				/* re-wrap the DEK with a KEK */
+	CMK_REQ_CREATE,				/* a DEK where there is none and no
+								 * encrypted relation */
+	CMK_REQ_CREATE_FORCE,		/* a DEK where there is none, whatever the
+								 * evidence */
 } CmkRequestKind;
 
 /* postmaster, from _PG_init */

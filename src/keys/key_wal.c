@@ -25,6 +25,7 @@
 #include "lib/stringinfo.h"
 
 #include "am/cmkam.h"
+#include "keys/key_guard.h"
 #include "keys/key_store.h"
 #include "keys/key_wal.h"
 
@@ -39,6 +40,9 @@ cmk_rmgr_redo(XLogReaderState *record)
 
 	if (info == XLOG_CMK_NONCE_EPOCH)
 	{
+		/* tuples were encrypted: never a new DEK for this data (key_guard.c) */
+		if (stat(CMK_CONTROL_DIR, &st) != 0)
+			cmk_guard_note_wal_evidence(record->ReadRecPtr);
 		cmk_epoch_redo((const uint8 *) XLogRecGetData(record),
 					   XLogRecGetDataLen(record));
 		return;
@@ -50,11 +54,22 @@ cmk_rmgr_redo(XLogReaderState *record)
 						   XLogRecGetDataLen(record), &ctl, &err))
 		elog(PANIC, "cmk_storage redo: invalid control-file image: %s", err.message);
 
-	ok = (stat(CMK_CONTROL_DIR, &st) == 0) ?
-		cmk_control_replace(&ctl, &err) : cmk_control_create(&ctl, &err);
+	if (stat(CMK_CONTROL_DIR, &st) == 0)
+		ok = cmk_control_replace(&ctl, &err);
+	else if ((ok = cmk_control_create(&ctl, &err)))
+		cmk_guard_note_dir_created();
 	if (!ok)
 		ereport(PANIC,
 				(errmsg("cmk_storage redo: could not write the control file: %s", err.message)));
+
+	/*
+	 * Generation 1 is a DEK's creation: the marker follows it, as on the
+	 * primary (key_guard.c).  Only a warning if that fails: the key worker
+	 * writes a missing marker when it loads the control file.
+	 */
+	if (ctl.generation == 1 && !cmk_guard_write_marker(&ctl, &err))
+		ereport(WARNING,
+				(errmsg("cmk_storage redo: %s", err.message)));
 	cmk_key_store_control_changed();
 }
 

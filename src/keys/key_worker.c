@@ -13,9 +13,10 @@
  * in cmk_storage.status and in every error on encrypted data; the worker
  * keeps retrying.  A definitive denial wipes the key at once; transient
  * failures keep it for cmk_storage.key_grace_period.  It never creates a DEK
- * while a cmk_storage directory exists, never on a standby, and never
- * touches a control file it could not use.  It is the only writer of the
- * control file outside redo.
+ * while a cmk_storage directory exists, never on a standby, never over
+ * evidence of encrypted data (key_guard.c) unless cmk_storage.create_key()
+ * asks it to, and never touches a control file it could not use.  It is the
+ * only writer of the control file outside redo.
  *
  *-------------------------------------------------------------------------
  */
@@ -40,6 +41,7 @@
 #include "cmk_storage.h"
 #include "keys/control_file.h"
 #include "keys/key_audit.h"
+#include "keys/key_guard.h"
 #include "keys/key_store.h"
 #include "keys/key_wal.h"
 
@@ -103,9 +105,12 @@ unwrap_uri(void)
 	return (have_ctl && ctl.key_uri[0]) ? ctl.key_uri : cmk_key_uri;
 }
 
-/* First start: create, wrap and durably record a new DEK. */
+/*
+ * First start, or cmk_storage.create_key() (actor): create, wrap and durably
+ * record a new DEK, if the guard finds no encrypted data that mode counts.
+ */
 static bool
-create_dek(CmkError *err)
+create_dek(CmkError *err, CmkGuardMode mode, const char *actor)
 {
 	const CmkKeyProvider *provider = cmk_find_provider(cmk_key_uri, err);
 	uint8	   *dek = cmk_key_store_scratch();
@@ -142,6 +147,10 @@ create_dek(CmkError *err)
 		}
 	}
 
+	/* A lost cmk_storage directory is restored, never replaced. */
+	if (!cmk_guard_allows_new_key(mode, err))
+		return false;
+
 	memset(&c, 0, sizeof(c));
 	if (!cmk_random_bytes(dek, CMK_DEK_LEN) || !cmk_dek_identifier(dek, c.dek_id))
 	{
@@ -164,10 +173,21 @@ create_dek(CmkError *err)
 	cmk_wal_log_control(&c);
 	if (!cmk_control_create(&c, err))
 		return false;
+	cmk_guard_note_dir_created();
+
+	/*
+	 * The marker names the new DEK before any tuple is encrypted under it.
+	 * If it cannot be written, the next attempt finds the control file and
+	 * writes the marker before using the key.
+	 */
+	if (!cmk_guard_write_marker(&c, err))
+		return false;
 
 	ctl = c;
 	have_ctl = true;
-	cmk_audit("create", "success", NULL, ctl.kid,
+	cmk_audit("create", "success", actor, ctl.kid,
+			  mode == CMK_GUARD_FORCE ?
+			  "created a new data encryption key, wrapped with %s, although data may be encrypted under an earlier one (forced)" :
 			  "created a new data encryption key, wrapped with %s",
 			  cmk_wrap_alg_name(ctl.wrap_alg));
 	return true;
@@ -238,19 +258,32 @@ load_control(CmkError *err, bool *created)
 
 	*created = false;
 	cs = cmk_control_read(&c, err);
+	have_ctl = false;
 	if (cs == CMK_CONTROL_PRESENT)
 	{
+		if (!cmk_guard_dir_usable(err) || !cmk_guard_check_marker(&c, err))
+			return false;
 		ctl = c;
 		have_ctl = true;
 		return true;
 	}
-	have_ctl = false;
 	if (cs == CMK_CONTROL_ABSENT)
 	{
 		*created = true;
-		return create_dek(err);
+		return create_dek(err, CMK_GUARD_AUTOMATIC, NULL);
 	}
 	return false;
+}
+
+/* Make the DEK in scratch, checked against ctl, the live key. */
+static void
+publish_key(void)
+{
+	CmkError	err;
+
+	cmk_key_store_publish(&ctl, cmk_find_provider(unwrap_uri(), &err)->name);
+	cmk_key_store_note_check(true, &ctl);
+	key_live = true;
 }
 
 /* Start-up (and retry until it works): control file, unwrap, publish. */
@@ -271,9 +304,41 @@ start_key(void)
 	}
 	if (!created)
 		cmk_audit("unwrap", "success", NULL, ctl.kid, "data encryption key unwrapped");
-	cmk_key_store_publish(&ctl, cmk_find_provider(unwrap_uri(), &err)->name);
-	cmk_key_store_note_check(true, &ctl);
-	key_live = true;
+	publish_key();
+	return true;
+}
+
+/*
+ * cmk_storage.create_key(): a DEK for a data directory that has no
+ * cmk_storage directory, past the evidence that made start-up refuse.
+ * Without force, only cmk_heap relations still refuse; with force nothing
+ * does.  Never replaces a key directory that exists, however damaged.
+ */
+static bool
+create_on_request(bool force, const char *actor, char *msg, size_t msgsize)
+{
+	CmkError	err;
+	struct stat st;
+	char		hex[2 * CMK_DEK_ID_LEN + 1];
+
+	memset(&err, 0, sizeof(err));
+	cmk_audit("request", "success", actor, NULL, "data encryption key creation requested%s",
+			  force ? " (forced)" : "");
+	if (have_ctl || stat(CMK_CONTROL_DIR, &st) == 0 || errno != ENOENT)
+	{
+		snprintf(msg, msgsize, "this cluster already has a key directory, $PGDATA/cmk_storage: restore its control file if it is damaged, or re-wrap its key with rotate_key()");
+		return false;
+	}
+	if (!create_dek(&err, force ? CMK_GUARD_FORCE : CMK_GUARD_NO_RELATIONS, actor))
+	{
+		cmk_audit_error("create", actor, NULL, &err);
+		make_unavailable(&err, true);
+		snprintf(msg, msgsize, "%s", err.message);
+		return false;
+	}
+	publish_key();
+	cmk_hex(ctl.dek_id, CMK_DEK_ID_LEN, hex);
+	snprintf(msg, msgsize, "created data encryption key %s", hex);
 	return true;
 }
 
@@ -300,6 +365,13 @@ rewrap(const char *new_uri, const char *actor, char *msg, size_t msgsize)
 	if (!have_ctl || !cmk_key_store_dek_to_scratch())
 	{
 		snprintf(msg, msgsize, "the data encryption key is not available");
+		return false;
+	}
+	/* generation 0 is invalid (docs/control-file.md): never wrap to it */
+	if (ctl.generation == PG_UINT32_MAX)
+	{
+		OPENSSL_cleanse(cmk_key_store_scratch(), CMK_DEK_LEN);
+		snprintf(msg, msgsize, "the control file's generation counter is exhausted");
 		return false;
 	}
 	provider = cmk_find_provider(new_uri, &err);
@@ -458,6 +530,8 @@ serve_request(void)
 				  "re-wrap requested with %s", uri[0] ? uri : cmk_key_uri);
 		ok = rewrap(uri[0] ? uri : cmk_key_uri, actor, msg, sizeof(msg));
 	}
+	else if (kind == CMK_REQ_CREATE || kind == CMK_REQ_CREATE_FORCE)
+		ok = create_on_request(kind == CMK_REQ_CREATE_FORCE, actor, msg, sizeof(msg));
 	cmk_key_finish_request(ok, msg);
 }
 
