@@ -19,6 +19,7 @@
  *		cmkam_indexbuild.c	index build and validation scans
  *		cmkam_rewrite.c		CLUSTER / VACUUM FULL
  *		cmkam_logical.c		keeps cmk_heap tables out of logical decoding
+ *		cmkam_verify.c		verify_relation(): amcheck's heap checks and ours
  *
  * Format and invariants: docs/tuple-format.md.
  *
