@@ -31,6 +31,8 @@
 #include "access/genam.h"
 #include "access/heaptoast.h"
 #include "access/multixact.h"
+#include "access/relation.h"
+#include "access/table.h"
 #include "access/toast_compression.h"
 #include "access/toast_internals.h"
 #include "access/transam.h"
@@ -89,6 +91,7 @@ typedef struct PendingToast
 	int			attnum;
 } PendingToast;
 
+/* One call of verify_relation. */
 typedef struct VerifyState
 {
 	Relation	rel;
@@ -116,6 +119,9 @@ typedef struct VerifyState
 
 	/* per line pointer of the page being checked: [1 .. MaxOffsetNumber] */
 	struct LineInfo *info;
+	/* a decrypted tuple of the relation, deformed */
+	Datum	   *values;
+	bool	   *isnull;
 
 	/* where we are; attnum 0: not an attribute */
 	BlockNumber blkno;
@@ -141,29 +147,25 @@ typedef struct LineInfo
 	TransactionId update_xid;	/* the updater, if safely known */
 } LineInfo;
 
+/*
+ * A result row: a problem at the tuple (and attribute) being checked.  msg
+ * is palloc'd and freed here: a badly damaged table can give many rows.
+ */
 static void
-report_at(VerifyState *vs, BlockNumber blkno, OffsetNumber offnum, int attnum,
-		  char *msg)
+report(VerifyState *vs, char *msg)
 {
 	Datum		values[VERIFY_COLS];
 	bool		nulls[VERIFY_COLS] = {false};
 
-	values[0] = Int64GetDatum((int64) blkno);
-	values[1] = Int32GetDatum((int32) offnum);
-	values[2] = Int32GetDatum(attnum);
-	nulls[2] = attnum <= 0;
+	values[0] = Int64GetDatum((int64) vs->blkno);
+	values[1] = Int32GetDatum((int32) vs->offnum);
+	values[2] = Int32GetDatum(vs->attnum);
+	nulls[2] = vs->attnum <= 0;
 	values[3] = CStringGetTextDatum(msg);
 	tuplestore_putvalues(vs->store, vs->outdesc, values, nulls);
 	pfree(DatumGetPointer(values[3]));
 	pfree(msg);
 	vs->corrupt = true;
-}
-
-/* A problem at the tuple (and attribute) being checked. */
-static void
-report(VerifyState *vs, char *msg)
-{
-	report_at(vs, vs->blkno, vs->offnum, vs->attnum, msg);
 }
 
 /* Wipe plaintext before giving its memory back. */
@@ -659,9 +661,6 @@ check_cmk_tuple(VerifyState *vs, HeapTupleHeader td, uint16 lp_len,
 	HeapTupleData cipher;
 	HeapTuple	plain;
 	int			natts;
-	bool		hasnulls;
-	char	   *tp;
-	uint32		off = 0;
 
 	cipher.t_data = td;
 	cipher.t_len = lp_len;
@@ -673,23 +672,17 @@ check_cmk_tuple(VerifyState *vs, HeapTupleHeader td, uint16 lp_len,
 		return;
 
 	/*
-	 * The codec checked where every attribute lies; walk the plaintext as
-	 * heap_deform_tuple would, and look into the values.
+	 * The codec checked where every attribute lies, so the plaintext can be
+	 * deformed; look into the varlena values stored in it (not into missing
+	 * attributes' defaults, which are not stored).
 	 */
+	heap_deform_tuple(plain, vs->desc, vs->values, vs->isnull);
 	natts = HeapTupleHeaderGetNatts(plain->t_data);
-	hasnulls = HeapTupleHasNulls(plain);
-	tp = (char *) plain->t_data + plain->t_data->t_hoff;
 	for (int i = 0; i < natts; i++)
 	{
-		Form_pg_attribute att = TupleDescAttr(vs->desc, i);
-		struct varlena *v;
+		struct varlena *v = (struct varlena *) DatumGetPointer(vs->values[i]);
 
-		if (hasnulls && att_isnull(i, plain->t_data->t_bits))
-			continue;
-		off = att_align_pointer(off, att->attalign, att->attlen, tp + off);
-		v = (struct varlena *) (tp + off);
-		off = att_addlength_pointer(off, att->attlen, tp + off);
-		if (att->attlen != -1)
+		if (vs->isnull[i] || TupleDescAttr(vs->desc, i)->attlen != -1)
 			continue;
 		vs->attnum = i + 1;
 		if (VARATT_IS_EXTERNAL_ONDISK(v))
@@ -1248,6 +1241,8 @@ cmk_verify_relation(PG_FUNCTION_ARGS)
 	vs.fn_cxt = CurrentMemoryContext;
 	/* a damaged pd_lower can claim more line pointers than fit tuples */
 	vs.info = palloc(sizeof(LineInfo) * (MaxOffsetNumber + 1));
+	vs.values = palloc(sizeof(Datum) * vs.desc->natts);
+	vs.isnull = palloc(sizeof(bool) * vs.desc->natts);
 	vs.tuple_cxt = AllocSetContextCreate(CurrentMemoryContext,
 										 "verify_relation tuple",
 										 ALLOCSET_DEFAULT_SIZES);
