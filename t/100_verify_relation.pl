@@ -64,7 +64,8 @@ sub lp_word { my ($off, $flags, $len) = @_; return pack('V', $off | ($flags << 1
 
 # --- a clean table gives no row ----------------------------------------------------
 # 400 rows over several pages (fillfactor leaves room for HOT); c is moved
-# out of line uncompressed (rows 10, 20, 30: 3, 5 and 2 chunks), d of row 40
+# out of line uncompressed (rows 10, 20, 30, 50, 70: 3, 5, 2, 4 and 6
+# chunks), d of row 40
 # is compressed inline; NULLs in b and c; HOT updates, a VACUUM that turns
 # HOT roots into redirects, deletes, and more HOT updates after it.
 my $chunk = 1989;    # TOAST_MAX_CHUNK_SIZE - 7: docs/tuple-format.md
@@ -74,7 +75,9 @@ ALTER TABLE v ALTER COLUMN c SET STORAGE EXTERNAL;
 INSERT INTO v SELECT g, 'row ' || g, CASE WHEN g % 4 <> 0 THEN g END,
        CASE g WHEN 10 THEN repeat('x', 3 * $chunk - 100)
               WHEN 20 THEN repeat('y', 5 * $chunk - 100)
-              WHEN 30 THEN repeat('z', 2 * $chunk - 100) END,
+              WHEN 30 THEN repeat('z', 2 * $chunk - 100)
+              WHEN 50 THEN repeat('u', 4 * $chunk - 100)
+              WHEN 70 THEN repeat('w', 6 * $chunk - 100) END,
        CASE WHEN g = 40 THEN repeat('abc', 2000) ELSE 'd' || g END
   FROM generate_series(1, 400) g;
 UPDATE v SET b = -b WHERE id % 10 = 1;
@@ -89,8 +92,8 @@ is(sql(q{SELECT count(*) FROM heap_page_items(get_raw_page('v', 0)) WHERE lp_fla
 is(sql(q{SELECT count(*) FROM heap_page_items(get_raw_page('v', 0)) WHERE t_infomask2 & 32768 <> 0}) > 0 ? 'yes' : 'no',
 	'yes', 'clean table: has heap-only tuples');
 is(sql(q{SELECT pg_column_compression(d) FROM v WHERE id = 40}), 'pglz', 'clean table: row 40 compressed inline');
-is(join(',', rows("SELECT count(*) FROM $toast GROUP BY chunk_id ORDER BY 1")), '2,3,5',
-	'clean table: three TOAST values');
+is(join(',', rows("SELECT count(*) FROM $toast GROUP BY chunk_id ORDER BY 1")), '2,3,4,5,6',
+	'clean table: five TOAST values');
 is(join("\n", rows(q{SELECT * FROM cmk_storage.verify_relation('v')})), '', 'clean table: no rows');
 is(join("\n", rows(qq{SELECT * FROM cmk_storage.verify_relation('$toast')})), '', 'clean TOAST table: no rows');
 # HOT chains VACUUM cannot prune yet: an aborted update, and updates by the
@@ -233,6 +236,23 @@ edit($toast, $c->{pos} + $c->{len} - 1, "\x00");
 $t = tuple_at('v', ctid(30));
 push @expect, [ $t->{blk}, $t->{off}, 4,
 	qr/^toast value $vid: chunk tuple \($c->{blk},$c->{off}\): no cmk_heap trailer$/ ];
+
+# the encrypted external references of rows 50 and 70 (b is not null: a,
+# 'row 50', ends at data offset 11, b takes 12-15, c's one-byte header is at
+# 16, then VARTAG_ONDISK and the varatt_external, encrypted): row 50's tag
+# flipped, row 70's va_valueid moved by 2^30
+for my $id (50, 70)
+{
+	$t = tuple_at('v', ctid($id));
+	is(byte_at($vfile, $t->{pos} + $t->{hoff} + 16), 0x25, "row $id: c is an 18-byte external reference");
+}
+$t = tuple_at('v', ctid(50));
+edit('v', $t->{pos} + $t->{hoff} + 17, chr(byte_at($vfile, $t->{pos} + $t->{hoff} + 17) ^ 0x01));
+push @expect, [ $t->{blk}, $t->{off}, 4, qr/^invalid external reference$/ ];
+$t = tuple_at('v', ctid(70));
+my $vid70 = $chunks{6}[0] ^ 0x40000000;
+edit('v', $t->{pos} + $t->{hoff} + 29, chr(byte_at($vfile, $t->{pos} + $t->{hoff} + 29) ^ 0x40));
+push @expect, [ $t->{blk}, $t->{off}, 4, qr/^toast value $vid70 not found in toast table$/ ];
 
 # a HOT chain: the heap-only tuple a redirect on page 0 leads to loses its
 # HEAP_ONLY_TUPLE flag
