@@ -96,6 +96,27 @@ AS 'MODULE_PATHNAME', 'cmk_mark_for_decoding'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 REVOKE ALL ON FUNCTION mark_for_decoding() FROM PUBLIC;
 
+-- Corruption check of a cmk_heap relation: what amcheck's verify_heapam()
+-- checks for heap (which refuses cmk_heap), plus trailers, nonce epochs,
+-- decryption and encrypted TOAST chunks.  One row per problem.  Like
+-- verify_heapam, for superusers and whoever they GRANT EXECUTE to.
+CREATE FUNCTION verify_relation(relation regclass,
+                                on_error_stop boolean DEFAULT false,
+                                check_toast boolean DEFAULT true,
+                                skip text DEFAULT 'none',
+                                startblock bigint DEFAULT NULL,
+                                endblock bigint DEFAULT NULL,
+                                blkno OUT bigint,
+                                offnum OUT integer,
+                                attnum OUT integer,
+                                msg OUT text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'cmk_verify_relation'
+LANGUAGE C;
+REVOKE ALL ON FUNCTION verify_relation(regclass, boolean, boolean, text, bigint, bigint) FROM PUBLIC;
+COMMENT ON FUNCTION verify_relation(regclass, boolean, boolean, text, bigint, bigint) IS
+    'check a cmk_heap table for corruption, as amcheck''s verify_heapam does for heap: one row per problem (attnum is pg_attribute.attnum)';
+
 -- Separation of duties: key management belongs to cmk_key_admin, not to
 -- every DBA.  Anyone may create and use cmk_heap tables.
 DO $$

@@ -19,6 +19,7 @@
  *		cmkam_indexbuild.c	index build and validation scans
  *		cmkam_rewrite.c		CLUSTER / VACUUM FULL
  *		cmkam_logical.c		keeps cmk_heap tables out of logical decoding
+ *		cmkam_verify.c		verify_relation(): amcheck's heap checks and ours
  *
  * Format and invariants: docs/tuple-format.md.
  *
@@ -141,6 +142,7 @@ extern void cmk_epoch_desc(StringInfo buf, const uint8 *rec, Size len);
 extern int	cmk_epochs_used(void);
 extern void cmk_report_bad_epoch(Relation rel, ItemPointer tid, uint16 id,
 								 uint32 want_tag) pg_attribute_noreturn();
+extern void cmk_epochs_check_readable(void);
 
 /* A parsed trailer; pointers point into the stored tuple. */
 typedef struct CmkTrailer
@@ -281,6 +283,18 @@ extern bool cmk_trailer_readable(Relation rel, HeapTuple cipher,
 								 uint32 want_tag, CmkTrailer *t);
 extern bool cmk_tuple_has_external(HeapTuple cipher);
 extern void cmk_check_tuple_format(Relation rel, HeapTuple cipher);
+extern char *cmk_trailer_problem(HeapTuple cipher, uint32 want_tag,
+								 CmkTrailer *t);
+
+/*
+ * A problem the codec found in a stored tuple, returned instead of raised
+ * for verification (cmkam_verify.c), which reports it as a row.
+ */
+typedef struct CmkTupleFault
+{
+	const char *what;			/* a message, without the tuple's location */
+	int			attnum;			/* the attribute (1-based), or 0: the tuple */
+} CmkTupleFault;
 
 /* cmkam_codec.c */
 extern void cmk_deform_decrypt(Relation rel, TupleDesc desc, HeapTupleHeader td,
@@ -294,8 +308,20 @@ extern void cmk_encrypt_tuples(Relation rel, HeapTuple *plains, int n,
 							   HeapTuple *out);
 extern HeapTuple cmk_decrypt_tuple(Relation rel, TupleDesc desc,
 								   HeapTuple cipher);
+extern HeapTuple cmk_decrypt_tuple_checked(Relation rel, TupleDesc desc,
+										   HeapTuple cipher,
+										   const CmkTrailer *t,
+										   CmkTupleFault *fault);
 
 /* cmkam_toast.c */
+
+/*
+ * Chunk payload: heap's chunk size less one trailer, so that four encrypted
+ * chunk tuples still fit on a page, as heap's do.
+ */
+#define CMK_TOAST_CHUNK_SIZE \
+	(TOAST_MAX_CHUNK_SIZE - CMK_TRAILER_FIXED - CMK_NONCE_LEN)
+
 struct CmkToastState;
 extern HeapTuple cmk_form_plain_tuple(Relation rel, TupleTableSlot *slot,
 									  HeapTuple old_plain, int options,

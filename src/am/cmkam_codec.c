@@ -84,22 +84,36 @@ next_nonce(uint8 *out, uint32 dek_tag)
  * at data offset off, unaligned), checking that none runs past data_end (the
  * trailer must never be read as data).  spans[0 .. first) are left alone:
  * the caller fills them.
- * Returns the number of physically present attributes.
+ * Returns the number of physically present attributes.  A tuple that fails
+ * a check is reported (ERROR), or with fault set, described there and -1
+ * returned: that is verification, which also requires the data to end
+ * exactly where the trailer starts (docs/tuple-format.md: the trailer
+ * follows the last attribute; readers never look at bytes in between).
  */
 static int
 walk_attrs_from(Relation rel, TupleDesc desc, HeapTuple tup, int32 data_end,
-				AttrSpan *spans, int first, int32 off)
+				AttrSpan *spans, int first, int32 off, CmkTupleFault *fault)
 {
 	HeapTupleHeader td = tup->t_data;
 	int			natts = HeapTupleHeaderGetNatts(td);
 	bool		hasnulls = HeapTupleHasNulls(tup);
 	char	   *tp = (char *) td + td->t_hoff;
 	int32		limit = data_end - td->t_hoff;
+	int			i = -1;
+
+#define WALK_FAIL(msg) \
+	do { \
+		if (fault == NULL) \
+			cmk_report_corrupt(rel, tup, (msg)); \
+		fault->what = (msg); \
+		fault->attnum = i + 1; \
+		return -1; \
+	} while (0)
 
 	if (natts > desc->natts || td->t_hoff > data_end || off > limit)
-		cmk_report_corrupt(rel, tup, "header does not match the table");
+		WALK_FAIL("header does not match the table");
 
-	for (int i = first; i < natts; i++)
+	for (i = first; i < natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 		AttrSpan   *s = &spans[i];
@@ -122,15 +136,15 @@ walk_attrs_from(Relation rel, TupleDesc desc, HeapTuple tup, int32 data_end,
 			char	   *p;
 
 			if (off >= limit)
-				cmk_report_corrupt(rel, tup, "attribute beyond end of data");
+				WALK_FAIL("attribute beyond end of data");
 			off = att_align_pointer(off, att->attalign, -1, tp + off);
 			if (off >= limit)
-				cmk_report_corrupt(rel, tup, "attribute beyond end of data");
+				WALK_FAIL("attribute beyond end of data");
 			p = tp + off;
 			if (VARATT_IS_1B_E(p))
 			{
 				if (VARTAG_EXTERNAL(p) != VARTAG_ONDISK)
-					cmk_report_corrupt(rel, tup, "unexpected external datum");
+					WALK_FAIL("unexpected external datum");
 				s->is_ondisk = true;
 				s->full = TOAST_POINTER_SIZE;
 				s->hdr = 1;
@@ -143,12 +157,12 @@ walk_attrs_from(Relation rel, TupleDesc desc, HeapTuple tup, int32 data_end,
 			else
 			{
 				if (off + 4 > limit)
-					cmk_report_corrupt(rel, tup, "attribute beyond end of data");
+					WALK_FAIL("attribute beyond end of data");
 				s->full = VARSIZE_4B(p);
 				s->hdr = 4;
 			}
 			if (s->full < s->hdr)
-				cmk_report_corrupt(rel, tup, "invalid varlena length");
+				WALK_FAIL("invalid varlena length");
 		}
 		else
 			ereport(ERROR,
@@ -156,10 +170,17 @@ walk_attrs_from(Relation rel, TupleDesc desc, HeapTuple tup, int32 data_end,
 					 errmsg("cmk_heap does not support column \"%s\" of type cstring",
 							NameStr(att->attname))));
 		if (off + s->full > limit)
-			cmk_report_corrupt(rel, tup, "attribute beyond end of data");
+			WALK_FAIL("attribute beyond end of data");
 		s->start = td->t_hoff + off;
 		off += s->full;
 	}
+	if (fault != NULL && off != limit)
+	{
+		i = -1;
+		WALK_FAIL(psprintf("data ends at byte %d, but the trailer starts at byte %d",
+						   td->t_hoff + off, data_end));
+	}
+#undef WALK_FAIL
 	return natts;
 }
 
@@ -167,7 +188,89 @@ static int
 walk_attrs(Relation rel, TupleDesc desc, HeapTuple tup, int32 data_end,
 		   AttrSpan *spans)
 {
-	return walk_attrs_from(rel, desc, tup, data_end, spans, 0, 0);
+	return walk_attrs_from(rel, desc, tup, data_end, spans, 0, 0, NULL);
+}
+
+/*
+ * Decrypt a stored tuple, whose trailer t describes, into a palloc'd copy;
+ * see cmk_decrypt_tuple.  A tuple that fails a check is reported (ERROR),
+ * or with fault set, described there and NULL returned (nothing of it left
+ * in memory).
+ */
+static HeapTuple
+decrypt_stored(Relation rel, TupleDesc desc, HeapTuple cipher,
+			   CmkKeystream *ks, const Trailer *t, CmkTupleFault *fault)
+{
+	AttrSpan	spans[MaxTupleAttributeNumber];
+	HeapTuple	plain;
+	XorBatch	batch;
+	int			natts;
+	bool		has_ext = false;
+	Oid			toastrelid = rel->rd_rel->reltoastrelid;
+	const char *bad = NULL;
+	int			bad_att = 0;
+
+	plain = (HeapTuple) palloc(HEAPTUPLESIZE + t->data_end);
+	plain->t_len = t->data_end;
+	plain->t_self = cipher->t_self;
+	plain->t_tableOid = cipher->t_tableOid;
+	plain->t_data = (HeapTupleHeader) ((char *) plain + HEAPTUPLESIZE);
+	memcpy(plain->t_data, cipher->t_data, t->data_end);
+
+	natts = walk_attrs_from(rel, desc, plain, t->data_end, spans, 0, 0, fault);
+	if (natts < 0)
+	{
+		pfree(plain);			/* nothing decrypted yet */
+		return NULL;
+	}
+	cmk_batch_init(&batch, ks, desc);
+	for (int i = 0; i < natts; i++)
+	{
+		AttrSpan   *s = &spans[i];
+
+		if (s->start < 0)
+			continue;
+		if (s->is_ondisk)
+		{
+			/* a batch between flushes holds no keystream: drop it */
+			bad = "raw TOAST pointer in stored tuple";
+			bad_att = i + 1;
+			break;
+		}
+		batch_add(&batch, attr_nonce(t, i), i,
+				  (uint8 *) plain->t_data + s->start + s->hdr, s->full - s->hdr);
+	}
+	if (bad == NULL)
+		cmk_batch_done(&batch);
+
+	/* Turn decrypted external references into on-disk TOAST pointers. */
+	for (int i = 0; bad == NULL && t->extbits && i < natts; i++)
+	{
+		if (!bit_get(t->extbits, i))
+			continue;
+		if (spans[i].start < 0 ||
+			!extref_to_toast_pointer(TupleDescAttr(desc, i),
+									 (uint8 *) plain->t_data + spans[i].start,
+									 toastrelid))
+		{
+			bad = "invalid external reference";
+			bad_att = i + 1;
+		}
+		has_ext = true;
+	}
+	if (bad != NULL)
+	{
+		if (fault == NULL)
+			cmk_report_corrupt(rel, cipher, bad);
+		explicit_bzero(plain->t_data, t->data_end);
+		pfree(plain);
+		fault->what = bad;
+		fault->attnum = bad_att;
+		return NULL;
+	}
+	if (has_ext)
+		plain->t_data->t_infomask |= HEAP_HASEXTERNAL;
+	return plain;
 }
 
 /*
@@ -184,56 +287,26 @@ cmk_decrypt_tuple(Relation rel, TupleDesc desc, HeapTuple cipher)
 	uint32		tag;
 	CmkKeystream *ks = cmk_tuple_keystream(RelationGetRelationName(rel), &tag);
 	Trailer		t;
-	AttrSpan	spans[MaxTupleAttributeNumber];
-	HeapTuple	plain;
-	XorBatch	batch;
-	int			natts;
-	bool		has_ext = false;
-	Oid			toastrelid = rel->rd_rel->reltoastrelid;
 
 	cmk_parse_trailer(rel, cipher, tag, &t);
+	return decrypt_stored(rel, desc, cipher, ks, &t, NULL);
+}
 
-	plain = (HeapTuple) palloc(HEAPTUPLESIZE + t.data_end);
-	plain->t_len = t.data_end;
-	plain->t_self = cipher->t_self;
-	plain->t_tableOid = cipher->t_tableOid;
-	plain->t_data = (HeapTupleHeader) ((char *) plain + HEAPTUPLESIZE);
-	memcpy(plain->t_data, cipher->t_data, t.data_end);
+/*
+ * The same for verification, with the trailer already checked
+ * (cmk_trailer_problem): NULL and *fault set where cmk_decrypt_tuple would
+ * raise an error about the tuple.  Errors that are not about the tuple (no
+ * key, a table this build cannot encrypt) are still raised.
+ */
+HeapTuple
+cmk_decrypt_tuple_checked(Relation rel, TupleDesc desc, HeapTuple cipher,
+						  const CmkTrailer *t, CmkTupleFault *fault)
+{
+	uint32		tag;
+	CmkKeystream *ks = cmk_tuple_keystream(RelationGetRelationName(rel), &tag);
 
-	natts = walk_attrs(rel, desc, plain, t.data_end, spans);
-	cmk_batch_init(&batch, ks, desc);
-	for (int i = 0; i < natts; i++)
-	{
-		AttrSpan   *s = &spans[i];
-
-		if (s->start < 0 || s->is_ondisk)
-		{
-			if (s->is_ondisk)
-				cmk_report_corrupt(rel, cipher, "raw TOAST pointer in stored tuple");
-			continue;
-		}
-		batch_add(&batch, attr_nonce(&t, i), i,
-				  (uint8 *) plain->t_data + s->start + s->hdr, s->full - s->hdr);
-	}
-	cmk_batch_done(&batch);
-
-	/* Turn decrypted external references into on-disk TOAST pointers. */
-	for (int i = 0; t.extbits && i < natts; i++)
-	{
-		uint8	   *p;
-
-		if (!bit_get(t.extbits, i))
-			continue;
-		if (spans[i].start < 0)
-			cmk_report_corrupt(rel, cipher, "invalid external reference");
-		p = (uint8 *) plain->t_data + spans[i].start;
-		if (!extref_to_toast_pointer(TupleDescAttr(desc, i), p, toastrelid))
-			cmk_report_corrupt(rel, cipher, "invalid external reference");
-		has_ext = true;
-	}
-	if (has_ext)
-		plain->t_data->t_infomask |= HEAP_HASEXTERNAL;
-	return plain;
+	Assert(fault != NULL);
+	return decrypt_stored(rel, desc, cipher, ks, t, fault);
 }
 
 /*
@@ -299,7 +372,7 @@ encrypt_for_insert(Relation rel, TupleDesc desc, uint32 tag, HeapTuple plain,
 		spans[i].is_ondisk = false;
 	}
 	natts = walk_attrs_from(rel, desc, plain, data_len, spans, first,
-							first > 0 ? batch->contig_len : 0);
+							first > 0 ? batch->contig_len : 0, NULL);
 	for (int i = first; i < natts; i++)
 		has_ext |= spans[i].is_ondisk;
 	tsize = trailer_size(1, natts, has_ext, false);

@@ -493,6 +493,24 @@ cmk_epochs_used(void)
 }
 
 /*
+ * Raise an error unless the epoch table can say which epochs exist: when it
+ * cannot, every tuple would look as if it named an unknown epoch.
+ */
+void
+cmk_epochs_check_readable(void)
+{
+	CmkEpochTable *tab = cmk_epoch_table;
+
+	if (tab == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cmk_storage is not loaded"),
+				 errhint("Add cmk_storage to shared_preload_libraries and restart the server.")));
+	if (tab->damaged)
+		report_damaged(tab);
+}
+
+/*
  * A tuple names epoch id under want_tag: report what is wrong with that, if
  * anything (cmk_epoch_usable() said no).
  */
@@ -502,13 +520,7 @@ cmk_report_bad_epoch(Relation rel, ItemPointer tid, uint16 id, uint32 want_tag)
 	CmkEpochTable *tab = cmk_epoch_table;
 	const CmkEpoch *e;
 
-	if (tab == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cmk_storage is not loaded"),
-				 errhint("Add cmk_storage to shared_preload_libraries and restart the server.")));
-	if (tab->damaged)
-		report_damaged(tab);
+	cmk_epochs_check_readable();
 	e = &tab->entries[id];
 	if (!e->valid)
 		ereport(ERROR,

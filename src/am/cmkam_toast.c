@@ -40,13 +40,6 @@
 
 #include "am/cmkam.h"
 
-/*
- * Chunk payload: heap's chunk size less one trailer, so that four encrypted
- * chunk tuples still fit on a page, as heap's do.
- */
-#define CMK_TOAST_CHUNK_SIZE \
-	(TOAST_MAX_CHUNK_SIZE - CMK_TRAILER_FIXED - CMK_NONCE_LEN)
-
 /* Per-tuple toasting state, handed back to the write path. */
 typedef struct CmkToastState
 {

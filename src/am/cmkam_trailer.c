@@ -41,65 +41,47 @@ cmk_corrupt_at(Relation rel, HeapTupleHeader td, const char *what)
 }
 
 /*
- * The epoch of a stored nonce if it is usable under want_tag; otherwise
- * reported, or NULL if !report.
+ * What is wrong with a trailer: the one description that both the readers
+ * (which raise it as an error) and verification (which returns it as a row)
+ * use, so that the two can never disagree about what is sound.
  */
-static inline const CmkEpoch *
-checked_epoch(Relation rel, HeapTuple tup, const uint8 *nonce, uint32 want_tag,
-			  bool report)
+typedef struct TrailerFault
 {
-	const CmkEpoch *e = cmk_epoch(nonce);
-
-	if (!cmk_epoch_usable(e, want_tag))
-	{
-		if (!report)
-			return NULL;
-		cmk_report_bad_epoch(rel, &tup->t_self, (nonce[0] << 8) | nonce[1],
-							 want_tag);
-	}
-	return e;
-}
+	const char *what;			/* a generic problem, or NULL */
+	int			old_format;		/* 1 or 2: a pre-release format, else 0 */
+	int			bad_epoch;		/* an epoch id not usable here, or -1 */
+} TrailerFault;
 
 /*
- * Parse and check the trailer of tup into t.  A trailer that fails a check
- * is reported (ERROR) if report, else the result is false.
+ * Parse and check the trailer of tup into t.  False, with the reason in *f,
+ * if a check fails.  Throws nothing: every reader and verification share it.
  */
 static bool
-parse_full(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t,
-		   bool report)
+parse_full(HeapTuple tup, uint32 want_tag, Trailer *t, TrailerFault *f)
 {
 	const uint8 *base = (const uint8 *) tup->t_data;
 	int32		len = (int32) tup->t_len;
 	int			natts = HeapTupleHeaderGetNatts(tup->t_data);
 	uint8		flags;
 	int32		size;
-	const CmkEpoch *e;
 
-#define FAIL(what) \
+#define FAIL(reason) \
 	do { \
-		if (!report) \
-			return false; \
-		cmk_report_corrupt(rel, tup, (what)); \
+		f->what = (reason); \
+		return false; \
 	} while (0)
 
-	if (len < (int32) SizeofHeapTupleHeader + CMK_TRAILER_MIN ||
-		(base[len - 1] & CMK_FLAGS_MARKER_MASK) != CMK_FLAGS_MARKER)
+	f->what = NULL;
+	f->old_format = 0;
+	f->bad_epoch = -1;
+	if (len < (int32) SizeofHeapTupleHeader + CMK_TRAILER_MIN)
+		FAIL("no cmk_heap trailer");
+	if ((base[len - 1] & CMK_FLAGS_MARKER_MASK) != CMK_FLAGS_MARKER)
 	{
-		if (!report)
-			return false;
-		if (len >= (int32) SizeofHeapTupleHeader + CMK_TRAILER_MIN &&
-			(base[len - 1] == CMK_FORMAT_VERSION_1 ||
-			 base[len - 1] == CMK_FORMAT_VERSION_2))
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("tuple (%u,%u) in relation \"%s\" has cmk_heap tuple format %d, which this build does not read",
-							ItemPointerGetBlockNumberNoCheck(&tup->t_self),
-							ItemPointerGetOffsetNumberNoCheck(&tup->t_self),
-							RelationGetRelationName(rel),
-							base[len - 1] == CMK_FORMAT_VERSION_1 ? 1 : 2),
-					 errdetail("Formats 1 and 2 were written only by pre-release builds of cmk_storage."),
-					 errhint("Dump the table with the build that wrote it and restore it with this one.")));
-		cmk_report_corrupt(rel, tup, "no cmk_heap trailer");
+		if (base[len - 1] == CMK_FORMAT_VERSION_1 ||
+			base[len - 1] == CMK_FORMAT_VERSION_2)
+			f->old_format = base[len - 1] == CMK_FORMAT_VERSION_1 ? 1 : 2;
+		FAIL("no cmk_heap trailer");
 	}
 	flags = base[len - 1];
 	t->nnonces = (flags & CMK_FLAG_NONCES_MASK) + 1;
@@ -123,13 +105,17 @@ parse_full(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t,
 	t->more = t->map ? t->map + map_size(t->nnonces, natts) : NULL;
 
 	/* every epoch named must be registered, under the current DEK */
-	if ((e = checked_epoch(rel, tup, t->nonce0, want_tag, report)) == NULL)
-		return false;
-	t->pre0 = e->prefix;
-	for (int j = 1; !t->short_nonces && j < t->nnonces; j++)
-		if (checked_epoch(rel, tup, t->more + (j - 1) * CMK_NONCE_LEN,
-						  want_tag, report) == NULL)
-			return false;
+	for (int j = 0; j < (t->short_nonces ? 1 : t->nnonces); j++)
+	{
+		const uint8 *id = j == 0 ? t->nonce0 : t->more + (j - 1) * CMK_NONCE_LEN;
+
+		if (!cmk_epoch_usable(cmk_epoch(id), want_tag))
+		{
+			f->bad_epoch = (id[0] << 8) | id[1];
+			FAIL("unusable nonce epoch");
+		}
+	}
+	t->pre0 = cmk_epoch(t->nonce0)->prefix;
 	/* a 1-bit map (two nonces) cannot name a third; 4-bit entries can */
 	for (int i = 0; t->map_bits == 4 && i < natts; i++)
 		if (map_get(t, i) >= t->nnonces)
@@ -141,7 +127,22 @@ parse_full(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t,
 void
 cmk_parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
 {
-	(void) parse_full(rel, tup, want_tag, t, true);
+	TrailerFault f;
+
+	if (parse_full(tup, want_tag, t, &f))
+		return;
+	if (f.old_format)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("tuple (%u,%u) in relation \"%s\" has cmk_heap tuple format %d, which this build does not read",
+						ItemPointerGetBlockNumberNoCheck(&tup->t_self),
+						ItemPointerGetOffsetNumberNoCheck(&tup->t_self),
+						RelationGetRelationName(rel), f.old_format),
+				 errdetail("Formats 1 and 2 were written only by pre-release builds of cmk_storage."),
+				 errhint("Dump the table with the build that wrote it and restore it with this one.")));
+	if (f.bad_epoch >= 0)
+		cmk_report_bad_epoch(rel, &tup->t_self, (uint16) f.bad_epoch, want_tag);
+	cmk_report_corrupt(rel, tup, f.what);
 }
 
 /*
@@ -152,7 +153,81 @@ cmk_parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
 bool
 cmk_trailer_readable(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
 {
-	return parse_full(rel, tup, want_tag, t, false);
+	TrailerFault f;
+
+	return parse_full(tup, want_tag, t, &f);
+}
+
+/*
+ * For verification (cmkam_verify.c): NULL if cmk_parse_trailer accepts the
+ * trailer of tup, else what it would refuse it for, as a palloc'd message
+ * without the tuple's location (the caller reports that).  Also reports
+ * what no reader needs but no cmk_heap writer ever stores (cmkam_codec.c
+ * writes every trailer): a nonce no attribute uses, a nonce map entry or an
+ * external-reference bit for a null attribute, nonzero bits past the last
+ * attribute, an external-reference bitmap without a bit set.  Damage there
+ * (a flipped map bit decrypts an attribute with another nonce's keystream)
+ * is otherwise invisible.  The epoch table must be readable
+ * (cmk_epochs_check_readable), or every epoch is reported.
+ */
+char *
+cmk_trailer_problem(HeapTuple tup, uint32 want_tag, CmkTrailer *t)
+{
+	TrailerFault f;
+	HeapTupleHeader td = tup->t_data;
+	int			natts = HeapTupleHeaderGetNatts(td);
+	bool		hasnulls = (td->t_infomask & HEAP_HASNULL) != 0;
+	bool		used[CMK_MAX_NONCES] = {false};
+	bool		anyext = false;
+
+	if (!parse_full(tup, want_tag, t, &f))
+	{
+		const CmkEpoch *e;
+
+		if (f.old_format)
+			return psprintf("tuple has cmk_heap tuple format %d, which this build does not read",
+							f.old_format);
+		if (f.bad_epoch < 0)
+			return pstrdup(f.what);
+		e = &cmk_epochs[f.bad_epoch];
+		if (!e->valid)
+			return psprintf("tuple names nonce epoch %d, which this cluster never registered",
+							f.bad_epoch);
+		return psprintf("tuple names nonce epoch %d of DEK %02x%02x%02x%02x, not of the current DEK %02x%02x%02x%02x",
+						f.bad_epoch,
+						((const uint8 *) &e->dek_tag)[0], ((const uint8 *) &e->dek_tag)[1],
+						((const uint8 *) &e->dek_tag)[2], ((const uint8 *) &e->dek_tag)[3],
+						((uint8 *) &want_tag)[0], ((uint8 *) &want_tag)[1],
+						((uint8 *) &want_tag)[2], ((uint8 *) &want_tag)[3]);
+	}
+
+	for (int i = 0; i < natts; i++)
+	{
+		bool		isnull = hasnulls && att_isnull(i, td->t_bits);
+
+		if (isnull && map_get(t, i) != 0)
+			return psprintf("nonce map gives null attribute %d nonce %d",
+							i + 1, map_get(t, i));
+		if (isnull && bit_get(t->extbits, i))
+			return psprintf("external-reference bit set for null attribute %d",
+							i + 1);
+		if (!isnull)
+			used[map_get(t, i)] = true;
+		anyext |= bit_get(t->extbits, i);
+	}
+	for (int j = 0; t->nnonces > 1 && j < t->nnonces; j++)
+		if (!used[j])
+			return psprintf("trailer nonce %d is used by no attribute", j);
+	if (t->extbits && !anyext)
+		return pstrdup("external-reference bitmap flagged but empty");
+	/* the bits past natts of each bitmap's last byte */
+	if (t->extbits && natts % 8 != 0 && (t->extbits[natts / 8] >> (natts % 8)) != 0)
+		return pstrdup("external-reference bitmap has bits set past the last attribute");
+	if (t->map_bits == 1 && natts % 8 != 0 && (t->map[natts / 8] >> (natts % 8)) != 0)
+		return pstrdup("nonce map has bits set past the last attribute");
+	if (t->map_bits == 4 && natts % 2 != 0 && (t->map[natts / 2] >> 4) != 0)
+		return pstrdup("nonce map has bits set past the last attribute");
+	return NULL;
 }
 
 bool
