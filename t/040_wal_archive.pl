@@ -176,6 +176,31 @@ tampered('chunk 3 spliced from another segment',
 	qr/chunk 3 /);
 tampered('another segment under this name', $other, qr/holds "$seg2", not "$seg1"/);
 
+# verify and decrypt of single files check the name just as wal does
+# (issue 22, item 6): a segment renamed to another segment's name is refused.
+{
+	my $dir = "$tmp/renamed";
+	make_path($dir);
+	spew_bytes("$dir/$seg1", $other);
+	($rc, $err) = run_restore('verify', @key, "$dir/$seg1");
+	is($rc, 203, 'verify FILE: a segment renamed to another\'s name, exit 203');
+	like($err, qr/"\Q$dir\/$seg1\E": the file holds "$seg2" and is named "$seg1" instead of "$seg2" \(renamed or misplaced\)\n.*detail: .*authenticated header.*\n.*hint: /,
+		'verify FILE renamed: names both names, why, and what to do');
+	unlike($err, qr/: ok/, 'verify FILE renamed: not reported ok');
+	my $stdout;
+	($rc, $err, $stdout) = run_restore('decrypt', @key, "$dir/$seg1");
+	is($rc, 203, 'decrypt FILE: renamed segment, exit 203');
+	is($stdout, '', 'decrypt FILE renamed: not one byte written');
+	($rc, $err) = run_restore('decrypt', @key, '--output', "$dir/plain", "$dir/$seg1");
+	is($rc, 203, 'decrypt --output: renamed segment, exit 203');
+	ok(!-e "$dir/plain" && !-e "$dir/plain.cmk_partial", 'decrypt --output renamed: nothing written');
+	($rc, $err) = run_restore('verify', @key, "$arch/$seg1", "$dir/$seg1");
+	is($rc, 203, 'verify of several files: one renamed, exit 203');
+	($rc, $err, $stdout) = run_restore('decrypt', @key, "$arch/$seg2");
+	is($rc, 0, 'decrypt FILE under its own name: exit 0') or diag $err;
+	ok($stdout eq slurp_bytes("$pgdata/pg_wal/$seg2"), 'decrypt FILE under its own name: the original');
+}
+
 # --- archiving the same file again --------------------------------------------------------
 # A fake timeline history file for a timeline this cluster never uses.
 my $hist = '0000000A.history';

@@ -219,5 +219,21 @@ ok(-f "$tmp/notempty/file", 'non-empty target: left alone');
 ($rc, $err) = run_restore('verify', @key, '--backup-directory', variant('base.tar.cmk', $base));
 is($rc, 203, 'cmk_restore verify: damaged backup, exit 203');
 
+# verify FILE checks the name in the authenticated header against the
+# file's own (issue 22, item 6): the base archive renamed to the tablespace
+# archive's name, or the manifest to the end marker's, is refused.
+make_path("$tmp/renamed");
+spew_bytes("$tmp/renamed/$ts_oid.tar.cmk", slurp_bytes("$bk{plain}/base.tar.cmk"));
+($rc, $err) = run_restore('verify', @key, "$tmp/renamed/$ts_oid.tar.cmk");
+is($rc, 203, 'verify FILE: base archive renamed to the tablespace archive, exit 203');
+like($err, qr/holds "base\.tar" and is named "$ts_oid\.tar\.cmk" instead of "base\.tar\.cmk"/,
+	'verify FILE renamed archive: message');
+spew_bytes("$tmp/renamed/backup_end.cmk", slurp_bytes("$bk{plain}/backup_manifest.cmk"));
+($rc, $err, $out) = run_restore('decrypt', @key, "$tmp/renamed/backup_end.cmk");
+is($rc, 203, 'decrypt FILE: manifest renamed to the end marker, exit 203');
+is($out, '', 'decrypt FILE renamed: nothing written');
+($rc, $err) = run_restore('verify', @key, map { "$bk{plain}/$_" } @plain_files);
+is($rc, 0, 'verify FILE: every file of the backup under its own name') or diag $err;
+
 $node->stop;
 done_testing();

@@ -166,6 +166,7 @@ typedef struct Expect
 	const uint8 *salt;			/* NULL: any */
 	const uint8 *dek_id;		/* NULL: any; else this DEK (another file's) */
 	bool		trusted_dek;	/* the DEK must be one of trusted_deks */
+	const char *file_name;		/* NULL, or the file's own name: must match */
 	bool		check_sysid;
 	uint64		sysid;
 } Expect;
@@ -439,6 +440,29 @@ job_key(void *arg, const CmkStreamHeader *hdr, uint8_t *subkey)
 		job_fail(job, EXIT_TAMPERED, "the file holds %s data, not %s data",
 				 cmk_stream_purpose_name(hdr->purpose), cmk_stream_purpose_name(e->purpose));
 		return CMK_STREAM_ERR_MISMATCH;
+	}
+	if (e->file_name)
+	{
+		/* WAL keeps its file name in the archive; backup files add ".cmk" */
+		size_t		nlen = strlen(hdr->name);
+		bool		same = hdr->purpose == CMK_STREAM_WAL ?
+			strcmp(e->file_name, hdr->name) == 0 :
+			(strncmp(e->file_name, hdr->name, nlen) == 0 &&
+			 strcmp(e->file_name + nlen, CMK_SUFFIX) == 0);
+
+		if (!same)
+		{
+			job_fail(job, EXIT_TAMPERED,
+					 "the file holds \"%s\" and is named \"%s\" instead of \"%s%s\" (renamed or misplaced)",
+					 hdr->name, e->file_name, hdr->name,
+					 hdr->purpose == CMK_STREAM_WAL ? "" : CMK_SUFFIX);
+			strlcpy(job->detail, "The name is part of the authenticated header: a WAL file or backup archive "
+					"renamed to another's name is refused, because restoring it under that name would "
+					"replay the wrong data.", sizeof(job->detail));
+			strlcpy(job->hint, "If you copied the file under another name yourself, give it back the name it "
+					"holds; otherwise find out who renamed it.", sizeof(job->hint));
+			return CMK_STREAM_ERR_MISMATCH;
+		}
 	}
 	if (e->name && strcmp(hdr->name, e->name) != 0)
 	{
@@ -1350,6 +1374,8 @@ cmd_files(int argc, char **argv, const char *what)
 		memset(&job, 0, sizeof(job));
 		job.path = argv[i];
 		job.e.trusted_dek = true;
+		/* the name in the authenticated header must be the file's own */
+		job.e.file_name = last_dir_separator(argv[i]) ? last_dir_separator(argv[i]) + 1 : argv[i];
 		if (strcmp(what, "info") == 0)
 		{
 			uint8		buf[CMK_STREAM_MAX_HEADER];
