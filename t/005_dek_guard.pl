@@ -263,7 +263,7 @@ substr($bad, 2016, 32) = sha256(substr($bad, 0, 2016));
 spew_bytes("$fe/cmk_storage/control", $bad);
 my $restore = $node2->config_data('--bindir') . '/cmk_restore';
 my ($stdout, $stderr);
-IPC::Run::run([ $restore, 'wal', '--archive-directory', "$tmp/archive", '--pgdata', $fe,
+IPC::Run::run([ $restore, 'wal', '--dek-id', '00' x 16, '--archive-directory', "$tmp/archive", '--pgdata', $fe,
 	'000000010000000000000001', "$tmp/seg" ], '>', \$stdout, '2>', \$stderr);
 isnt($?, 0, 'cmk_restore refuses a damaged control file');
 like($stderr, qr/cmk_storage control file is damaged: reserved byte 1700 \(1600\.\.2015\) is not zero/,

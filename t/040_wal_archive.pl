@@ -21,7 +21,10 @@ my $node = cmk_node('arch', $kek, init => { allows_streaming => 1 },
 	conf => archive_conf($arch) . "wal_keep_size = '1GB'\n");
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION cmk_storage');
-is(wait_key_settled($node)->{state}, 'available', 'key available');
+my $key_st = wait_key_settled($node);
+is($key_st->{state}, 'available', 'key available');
+# the trust anchor every restore needs (t/055)
+my @anchor = ('--dek-id', $key_st->{dek_id});
 my $pgdata = $node->data_dir;
 my $restore = $node->config_data('--bindir') . '/cmk_restore';
 
@@ -57,7 +60,7 @@ sub run_restore
 	return ($? >> 8, $err, $out);
 }
 
-my @key = ('--key-uri', "file://$kek");
+my @key = ('--key-uri', "file://$kek", @anchor);
 my $out = "$tmp/out";
 mkdir $out or die;
 my ($rc, $err) = run_restore('wal', @key, '--archive-directory', $arch, '--pgdata', $pgdata,
@@ -68,7 +71,7 @@ ok(slurp_bytes("$out/RECOVERYXLOG") eq slurp_bytes("$pgdata/pg_wal/$seg1"),
 ok(!-e "$out/RECOVERYXLOG.cmk_partial", 'no partial file left');
 
 # The key URI recorded in the cluster's control file is the default.
-($rc, $err) = run_restore('wal', '--archive-directory', $arch, '--pgdata', $pgdata,
+($rc, $err) = run_restore('wal', @anchor, '--archive-directory', $arch, '--pgdata', $pgdata,
 	$seg2, "$out/seg2");
 is($rc, 0, 'key URI taken from the control file') or diag $err;
 ok(slurp_bytes("$out/seg2") eq slurp_bytes("$pgdata/pg_wal/$seg2"), 'second segment identical');
@@ -101,19 +104,20 @@ like($err, qr/is not in the archive/, 'missing file: message');
 ok(!-e "$out/missing" && !-e "$out/missing.cmk_partial", 'missing file: nothing written');
 ($rc, $err) = run_restore('wal', @key, '--archive-directory', "$tmp/nonexistent", $seg1, "$out/x");
 is($rc, 200, 'archive directory missing: exit 200, never mistaken for the end of the archive');
-($rc, $err) = run_restore('wal', '--key-uri', "file://$other_kek", '--archive-directory', $arch,
+($rc, $err) = run_restore('wal', @anchor, '--key-uri', "file://$other_kek", '--archive-directory', $arch,
 	$seg1, "$out/x");
 is($rc, 202, 'another KEK: exit 202 (wrong key)');
 like($err, qr/different key/, 'wrong key: message');
-($rc, $err) = run_restore('wal', '--key-uri', "file://$other_kek", '--key-uri', "file://$kek",
+($rc, $err) = run_restore('wal', @anchor, '--key-uri', "file://$other_kek", '--key-uri', "file://$kek",
 	'--archive-directory', $arch, $seg1, "$out/two_keys");
 is($rc, 0, 'several key URIs: the one that wrapped the file is used') or diag $err;
-($rc, $err) = run_restore('wal', '--key-uri', "file://$tmp/absent.pem", '--archive-directory', $arch,
+($rc, $err) = run_restore('wal', @anchor, '--key-uri', "file://$tmp/absent.pem", '--archive-directory', $arch,
 	$seg1, "$out/x");
 is($rc, 201, 'KEK unreachable: exit 201 (key unavailable)');
-($rc, $err) = run_restore('wal', @key, '--archive-directory', $arch, '--dek-id', '00' x 16,
-	$seg1, "$out/x");
+($rc, $err) = run_restore('wal', '--key-uri', "file://$kek", '--archive-directory', $arch,
+	'--dek-id', '00' x 16, $seg1, "$out/x");
 is($rc, 202, 'file of another DEK (cluster): exit 202');
+like($err, qr/not a trusted one/, 'file of another DEK: message');
 ok(!-e "$out/x", 'no output after key errors');
 
 # --- tampering ---------------------------------------------------------------------------
@@ -171,6 +175,31 @@ tampered('chunk 3 spliced from another segment',
 	  . substr($orig, $hlen + 4 * $rec),
 	qr/chunk 3 /);
 tampered('another segment under this name', $other, qr/holds "$seg2", not "$seg1"/);
+
+# verify and decrypt of single files check the name just as wal does
+# (issue 22, item 6): a segment renamed to another segment's name is refused.
+{
+	my $dir = "$tmp/renamed";
+	make_path($dir);
+	spew_bytes("$dir/$seg1", $other);
+	($rc, $err) = run_restore('verify', @key, "$dir/$seg1");
+	is($rc, 203, 'verify FILE: a segment renamed to another\'s name, exit 203');
+	like($err, qr/"\Q$dir\/$seg1\E": the file holds "$seg2" and is named "$seg1" instead of "$seg2" \(renamed or misplaced\)\n.*detail: .*authenticated header.*\n.*hint: /,
+		'verify FILE renamed: names both names, why, and what to do');
+	unlike($err, qr/: ok/, 'verify FILE renamed: not reported ok');
+	my $stdout;
+	($rc, $err, $stdout) = run_restore('decrypt', @key, "$dir/$seg1");
+	is($rc, 203, 'decrypt FILE: renamed segment, exit 203');
+	is($stdout, '', 'decrypt FILE renamed: not one byte written');
+	($rc, $err) = run_restore('decrypt', @key, '--output', "$dir/plain", "$dir/$seg1");
+	is($rc, 203, 'decrypt --output: renamed segment, exit 203');
+	ok(!-e "$dir/plain" && !-e "$dir/plain.cmk_partial", 'decrypt --output renamed: nothing written');
+	($rc, $err) = run_restore('verify', @key, "$arch/$seg1", "$dir/$seg1");
+	is($rc, 203, 'verify of several files: one renamed, exit 203');
+	($rc, $err, $stdout) = run_restore('decrypt', @key, "$arch/$seg2");
+	is($rc, 0, 'decrypt FILE under its own name: exit 0') or diag $err;
+	ok($stdout eq slurp_bytes("$pgdata/pg_wal/$seg2"), 'decrypt FILE under its own name: the original');
+}
 
 # --- archiving the same file again --------------------------------------------------------
 # A fake timeline history file for a timeline this cluster never uses.

@@ -23,7 +23,10 @@ mkdir "$tmp/ts" or die;
 my $node = cmk_node('primary', $kek, init => { allows_streaming => 1 }, conf => archive_conf($arch));
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION cmk_storage');
-is(wait_key_settled($node)->{state}, 'available', 'key available');
+my $key_st = wait_key_settled($node);
+is($key_st->{state}, 'available', 'key available');
+# the trust anchor every restore needs (t/055): recorded while the cluster runs
+my $dek_id = $key_st->{dek_id};
 my $restore = $node->config_data('--bindir') . '/cmk_restore';
 
 sub run_restore
@@ -107,7 +110,7 @@ archive_current_segment($node);
 is_deeply([ files_containing($arch, @m1, @m2, @m3) ], [], 'no table value in clear in the WAL archive');
 
 # --- point-in-time recovery on a brand-new data directory --------------------------------
-my @key = ('--key-uri', "file://$kek");
+my @key = ('--key-uri', "file://$kek", '--dek-id', $dek_id);
 my $restored = PostgreSQL::Test::Cluster->new('restored');
 my $rdata = $restored->data_dir;
 my ($rc, $err, $out) = run_restore('verify', @key, '--backup-directory', $bk{plain});
@@ -125,7 +128,7 @@ $restored->append_conf('postgresql.conf', qq{
 port = @{[ $restored->port ]}
 unix_socket_directories = '@{[ $restored->host ]}'
 archive_mode = off
-restore_command = '$restore wal --key-uri file://$kek --archive-directory $arch %f %p'
+restore_command = '$restore wal --dek-id $dek_id --key-uri file://$kek --archive-directory $arch %f %p'
 recovery_target_time = '$target_time'
 recovery_target_action = 'promote'
 });
@@ -183,7 +186,7 @@ sub refused
 {
 	my ($name, $dir, $code, $like, @extra) = @_;
 	my $target = "$tmp/target" . $case++;
-	my @k = grep({ $_ eq '--key-uri' } @extra) ? () : @key;
+	my @k = @extra ? () : @key;
 	my ($rc, $err) = run_restore('backup', @k, '--backup-directory', $dir,
 		'--target-directory', $target, '--no-sync', '-T', "$tmp/ts=$target.ts", @extra);
 	is($rc, $code, "$name: exit $code") or diag $err;
@@ -204,8 +207,9 @@ refused('manifest from another backup', variant('backup_manifest.cmk', slurp_byt
 	203, qr/another backup/);
 refused('end marker from another backup', variant('backup_end.cmk', slurp_bytes("$bk{gzip}/backup_end.cmk")),
 	203, qr/another backup|has no|missing/);
-refused('wrong KEK', $bk{plain}, 202, qr/different key/, '--key-uri', "file://$other_kek");
-refused('DEK pinned to another value', $bk{plain}, 202, qr/expected/, '--dek-id', 'ab' x 16);
+refused('wrong KEK', $bk{plain}, 202, qr/different key/, '--key-uri', "file://$other_kek", '--dek-id', $dek_id);
+refused('DEK pinned to another value', $bk{plain}, 202, qr/encrypted with data encryption key $dek_id, which is not a trusted one/,
+	'--key-uri', "file://$kek", '--dek-id', 'ab' x 16);
 
 make_path("$tmp/notempty");
 spew_bytes("$tmp/notempty/file", 'x');
@@ -214,6 +218,22 @@ is($rc, 200, 'non-empty target: exit 200');
 ok(-f "$tmp/notempty/file", 'non-empty target: left alone');
 ($rc, $err) = run_restore('verify', @key, '--backup-directory', variant('base.tar.cmk', $base));
 is($rc, 203, 'cmk_restore verify: damaged backup, exit 203');
+
+# verify FILE checks the name in the authenticated header against the
+# file's own (issue 22, item 6): the base archive renamed to the tablespace
+# archive's name, or the manifest to the end marker's, is refused.
+make_path("$tmp/renamed");
+spew_bytes("$tmp/renamed/$ts_oid.tar.cmk", slurp_bytes("$bk{plain}/base.tar.cmk"));
+($rc, $err) = run_restore('verify', @key, "$tmp/renamed/$ts_oid.tar.cmk");
+is($rc, 203, 'verify FILE: base archive renamed to the tablespace archive, exit 203');
+like($err, qr/holds "base\.tar" and is named "$ts_oid\.tar\.cmk" instead of "base\.tar\.cmk"/,
+	'verify FILE renamed archive: message');
+spew_bytes("$tmp/renamed/backup_end.cmk", slurp_bytes("$bk{plain}/backup_manifest.cmk"));
+($rc, $err, $out) = run_restore('decrypt', @key, "$tmp/renamed/backup_end.cmk");
+is($rc, 203, 'decrypt FILE: manifest renamed to the end marker, exit 203');
+is($out, '', 'decrypt FILE renamed: nothing written');
+($rc, $err) = run_restore('verify', @key, map { "$bk{plain}/$_" } @plain_files);
+is($rc, 0, 'verify FILE: every file of the backup under its own name') or diag $err;
 
 $node->stop;
 done_testing();

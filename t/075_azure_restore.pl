@@ -36,7 +36,8 @@ wal_keep_size = '1GB'
 } . archive_conf($arch));
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION cmk_storage');
-is(wait_key_settled($node)->{state}, 'available', 'key from the vault available');
+my $key_st = wait_key_settled($node);
+is($key_st->{state}, 'available', 'key from the vault available');
 
 my $marker = random_marker('azwal');
 $node->safe_psql('postgres', qq{
@@ -57,7 +58,8 @@ sub restore_as
 	local $ENV{CMK_CA_FILE} = $emu->{ca_file};
 	local $ENV{CMK_AZURE_RETRY_TIMEOUT_MS} = 2000;
 	my ($out, $err) = ('', '');
-	IPC::Run::run([ $restore, 'wal', '--key-uri', $key_uri, '--archive-directory', $arch, @args ],
+	IPC::Run::run([ $restore, 'wal', '--dek-id', $key_st->{dek_id}, '--key-uri', $key_uri,
+		'--archive-directory', $arch, @args ],
 		'>', \$out, '2>', \$err);
 	return ($? >> 8, $err);
 }

@@ -378,6 +378,28 @@ bbsink_cmk_end_backup(bbsink *sink, XLogRecPtr endptr, TimeLineID endtli)
 				(errcode_for_file_access(),
 				 errmsg("could not fsync directory \"%s\": %m", mysink->directory)));
 
+	/*
+	 * Restoring needs the DEK identifier as a trust anchor from outside the
+	 * backup (a forger with the public KEK controls everything inside it),
+	 * so hand it to the operator now, on pg_basebackup's terminal and in the
+	 * server log, rather than only in a view of a server that may be gone.
+	 */
+	{
+		char		dek[2 * CMK_STREAM_DEK_ID_LEN + 1];
+		char		id[2 * CMK_STREAM_SET_ID_LEN + 1];
+
+		cmk_hex(mysink->template.dek_id, CMK_STREAM_DEK_ID_LEN, dek);
+		cmk_hex(mysink->backup_id, sizeof(mysink->backup_id), id);
+		ereport(NOTICE,
+				(errmsg("encrypted base backup %s written to \"%s\" under data encryption key %s",
+						id, mysink->directory, dek),
+				 errhint("Restoring it needs \"cmk_restore backup --dek-id %s\": record this identifier "
+						 "where whoever can write the backups cannot change it.", dek)));
+		ereport(LOG,
+				(errmsg("cmk_storage: encrypted base backup %s written to \"%s\" under data encryption key %s",
+						id, mysink->directory, dek)));
+	}
+
 	bbsink_forward_end_backup(sink, endptr, endtli);
 }
 

@@ -5,12 +5,25 @@
  *		module and base-backup target wrote: as restore_command for WAL,
  *		and to turn an encrypted base backup into a data directory.
  *
- *	 cmk_restore wal     [--key-uri URI] --archive-directory DIR [--pgdata DIR] WALFILE PATH
- *	 cmk_restore backup  [--key-uri URI] --backup-directory DIR --target-directory DIR
- *						 [--dek-id HEX] [-T OLD=NEW]... [--no-sync]
- *	 cmk_restore verify  [--key-uri URI] [--dek-id HEX] (--backup-directory DIR | FILE...)
- *	 cmk_restore decrypt [--key-uri URI] [--dek-id HEX] FILE [--output PATH]
+ *	 cmk_restore wal     ANCHOR [--key-uri URI] --archive-directory DIR [--pgdata DIR] WALFILE PATH
+ *	 cmk_restore backup  ANCHOR [--key-uri URI] --backup-directory DIR --target-directory DIR
+ *						 [-T OLD=NEW]... [--no-sync]
+ *	 cmk_restore verify  ANCHOR [--key-uri URI] (--backup-directory DIR | FILE...)
+ *	 cmk_restore decrypt ANCHOR [--key-uri URI] FILE [--output PATH]
  *	 cmk_restore info FILE... | selftest | bench [--megabytes N]
+ *
+ *	 ANCHOR = --dek-id HEX... | CMK_DEK_ID=HEX[,HEX...] | --insecure-skip-dek-check
+ *
+ * The anchor is mandatory.  The KEK is an RSA key pair and wrapping uses
+ * only its public half: anyone who holds that public key and can write to
+ * the archive or backup directory can wrap a DEK of their own and make
+ * files that decrypt and authenticate perfectly -- a forged backup whose
+ * postgresql.auto.conf runs commands as the database's OS user, say.  What
+ * they cannot make is a DEK whose identifier (an HMAC under the DEK) is
+ * the operator's, so every file must carry one of the DEK identifiers the
+ * operator recorded before the disaster.  Nothing read from the archive or
+ * backup directory (nor from a data directory restored out of it) can
+ * serve as that anchor.
  *
  * Exit codes (docs/streams-runbook.md): 0 done; 1 the file is not in the
  * archive (the normal end of an archive); every other failure is above 125
@@ -78,9 +91,17 @@ static char *target_dir = NULL;
 static char *pgdata = ".";
 static char *output_path = NULL;
 static bool no_sync = false;
-static bool have_pin = false;
-static uint8 pin_dek_id[CMK_DEK_ID_LEN];
 static int	bench_mb = 256;
+
+/*
+ * The trust anchor (see the header comment): the DEK identifiers given with
+ * --dek-id or CMK_DEK_ID.  More than one only for a cluster whose DEK was
+ * replaced (cmk_storage.create_key() after a lost key directory).
+ */
+#define MAX_TRUSTED_DEKS	8
+static uint8 trusted_deks[MAX_TRUSTED_DEKS][CMK_DEK_ID_LEN];
+static int	ntrusted_deks = 0;
+static bool skip_dek_check = false;
 
 typedef struct TablespaceMap
 {
@@ -143,7 +164,9 @@ typedef struct Expect
 	const char *name;			/* NULL: any */
 	const uint8 *set_id;		/* NULL: any */
 	const uint8 *salt;			/* NULL: any */
-	const uint8 *dek_id;		/* NULL: any */
+	const uint8 *dek_id;		/* NULL: any; else this DEK (another file's) */
+	bool		trusted_dek;	/* the DEK must be one of trusted_deks */
+	const char *file_name;		/* NULL, or the file's own name: must match */
 	bool		check_sysid;
 	uint64		sysid;
 } Expect;
@@ -154,6 +177,7 @@ typedef struct Job
 	Expect		e;
 	int			exit_code;		/* set by the key callback or the writer */
 	char		reason[CMK_ERR_MSG * 2];
+	char		detail[CMK_ERR_MSG];	/* empty: the default for the exit code */
 	char		hint[CMK_ERR_MSG];
 } Job;
 
@@ -198,6 +222,116 @@ unhex(const char *hex, uint8 *out, size_t len)
 	}
 	return true;
 }
+
+/* ---------------------------------------------------------------------- */
+/* The trust anchor                                                       */
+
+/*
+ * Add the DEK identifiers in list (one, or several separated by commas or
+ * blanks) to trusted_deks.  what names the source for messages.
+ */
+static bool
+add_trusted_deks(const char *list, const char *what)
+{
+	char	   *copy = pg_strdup(list);
+	char	   *save = NULL;
+	int			added = 0;
+	bool		ok = true;
+
+	for (char *tok = strtok_r(copy, ", \t\n", &save); tok && ok;
+		 tok = strtok_r(NULL, ", \t\n", &save))
+	{
+		if (ntrusted_deks == MAX_TRUSTED_DEKS)
+		{
+			pg_log_error("too many data encryption key identifiers (at most %d)", MAX_TRUSTED_DEKS);
+			ok = false;
+		}
+		else if (!unhex(tok, trusted_deks[ntrusted_deks], CMK_DEK_ID_LEN))
+		{
+			pg_log_error("invalid data encryption key identifier \"%s\" in %s", tok, what);
+			pg_log_error_detail("An identifier is %d hexadecimal digits, as in the dek_id column of cmk_storage.status.",
+								2 * CMK_DEK_ID_LEN);
+			ok = false;
+		}
+		else
+		{
+			ntrusted_deks++;
+			added++;
+		}
+	}
+	pg_free(copy);
+	if (ok && added == 0)
+	{
+		pg_log_error("%s names no data encryption key identifier", what);
+		ok = false;
+	}
+	return ok;
+}
+
+static bool
+is_trusted_dek(const uint8 *dek_id)
+{
+	for (int i = 0; i < ntrusted_deks; i++)
+		if (memcmp(trusted_deks[i], dek_id, CMK_DEK_ID_LEN) == 0)
+			return true;
+	return false;
+}
+
+/* The trusted identifiers as text, for messages. */
+static const char *
+trusted_deks_text(void)
+{
+	static char buf[MAX_TRUSTED_DEKS * (2 * CMK_DEK_ID_LEN + 2) + 1];
+
+	buf[0] = '\0';
+	for (int i = 0; i < ntrusted_deks; i++)
+	{
+		char		hex[2 * CMK_DEK_ID_LEN + 1];
+
+		cmk_hex(trusted_deks[i], CMK_DEK_ID_LEN, hex);
+		if (i > 0)
+			strlcat(buf, ", ", sizeof(buf));
+		strlcat(buf, hex, sizeof(buf));
+	}
+	return buf;
+}
+
+/*
+ * Every command that decrypts needs the anchor, or the explicit, loud
+ * refusal of one.  Returns 0 or EXIT_CONFIG.
+ */
+static int
+require_anchor(const char *cmd)
+{
+	if (skip_dek_check && ntrusted_deks > 0)
+	{
+		pg_log_error("--insecure-skip-dek-check contradicts the data encryption key identifier given by %s",
+					 getenv("CMK_DEK_ID") && getenv("CMK_DEK_ID")[0] ? "--dek-id or CMK_DEK_ID" : "--dek-id");
+		pg_log_error_hint("Give the identifier and leave out --insecure-skip-dek-check.");
+		return EXIT_CONFIG;
+	}
+	if (skip_dek_check)
+	{
+		pg_log_warning("--insecure-skip-dek-check: the data encryption key of the files is not checked; "
+					   "files forged with the public key encryption key are accepted");
+		pg_log_warning_hint("Use --dek-id with your cluster's identifier for any restore you rely on.");
+		return 0;
+	}
+	if (ntrusted_deks == 0)
+	{
+		pg_log_error("cmk_restore %s needs the identifier of your cluster's data encryption key", cmd);
+		pg_log_error_detail("Anyone who holds the public key encryption key and can write to the archive or backup "
+							"directory can make files that decrypt and authenticate under a key of their own; "
+							"only the data encryption key identifier tells them from your cluster's files.");
+		pg_log_error_hint("Pass --dek-id HEX (or set CMK_DEK_ID) with the identifier you recorded from "
+						  "\"SELECT dek_id FROM cmk_storage.status\" or from pg_basebackup's output; never take "
+						  "it from the files themselves.  --insecure-skip-dek-check accepts any key.");
+		return EXIT_CONFIG;
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------------- */
 
 /* Unwrap (or reuse) the DEK a header names, and derive its purpose subkey. */
 static bool
@@ -277,6 +411,13 @@ header_subkey(Job *job, const CmkStreamHeader *hdr, uint8 *subkey)
 		strlcpy(kc->kid, hdr->kid, sizeof(kc->kid));
 		kc->valid = true;
 	}
+	else if (memcmp(kc->dek_id, hdr->dek_id, CMK_DEK_ID_LEN) != 0)
+	{
+		/* the same wrapped DEK, another identifier: the header lies */
+		job_fail(job, EXIT_TAMPERED,
+				 "the key encryption key unwrapped a data encryption key that does not match the header's DEK identifier");
+		return false;
+	}
 	if (!cmk_derive_subkey(kc->dek, hdr->purpose == CMK_STREAM_WAL ?
 						   CMK_PURPOSE_ARCHIVE : CMK_PURPOSE_BACKUP, subkey))
 	{
@@ -300,6 +441,29 @@ job_key(void *arg, const CmkStreamHeader *hdr, uint8_t *subkey)
 				 cmk_stream_purpose_name(hdr->purpose), cmk_stream_purpose_name(e->purpose));
 		return CMK_STREAM_ERR_MISMATCH;
 	}
+	if (e->file_name)
+	{
+		/* WAL keeps its file name in the archive; backup files add ".cmk" */
+		size_t		nlen = strlen(hdr->name);
+		bool		same = hdr->purpose == CMK_STREAM_WAL ?
+			strcmp(e->file_name, hdr->name) == 0 :
+			(strncmp(e->file_name, hdr->name, nlen) == 0 &&
+			 strcmp(e->file_name + nlen, CMK_SUFFIX) == 0);
+
+		if (!same)
+		{
+			job_fail(job, EXIT_TAMPERED,
+					 "the file holds \"%s\" and is named \"%s\" instead of \"%s%s\" (renamed or misplaced)",
+					 hdr->name, e->file_name, hdr->name,
+					 hdr->purpose == CMK_STREAM_WAL ? "" : CMK_SUFFIX);
+			strlcpy(job->detail, "The name is part of the authenticated header: a WAL file or backup archive "
+					"renamed to another's name is refused, because restoring it under that name would "
+					"replay the wrong data.", sizeof(job->detail));
+			strlcpy(job->hint, "If you copied the file under another name yourself, give it back the name it "
+					"holds; otherwise find out who renamed it.", sizeof(job->hint));
+			return CMK_STREAM_ERR_MISMATCH;
+		}
+	}
 	if (e->name && strcmp(hdr->name, e->name) != 0)
 	{
 		job_fail(job, EXIT_TAMPERED, "the file holds \"%s\", not \"%s\" (renamed or misplaced)",
@@ -314,6 +478,21 @@ job_key(void *arg, const CmkStreamHeader *hdr, uint8_t *subkey)
 	if (e->salt && memcmp(hdr->salt, e->salt, CMK_STREAM_SALT_LEN) != 0)
 	{
 		job_fail(job, EXIT_TAMPERED, "the file is not the one the backup recorded (replaced)");
+		return CMK_STREAM_ERR_MISMATCH;
+	}
+	if (e->trusted_dek && !skip_dek_check && !is_trusted_dek(hdr->dek_id))
+	{
+		cmk_hex(hdr->dek_id, CMK_DEK_ID_LEN, a);
+		job_fail(job, EXIT_WRONG_KEY,
+				 "the file was encrypted with data encryption key %s, which is not a trusted one (%s)",
+				 a, trusted_deks_text());
+		snprintf(job->detail, sizeof(job->detail),
+				 "Only files under a data encryption key given with --dek-id or CMK_DEK_ID are accepted. "
+				 "The file comes from another cluster, or it was forged by someone holding the public key "
+				 "encryption key.  Nothing from it was kept.");
+		strlcpy(job->hint, "Check the identifier against the one you recorded for this cluster "
+				"(cmk_storage.status, pg_basebackup's output), never against the files; do not restore "
+				"files under a key you do not recognise.", sizeof(job->hint));
 		return CMK_STREAM_ERR_MISMATCH;
 	}
 	if (e->dek_id && memcmp(hdr->dek_id, e->dek_id, CMK_DEK_ID_LEN) != 0)
@@ -368,7 +547,9 @@ static void
 job_report(Job *job)
 {
 	pg_log_error("\"%s\": %s", job->path, job->reason);
-	if (job->exit_code == EXIT_TAMPERED)
+	if (job->detail[0])
+		pg_log_error_detail("%s", job->detail);
+	else if (job->exit_code == EXIT_TAMPERED)
 		pg_log_error_detail("The file failed verification: it was modified, truncated, replaced or damaged. Nothing from it was kept.");
 	if (job->hint[0])
 		pg_log_error_hint("%s", job->hint);
@@ -519,9 +700,10 @@ decrypt_to_path(CmkStream *s, Job *job, const char *dest, bool do_fsync)
 /* cmk_restore wal                                                        */
 
 /*
- * The cluster being recovered pins the archive: its control file names the
- * DEK and system identifier every archived file must carry, so files from
- * another cluster, or forged with the (public) KEK, are refused.
+ * The cluster being recovered pins the archive to its system identifier,
+ * and its control file must name a trusted DEK: a data directory restored
+ * from a forged backup (under --insecure-skip-dek-check) has a control file
+ * of the forger's making, so by itself it anchors nothing.
  */
 static bool
 read_cluster_control(const char *dir, CmkControl *ctl, bool *found)
@@ -598,14 +780,28 @@ cmd_wal(int argc, char **argv)
 		return EXIT_CONFIG;
 	if (found)
 	{
-		job.e.dek_id = ctl.dek_id;
+		if (skip_dek_check)
+			job.e.dek_id = ctl.dek_id;
+		else if (!is_trusted_dek(ctl.dek_id))
+		{
+			char		hex[2 * CMK_DEK_ID_LEN + 1];
+
+			cmk_hex(ctl.dek_id, CMK_DEK_ID_LEN, hex);
+			pg_log_error("the data directory \"%s\" uses data encryption key %s, which is not a trusted one (%s)",
+						 pgdata, hex, trusted_deks_text());
+			pg_log_error_detail("A data directory restored from another cluster's backup, or from a forged "
+								"one, has a key of its own; recovering it would run that backup's configuration.");
+			pg_log_error_hint("Correct --dek-id (or CMK_DEK_ID) in restore_command if it is mistyped; otherwise "
+							  "restore the data directory again with \"cmk_restore backup --dek-id\" from a "
+							  "backup of your cluster.");
+			return EXIT_WRONG_KEY;
+		}
 		job.e.check_sysid = true;
 		job.e.sysid = ctl.system_identifier;
 		if (nkey_uris == 0 && ctl.key_uri[0] != '\0')
 			key_uris[nkey_uris++] = pg_strdup(ctl.key_uri);
 	}
-	if (have_pin)
-		job.e.dek_id = pin_dek_id;
+	job.e.trusted_dek = true;
 
 	snprintf(src, sizeof(src), "%s/%s", archive_dir, walfile);
 	job.path = src;
@@ -667,7 +863,7 @@ read_backup_end(CmkStream *s, BackupEnd *be)
 	job.path = path;
 	job.e.purpose = CMK_STREAM_BACKUP;
 	job.e.name = END_NAME;
-	job.e.dek_id = have_pin ? pin_dek_id : NULL;
+	job.e.trusted_dek = true;
 	m.data = pg_malloc(MAX_END_TEXT + 1);
 	rc = decrypt_file(s, &job, write_mem, &m, &be->hdr, NULL);
 	if (rc == EXIT_NOT_FOUND)
@@ -1003,6 +1199,7 @@ restore_archive(CmkStream *s, const BackupEnd *be, const EndFile *f, bool extrac
 	job.e.set_id = be->backup_id;
 	job.e.salt = f->salt;
 	job.e.dek_id = be->hdr.dek_id;
+	job.e.trusted_dek = true;
 	job.e.check_sysid = true;
 	job.e.sysid = be->sysid;
 
@@ -1143,7 +1340,12 @@ cmd_backup(int argc, char **argv, bool extract)
 		printf("restored backup into \"%s\" (DEK %s, key %s)\n", target_dir, hex, be.hdr.kid);
 		printf("WAL from %s is needed to reach consistency at %s (timeline %u).\n",
 			   be.start_lsn, be.end_lsn, be.end_tli);
-		printf("To recover further, set restore_command = 'cmk_restore wal --key-uri ... --archive-directory ... %%f %%p' and create recovery.signal.\n");
+		if (skip_dek_check)
+			printf("To recover further, set restore_command = 'cmk_restore wal --dek-id HEX --key-uri ... --archive-directory ... %%f %%p' "
+				   "with your cluster's DEK identifier and create recovery.signal.\n");
+		else
+			printf("To recover further, set restore_command = 'cmk_restore wal --dek-id %s --key-uri ... --archive-directory ... %%f %%p' "
+				   "and create recovery.signal.\n", hex);
 	}
 	else
 		printf("backup in \"%s\" verified: %d files\n", backup_dir, be.nfiles);
@@ -1171,7 +1373,9 @@ cmd_files(int argc, char **argv, const char *what)
 
 		memset(&job, 0, sizeof(job));
 		job.path = argv[i];
-		job.e.dek_id = have_pin ? pin_dek_id : NULL;
+		job.e.trusted_dek = true;
+		/* the name in the authenticated header must be the file's own */
+		job.e.file_name = last_dir_separator(argv[i]) ? last_dir_separator(argv[i]) + 1 : argv[i];
 		if (strcmp(what, "info") == 0)
 		{
 			uint8		buf[CMK_STREAM_MAX_HEADER];
@@ -1357,12 +1561,12 @@ usage(void)
 {
 	printf("%s verifies and decrypts cmk_storage encrypted WAL archives and base backups.\n\n", progname);
 	printf("Usage:\n");
-	printf("  %s wal [--key-uri URI] --archive-directory DIR [--pgdata DIR] WALFILE PATH\n", progname);
-	printf("      restore_command = '%s wal --key-uri file:///path/kek.pem --archive-directory /archive %%f %%p'\n", progname);
-	printf("  %s backup [--key-uri URI] --backup-directory DIR --target-directory DIR\n"
-		   "      [--dek-id HEX] [-T OLDDIR=NEWDIR]... [--no-sync]\n", progname);
-	printf("  %s verify [--key-uri URI] [--dek-id HEX] (--backup-directory DIR | FILE...)\n", progname);
-	printf("  %s decrypt [--key-uri URI] [--dek-id HEX] [--output PATH] FILE\n", progname);
+	printf("  %s wal --dek-id HEX [--key-uri URI] --archive-directory DIR [--pgdata DIR] WALFILE PATH\n", progname);
+	printf("      restore_command = '%s wal --dek-id HEX --key-uri file:///path/kek.pem --archive-directory /archive %%f %%p'\n", progname);
+	printf("  %s backup --dek-id HEX [--key-uri URI] --backup-directory DIR --target-directory DIR\n"
+		   "      [-T OLDDIR=NEWDIR]... [--no-sync]\n", progname);
+	printf("  %s verify --dek-id HEX [--key-uri URI] (--backup-directory DIR | FILE...)\n", progname);
+	printf("  %s decrypt --dek-id HEX [--key-uri URI] [--output PATH] FILE\n", progname);
 	printf("  %s info FILE...\n", progname);
 	printf("  %s selftest\n", progname);
 	printf("  %s bench [--megabytes N]\n", progname);
@@ -1372,10 +1576,17 @@ usage(void)
 		   "                               the key URI recorded in PGDATA's control file)\n");
 	printf("  -a, --archive-directory=DIR  where cmk_storage.archive_directory put the WAL\n");
 	printf("  -D, --pgdata=DIR             data directory being recovered (default: .); its\n"
-		   "                               control file pins the DEK and system identifier\n");
+		   "                               control file pins the system identifier and must\n"
+		   "                               name a trusted DEK\n");
 	printf("  -b, --backup-directory=DIR   directory written by pg_basebackup --target=cmk:DIR\n");
 	printf("  -t, --target-directory=DIR   new data directory (absent or empty)\n");
-	printf("      --dek-id=HEX             accept only files of this data encryption key\n");
+	printf("      --dek-id=HEX             accept only files of this data encryption key: the\n"
+		   "                               dek_id of cmk_storage.status, recorded before the\n"
+		   "                               disaster (repeatable; default: $CMK_DEK_ID, one or\n"
+		   "                               more separated by commas); required by wal, backup,\n"
+		   "                               verify and decrypt\n");
+	printf("      --insecure-skip-dek-check  accept files under any data encryption key, even\n"
+		   "                               files forged with the public key encryption key\n");
 	printf("  -T, --tablespace-mapping=OLDDIR=NEWDIR  relocate a tablespace\n");
 	printf("  -o, --output=PATH            decrypt into PATH instead of standard output\n");
 	printf("  -N, --no-sync                do not fsync the restored data directory\n");
@@ -1395,6 +1606,7 @@ main(int argc, char **argv)
 		{"backup-directory", required_argument, NULL, 'b'},
 		{"target-directory", required_argument, NULL, 't'},
 		{"dek-id", required_argument, NULL, 1},
+		{"insecure-skip-dek-check", no_argument, NULL, 3},
 		{"tablespace-mapping", required_argument, NULL, 'T'},
 		{"output", required_argument, NULL, 'o'},
 		{"no-sync", no_argument, NULL, 'N'},
@@ -1454,12 +1666,11 @@ main(int argc, char **argv)
 				no_sync = true;
 				break;
 			case 1:
-				if (!unhex(optarg, pin_dek_id, sizeof(pin_dek_id)))
-				{
-					pg_log_error("--dek-id must be %d hexadecimal digits", 2 * CMK_DEK_ID_LEN);
+				if (!add_trusted_deks(optarg, "--dek-id"))
 					return EXIT_CONFIG;
-				}
-				have_pin = true;
+				break;
+			case 3:
+				skip_dek_check = true;
 				break;
 			case 2:
 				bench_mb = atoi(optarg);
@@ -1494,8 +1705,20 @@ main(int argc, char **argv)
 	}
 	if (nkey_uris == 0 && getenv("CMK_KEY_URI") != NULL && getenv("CMK_KEY_URI")[0] != '\0')
 		key_uris[nkey_uris++] = pg_strdup(getenv("CMK_KEY_URI"));
+	if (ntrusted_deks == 0 && getenv("CMK_DEK_ID") != NULL && getenv("CMK_DEK_ID")[0] != '\0' &&
+		!add_trusted_deks(getenv("CMK_DEK_ID"), "CMK_DEK_ID"))
+		return EXIT_CONFIG;
 	argc -= optind;
 	argv += optind;
+
+	if (strcmp(cmd, "wal") == 0 || strcmp(cmd, "backup") == 0 ||
+		strcmp(cmd, "verify") == 0 || strcmp(cmd, "decrypt") == 0)
+	{
+		int			rc = require_anchor(cmd);
+
+		if (rc != 0)
+			return rc;
+	}
 
 	if (strcmp(cmd, "wal") == 0)
 		return cmd_wal(argc, argv);
