@@ -54,8 +54,8 @@ checked_epoch(Relation rel, HeapTuple tup, const uint8 *nonce, uint32 want_tag,
 	{
 		if (!report)
 			return NULL;
-		cmk_report_bad_epoch(rel, &tup->t_self, (nonce[0] << 8) | nonce[1],
-							 want_tag);
+		cmk_epoch_report_unusable(RelationGetRelationName(rel), &tup->t_self,
+								  (nonce[0] << 8) | nonce[1], want_tag);
 	}
 	return e;
 }

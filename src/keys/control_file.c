@@ -28,12 +28,14 @@
 #include "common/file_perm.h"
 #include "common/string.h"
 #ifndef FRONTEND
-#include "am/cmkam.h"
 #include "storage/fd.h"
 #endif
 
 #include "cmk_bigendian.h"
 #include "keys/control_file.h"
+#ifndef FRONTEND
+#include "keys/nonce_epochs.h"
+#endif
 
 static const char magic[8] = {'C', 'M', 'K', 'C', 'T', 'R', 'L', '\0'};
 

@@ -16,9 +16,9 @@
 #include "miscadmin.h"
 #include "utils/timestamp.h"
 
-#include "am/cmkam.h"
 #include "cmk_storage.h"
 #include "keys/key_store.h"
+#include "keys/nonce_epochs.h"
 
 PG_FUNCTION_INFO_V1(cmk_key_status);
 PG_FUNCTION_INFO_V1(cmk_self_test);

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * cmkam_nonce.c
+ * nonce_epochs.c
  *		Tuple nonces: the cluster's table of nonce epochs and the counters
  *		handed out under the current one.
  *
@@ -42,11 +42,11 @@
 #include "storage/shmem.h"
 #include "storage/spin.h"
 
-#include "am/cmkam.h"
 #include "cmk_bigendian.h"
 #include "crypto/cmk_crypto.h"
 #include "keys/control_file.h"
 #include "keys/key_wal.h"
+#include "keys/nonce_epochs.h"
 
 #define EPOCH_FILE			CMK_CONTROL_DIR "/nonce_epochs"
 #define EPOCH_TMP			CMK_CONTROL_DIR "/nonce_epochs.tmp"
@@ -68,7 +68,7 @@ typedef struct CmkEpochTable
 	CmkEpoch	entries[CMK_NONCE_EPOCHS];
 } CmkEpochTable;
 
-CmkEpochTable *cmk_epoch_table = NULL;
+static CmkEpochTable *cmk_epoch_table = NULL;
 CmkEpoch   *cmk_epochs = NULL;
 
 Size
@@ -293,6 +293,16 @@ current_has_room(const CmkEpochTable *tab, uint32 dek_tag, uint32 count)
 		tab->entries[tab->current].dek_tag == dek_tag;
 }
 
+/* The WAL record of an epoch: id, DEK tag, prefix (as in the file). */
+static void
+cmk_epoch_record(uint8 *rec, uint16 id, const CmkEpoch *e)
+{
+	memset(rec, 0, CMK_EPOCH_RECORD_LEN);
+	cmk_put16(rec, id);
+	memcpy(rec + 4, &e->dek_tag, 4);
+	memcpy(rec + 8, e->prefix, CMK_NONCE_PREFIX_LEN);
+}
+
 /*
  * Register a new epoch under the DEK tagged dek_tag and make it current,
  * unless another backend did so meanwhile (the caller retries).
@@ -410,16 +420,6 @@ cmk_nonce_reserve(uint32 dek_tag, uint16 *epoch, uint32 *first, uint32 count)
 	}
 }
 
-/* The WAL record of an epoch: id, DEK tag, prefix (as in the file). */
-void
-cmk_epoch_record(uint8 *rec, uint16 id, const CmkEpoch *e)
-{
-	memset(rec, 0, CMK_EPOCH_RECORD_LEN);
-	cmk_put16(rec, id);
-	memcpy(rec + 4, &e->dek_tag, 4);
-	memcpy(rec + 8, e->prefix, CMK_NONCE_PREFIX_LEN);
-}
-
 /*
  * Redo: the epoch becomes known (and durable in the file) before any
  * later record names it.  WAL is authoritative: an entry the file has with
@@ -497,7 +497,8 @@ cmk_epochs_used(void)
  * anything (cmk_epoch_usable() said no).
  */
 void
-cmk_report_bad_epoch(Relation rel, ItemPointer tid, uint16 id, uint32 want_tag)
+cmk_epoch_report_unusable(const char *relname, ItemPointer tid, uint16 id,
+						  uint32 want_tag)
 {
 	CmkEpochTable *tab = cmk_epoch_table;
 	const CmkEpoch *e;
@@ -516,7 +517,7 @@ cmk_report_bad_epoch(Relation rel, ItemPointer tid, uint16 id, uint32 want_tag)
 				 errmsg("tuple (%u,%u) in relation \"%s\" names nonce epoch %u, which this cluster never registered",
 						ItemPointerGetBlockNumberNoCheck(tid),
 						ItemPointerGetOffsetNumberNoCheck(tid),
-						RelationGetRelationName(rel), id),
+						relname, id),
 				 errdetail("This cluster has registered %d nonce epochs in $PGDATA/cmk_storage/nonce_epochs.",
 						   tab->nvalid),
 				 errhint("The tuple was written by another cluster, or nonce_epochs is older than the data: start the server with the cmk_storage directory of the cluster that wrote it.")));
@@ -529,7 +530,7 @@ cmk_report_bad_epoch(Relation rel, ItemPointer tid, uint16 id, uint32 want_tag)
 				 errmsg("tuple (%u,%u) in relation \"%s\" was encrypted with another data encryption key",
 						ItemPointerGetBlockNumberNoCheck(tid),
 						ItemPointerGetOffsetNumberNoCheck(tid),
-						RelationGetRelationName(rel)),
+						relname),
 				 errdetail("Its nonce epoch %u belongs to DEK %02x%02x%02x%02x; the current DEK is %02x%02x%02x%02x.",
 						   id,
 						   ((uint8 *) &have)[0], ((uint8 *) &have)[1],

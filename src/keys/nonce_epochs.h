@@ -1,0 +1,70 @@
+/*-------------------------------------------------------------------------
+ *
+ * nonce_epochs.h
+ *		The cluster's table of tuple nonce epochs: up to 65,536 random
+ *		64-bit nonce prefixes, each registered once, durably, under one DEK,
+ *		and never changed or removed ($PGDATA/cmk_storage/nonce_epochs).
+ *
+ * Readers look entries up without a lock, per tuple: an entry is valid
+ * before any tuple naming it can be seen.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef CMK_NONCE_EPOCHS_H
+#define CMK_NONCE_EPOCHS_H
+
+#include "lib/stringinfo.h"
+#include "storage/itemptr.h"
+
+#define CMK_NONCE_EPOCHS		65536
+#define CMK_NONCE_PREFIX_LEN	8	/* random prefix of an epoch */
+#define CMK_EPOCH_RECORD_LEN	16	/* WAL record: id, 0, DEK tag, prefix */
+
+typedef struct CmkEpoch
+{
+	uint32		valid;
+	uint32		dek_tag;		/* first 4 bytes of the DEK identifier */
+	uint8		prefix[CMK_NONCE_PREFIX_LEN];
+} CmkEpoch;
+
+extern PGDLLIMPORT CmkEpoch *cmk_epochs;	/* the table's entries */
+
+/* The epoch a stored nonce names (2 bytes, big-endian).  Per tuple: inline. */
+static inline const CmkEpoch *
+cmk_epoch(const uint8 *id)
+{
+	return &cmk_epochs[(id[0] << 8) | id[1]];
+}
+
+/* May a tuple of the DEK tagged want_tag name this epoch? */
+static inline bool
+cmk_epoch_usable(const CmkEpoch *e, uint32 want_tag)
+{
+	return e->valid && e->dek_tag == want_tag;
+}
+
+/* postmaster: shared memory, and the file read into it */
+extern Size cmk_epochs_shmem_size(void);
+extern void cmk_epochs_shmem_request(void);
+extern void cmk_epochs_shmem_init(void);
+
+/* the key directory's creation (control_file.c) */
+extern bool cmk_epochs_write_empty(const char *path);
+
+/* encryption: counters under the current epoch */
+extern void cmk_nonce_reserve(uint32 dek_tag, uint16 *epoch, uint32 *first,
+							  uint32 count);
+
+/* reads: cmk_epoch_usable() said no, say why */
+extern void cmk_epoch_report_unusable(const char *relname, ItemPointer tid,
+									  uint16 id, uint32 want_tag)
+			pg_attribute_noreturn();
+
+/* WAL (key_wal.c) */
+extern void cmk_epoch_redo(const uint8 *rec, Size len);
+extern void cmk_epoch_desc(StringInfo buf, const uint8 *rec, Size len);
+
+/* SQL (key_sql.c) */
+extern int	cmk_epochs_used(void);
+
+#endif							/* CMK_NONCE_EPOCHS_H */
