@@ -49,13 +49,14 @@ checked_epoch(Relation rel, HeapTuple tup, const uint8 *nonce, uint32 want_tag,
 			  bool report)
 {
 	const CmkEpoch *e = cmk_epoch(nonce);
+	uint16		id = (nonce[0] << 8) | nonce[1];
 
-	if (!cmk_epoch_usable(e, want_tag))
+	if (!cmk_epoch_usable(e, want_tag) && !cmk_epoch_recheck(id, want_tag))
 	{
 		if (!report)
 			return NULL;
 		cmk_epoch_report_unusable(RelationGetRelationName(rel), &tup->t_self,
-								  (nonce[0] << 8) | nonce[1], want_tag);
+								  id, want_tag);
 	}
 	return e;
 }

@@ -70,6 +70,8 @@ cmk_rmgr_redo(XLogReaderState *record)
 	if (ctl.generation == 1 && !cmk_guard_write_marker(&ctl, &err))
 		ereport(WARNING,
 				(errmsg("cmk_storage redo: %s", err.message)));
+	/* a new DEK over another's key directory: its own, empty epoch table */
+	cmk_epochs_redo_control(&ctl);
 	cmk_key_store_control_changed();
 }
 
