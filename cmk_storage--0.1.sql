@@ -20,7 +20,8 @@ CREATE FUNCTION key_status(
     OUT last_ok timestamptz,
     OUT checks_ok bigint,
     OUT checks_failed bigint,
-    OUT nonce_epochs integer)
+    OUT nonce_epochs integer,
+    OUT nonce_epochs_problem text)
 RETURNS record
 AS 'MODULE_PATHNAME', 'cmk_key_status'
 LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
@@ -72,6 +73,14 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 CREATE FUNCTION create_key(force boolean DEFAULT false)
 RETURNS text
 AS 'MODULE_PATHNAME', 'cmk_create_key'
+LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
+
+-- Authenticate a nonce-epoch file of format 1, written by a build before the
+-- file was authenticated, under the current key (docs/nonce-epochs.md,
+-- "Upgrade").  Its contents are taken on the caller's word: never automatic.
+CREATE FUNCTION upgrade_nonce_epochs()
+RETURNS text
+AS 'MODULE_PATHNAME', 'cmk_upgrade_nonce_epochs'
 LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
 
 CREATE FUNCTION check_key(OUT available boolean, OUT message text)
@@ -128,7 +137,7 @@ END
 $$;
 
 GRANT USAGE ON SCHEMA cmk_storage TO PUBLIC;
-REVOKE ALL ON FUNCTION key_status(), rotate_key(text), check_key(), key_events_raw(), self_test(), create_key(boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION key_status(), rotate_key(text), check_key(), key_events_raw(), self_test(), create_key(boolean), upgrade_nonce_epochs() FROM PUBLIC;
 REVOKE ALL ON status, key_events FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION key_status(), rotate_key(text), check_key(), key_events_raw(), self_test(), create_key(boolean) TO cmk_key_admin;
+GRANT EXECUTE ON FUNCTION key_status(), rotate_key(text), check_key(), key_events_raw(), self_test(), create_key(boolean), upgrade_nonce_epochs() TO cmk_key_admin;
 GRANT SELECT ON status, key_events TO cmk_key_admin;

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Independent reference decoder of docs/tuple-format.md (format 3).
+"""Independent reference decoder of docs/tuple-format.md (format 3) and
+docs/nonce-epochs.md (format 2).
 
-Written from the document, not from the C code, to check that the document
-describes the bytes cmk_heap writes.  Needs python3-cryptography.  Reads a
+Written from the documents, not from the C code, to check that they
+describe the bytes cmk_heap writes.  Needs python3-cryptography.  Reads a
 relation file of a table whose columns are int4 and short, inline text
 (no TOAST), and prints every normal line pointer's tuple, decrypted:
 
@@ -12,9 +13,10 @@ relation file of a table whose columns are int4 and short, inline text
   EPOCHFILE  the cluster's nonce epoch table, $PGDATA/cmk_storage/nonce_epochs
   COLUMNS    comma-separated types, each int4 or text, e.g. int4,int4,text
 
-Every nonce epoch a tuple names must be in EPOCHFILE with this DEK's tag: the
-first 4 bytes of the DEK identifier, which is
-HMAC-SHA256(DEK, "cmk_storage/v1/dek-identifier") (docs/control-file.md).
+EPOCHFILE must be sealed under this DEK (its HMAC checks out, and it names
+this DEK's identifier, HMAC-SHA256(DEK, "cmk_storage/v1/dek-identifier"),
+docs/control-file.md), and every nonce epoch a tuple names must be in its
+authenticated part with this DEK's tag: the identifier's first 4 bytes.
 
 Output: one line per tuple, "block,offset|v1|v2|...", NULL as \\N.
 """
@@ -29,7 +31,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 BLCKSZ = 8192
 EPOCH_MAGIC = b"CMKEPOCH"
-EPOCH_VERSION = 1
+EPOCH_VERSION = 2
+EPOCH_HEADER = 48
 
 
 def crc32c(data):
@@ -53,24 +56,41 @@ def crc32c_table():
 CRC32C_TABLE = crc32c_table()
 
 
-def read_epochs(data):
-    """{epoch id: (DEK tag, 8-byte nonce prefix)} from a nonce_epochs file."""
-    if len(data) < 20 or data[:8] != EPOCH_MAGIC:
+def read_epochs(data, dek, dek_id):
+    """{epoch id: (DEK tag, 8-byte nonce prefix)} from a nonce_epochs file:
+    the entries of its authenticated part, after checking the MAC."""
+    if len(data) < EPOCH_HEADER + 32 + 8 or data[:8] != EPOCH_MAGIC:
         raise ValueError("not a nonce_epochs file")
-    version, n = struct.unpack_from(">II", data, 8)
+    version, n, flags, reserved = struct.unpack_from(">IIII", data, 8)
     if version != EPOCH_VERSION:
         raise ValueError("nonce_epochs format %d, not %d" % (version, EPOCH_VERSION))
-    end = 16 + 16 * n
+    auth_end = EPOCH_HEADER + 16 * n
+    if len(data) < auth_end + 32 + 8:
+        raise ValueError("nonce_epochs file is truncated")
+    pending = struct.unpack_from(">I", data, auth_end + 32)[0]
+    end = auth_end + 32 + 4 + 16 * pending
     if len(data) != end + 4:
         raise ValueError("nonce_epochs file has %d bytes, not %d" % (len(data), end + 4))
     if struct.unpack_from(">I", data, end)[0] != crc32c(data[:end]):
         raise ValueError("nonce_epochs CRC-32C mismatch")
+    if flags != 1 or reserved != 0:
+        raise ValueError("nonce_epochs file is not sealed")
+    if data[32:48] != dek_id:
+        raise ValueError("nonce_epochs file names another DEK")
+    mac_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                   info=b"cmk_storage/v1/nonce-epochs").derive(dek)
+    mac = hmac.new(mac_key, data[:auth_end], hashlib.sha256).digest()
+    if not hmac.compare_digest(mac, data[auth_end:auth_end + 32]):
+        raise ValueError("nonce_epochs HMAC mismatch")
     epochs = {}
+    last = -1
     for j in range(n):
-        eid, reserved = struct.unpack_from(">HH", data, 16 + 16 * j)
-        if reserved != 0 or eid in epochs:
+        eid, reserved = struct.unpack_from(">HH", data, EPOCH_HEADER + 16 * j)
+        if reserved != 0 or eid <= last:
             raise ValueError("nonce_epochs entry %d is malformed" % j)
-        epochs[eid] = (data[20 + 16 * j:24 + 16 * j], data[24 + 16 * j:32 + 16 * j])
+        last = eid
+        at = EPOCH_HEADER + 16 * j
+        epochs[eid] = (data[at + 4:at + 8], data[at + 8:at + 16])
     return epochs
 
 
@@ -169,10 +189,11 @@ def decode(ecb, tup, cols, epochs, dek_tag):
 
 def main():
     dek = open(sys.argv[1], "rb").read()
-    epochs = read_epochs(open(sys.argv[2], "rb").read())
+    dek_id = hmac.new(dek, b"cmk_storage/v1/dek-identifier", hashlib.sha256).digest()[:16]
+    dek_tag = dek_id[:4]
+    epochs = read_epochs(open(sys.argv[2], "rb").read(), dek, dek_id)
     rel = open(sys.argv[3], "rb").read()
     cols = sys.argv[4].split(",")
-    dek_tag = hmac.new(dek, b"cmk_storage/v1/dek-identifier", hashlib.sha256).digest()[:4]
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
                info=b"cmk_storage/v1/tuple").derive(dek)
     ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()

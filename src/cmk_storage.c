@@ -28,6 +28,7 @@
 #include "keys/key_provider.h"
 #include "keys/key_store.h"
 #include "keys/key_wal.h"
+#include "keys/nonce_epochs.h"
 #include "stream/stream_server.h"
 
 PG_MODULE_MAGIC;

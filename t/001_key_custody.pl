@@ -25,7 +25,7 @@ my @entries = sort grep { !/^\.\.?$/ } readdir $dh;
 closedir $dh;
 is_deeply(\@entries, ['audit_trail', 'control', 'nonce_epochs'],
 	'first start created the control file, an empty nonce epoch file and the audit trail');
-is(length(slurp_bytes($node->data_dir . '/cmk_storage/nonce_epochs')), 20, 'nonce epoch file: header and checksum, no epoch yet');
+is(length(slurp_bytes($node->data_dir . '/cmk_storage/nonce_epochs')), 88, 'nonce epoch file: header, MAC, pending count and checksum, no epoch yet');
 ok(!-e $node->data_dir . '/cmk_storage.new', 'no staging directory left behind');
 my $control = slurp_bytes(control_path($node));
 is(length($control), 2048, 'control file is 2048 bytes');

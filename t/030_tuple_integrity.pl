@@ -15,14 +15,12 @@ $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION cmk_storage; CREATE EXTENSION amcheck; CREATE EXTENSION pageinspect;');
 wait_key_settled($node);
 
-# The ids of the nonce epochs a cluster has registered (docs/tuple-format.md).
+# The ids of the nonce epochs a cluster has registered (docs/nonce-epochs.md).
 sub nonce_epoch_ids
 {
 	my ($n) = @_;
-	my $f = slurp_bytes($n->data_dir . '/cmk_storage/nonce_epochs');
-	die 'nonce_epochs: bad magic' unless substr($f, 0, 8) eq 'CMKEPOCH';
-	my $count = unpack('N', substr($f, 12, 4));
-	return map { unpack('n', substr($f, 16 + 16 * $_, 2)) } 0 .. $count - 1;
+	my $e = read_epochs(epochs_path($n));
+	return map { $_->[0] } @{ $e->{entries} }, @{ $e->{pending} };
 }
 
 # --- a file written under another DEK ----------------------------------------------
@@ -116,7 +114,7 @@ my $epfile = $node->data_dir . '/cmk_storage/nonce_epochs';
 $node->stop;
 my $good = slurp_bytes($epfile);
 my $bad = $good;
-substr($bad, 20, 1) = chr(ord(substr($bad, 20, 1)) ^ 0x01);    # a DEK tag bit of the first entry
+substr($bad, 52, 1) = chr(ord(substr($bad, 52, 1)) ^ 0x01);    # a DEK tag bit of the first entry
 for my $case ([ 'damaged', $bad, qr/"cmk_storage\/nonce_epochs" has a wrong checksum/ ],
 	[ 'missing', undef, qr/"cmk_storage\/nonce_epochs" is missing/ ])
 {

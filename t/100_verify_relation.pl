@@ -154,9 +154,8 @@ for my $rel ('cmp_h', 'cmp_c')
 sub ctid { return sql("SELECT ctid FROM v WHERE id = $_[0]"); }
 sub nonce_epoch_ids
 {
-	my $f = slurp_bytes($node->data_dir . '/cmk_storage/nonce_epochs');
-	my $count = unpack('N', substr($f, 12, 4));
-	return map { unpack('n', substr($f, 16 + 16 * $_, 2)) } 0 .. $count - 1;
+	my $e = read_epochs(epochs_path($node));
+	return map { $_->[0] } @{ $e->{entries} }, @{ $e->{pending} };
 }
 my %registered = map { $_ => 1 } nonce_epoch_ids();
 my $unregistered = 1;

@@ -11,7 +11,8 @@ use Test::More;
 
 our @EXPORT = qw(new_kek cmk_node key_status wait_key_settled restart_expect
   slurp_bytes spew_bytes control_path unwrap_dek files_containing random_marker
-  archive_conf archive_current_segment);
+  archive_conf archive_current_segment epochs_path read_epochs epochs_image
+  crc32c);
 
 # Generate an RSA (or other) private key in PEM, mode 0600.
 sub new_kek
@@ -170,6 +171,79 @@ sub archive_current_segment
 	$node->poll_query_until('postgres', qq{SELECT last_archived_wal >= '$seg' FROM pg_stat_archiver})
 	  or die "archiving $seg timed out";
 	return $seg;
+}
+
+# --- the nonce-epoch file (docs/nonce-epochs.md) ----------------------------------
+
+sub epochs_path
+{
+	my ($node) = @_;
+	return $node->data_dir . '/cmk_storage/nonce_epochs';
+}
+
+my @crc32c_table = map {
+	my $c = $_;
+	$c = ($c & 1) ? (($c >> 1) ^ 0x82F63B78) : ($c >> 1) for 1 .. 8;
+	$c;
+} 0 .. 255;
+
+# CRC-32C (Castagnoli), as PostgreSQL's pg_crc32c.
+sub crc32c
+{
+	my ($data) = @_;
+	my $crc = 0xFFFFFFFF;
+	$crc = $crc32c_table[ ($crc ^ $_) & 0xFF ] ^ ($crc >> 8) for unpack('C*', $data);
+	return $crc ^ 0xFFFFFFFF;
+}
+
+# The file's fields: version, and for format 2 flags, sysid, dek_id (hex),
+# mac (bytes), entries and pending (lists of [id, tag, prefix] with tag and
+# prefix as raw bytes); format 1 has only entries.  Dies on a bad CRC.
+sub read_epochs
+{
+	my ($path) = @_;
+	my $f = slurp_bytes($path);
+	die "$path: bad magic" unless substr($f, 0, 8) eq 'CMKEPOCH';
+	die "$path: bad CRC" unless unpack('N', substr($f, -4)) == crc32c(substr($f, 0, -4));
+	my ($version, $n) = unpack('NN', substr($f, 8, 8));
+	my $list = sub {
+		my ($at, $count) = @_;
+		return [ map { [ unpack('n', substr($f, $at + 16 * $_, 2)), substr($f, $at + 16 * $_ + 4, 4),
+			  substr($f, $at + 16 * $_ + 8, 8) ] } 0 .. $count - 1 ];
+	};
+	return { version => 1, entries => $list->(16, $n) } if $version == 1;
+	my $auth_end = 48 + 16 * $n;
+	my $np = unpack('N', substr($f, $auth_end + 32, 4));
+	return {
+		version => $version,
+		flags => unpack('N', substr($f, 16, 4)),
+		sysid => unpack('Q>', substr($f, 24, 8)),
+		dek_id => unpack('H*', substr($f, 32, 16)),
+		entries => $list->(48, $n),
+		mac => substr($f, $auth_end, 32),
+		pending => $list->($auth_end + 36, $np),
+	};
+}
+
+# The bytes of a file with the fields of read_epochs, its CRC recomputed (and
+# the MAC copied as it is: only cmk_storage can compute it).
+sub epochs_image
+{
+	my ($e) = @_;
+	my $list = sub { join '', map { pack('nn', $_->[0], 0) . $_->[1] . $_->[2] } @{ $_[0] } };
+	my $f;
+	if ($e->{version} == 1)
+	{
+		$f = 'CMKEPOCH' . pack('NN', 1, scalar @{ $e->{entries} }) . $list->($e->{entries});
+	}
+	else
+	{
+		$f = 'CMKEPOCH' . pack('NNNN', $e->{version}, scalar @{ $e->{entries} }, $e->{flags}, 0)
+		  . pack('Q>', $e->{sysid}) . pack('H*', $e->{dek_id})
+		  . $list->($e->{entries}) . $e->{mac}
+		  . pack('N', scalar @{ $e->{pending} }) . $list->($e->{pending});
+	}
+	return $f . pack('N', crc32c($f));
 }
 
 # --- Azure Key Vault emulator (emulator/README.md) ---------------------------------

@@ -10,7 +10,6 @@
  *		cmkam_keystream.c	keystream batches: one cipher call, many ranges
  *		cmkam_page.c		page-at-a-time decryption for sequential scans
  *		(cmkam_codec_int.h	what those four share, inline hot paths)
- *		cmkam_nonce.c		nonce epochs and the counters under them
  *		cmkam_write.c		insert, multi-insert, speculative insert, update,
  *							delete
  *		cmkam_toast.c		our own toaster and encrypted TOAST chunks
@@ -21,7 +20,8 @@
  *		cmkam_logical.c		keeps cmk_heap tables out of logical decoding
  *		cmkam_verify.c		verify_relation(): amcheck's heap checks and ours
  *
- * Format and invariants: docs/tuple-format.md.
+ * Format and invariants: docs/tuple-format.md.  The nonce epochs the
+ * trailers name are the key subsystem's (keys/nonce_epochs.h).
  *
  *-------------------------------------------------------------------------
  */
@@ -34,6 +34,8 @@
 #include "executor/tuptable.h"
 #include "lib/stringinfo.h"
 #include "utils/rel.h"
+
+#include "keys/nonce_epochs.h"
 
 /*
  * Trailer (format 3), read backwards from the end of the tuple (inside
@@ -52,7 +54,6 @@
 #define CMK_NONCE_CTR_LEN		4		/* counter, big-endian */
 #define CMK_NONCE_LEN			(CMK_NONCE_EPOCH_LEN + CMK_NONCE_CTR_LEN)
 #define CMK_NONCE_SHORT_LEN		CMK_NONCE_CTR_LEN
-#define CMK_NONCE_PREFIX_LEN	8		/* random prefix of an epoch */
 #define CMK_MAX_NONCES			8	/* distinct nonces one tuple may carry */
 #define CMK_TRAILER_FIXED		1	/* the flags byte */
 #define CMK_TRAILER_MIN			(CMK_TRAILER_FIXED + CMK_NONCE_LEN)
@@ -94,55 +95,6 @@ cmk_attr_offset(Form_pg_attribute att, uint32 off, bool *slow, const char *tp)
 		att->attcacheoff = off;
 	return off;
 }
-
-/*
- * The cluster's nonce epochs (cmkam_nonce.c): up to 65,536 random 64-bit
- * nonce prefixes, each registered once, durably, under one DEK, and never
- * changed or removed.  Readers look entries up without a lock: an entry is
- * valid before any tuple naming it can be seen.
- */
-#define CMK_NONCE_EPOCHS		65536
-#define CMK_EPOCH_RECORD_LEN	16
-
-typedef struct CmkEpoch
-{
-	uint32		valid;
-	uint32		dek_tag;		/* first 4 bytes of the DEK identifier */
-	uint8		prefix[CMK_NONCE_PREFIX_LEN];
-} CmkEpoch;
-
-struct CmkEpochTable;
-extern PGDLLIMPORT struct CmkEpochTable *cmk_epoch_table;
-extern PGDLLIMPORT CmkEpoch *cmk_epochs;	/* its entries */
-
-/* The epoch a stored nonce names (2 bytes, big-endian). */
-static inline const CmkEpoch *
-cmk_epoch(const uint8 *id)
-{
-	return &cmk_epochs[(id[0] << 8) | id[1]];
-}
-
-/* May a tuple of the DEK tagged want_tag name this epoch? */
-static inline bool
-cmk_epoch_usable(const CmkEpoch *e, uint32 want_tag)
-{
-	return e->valid && e->dek_tag == want_tag;
-}
-
-/* cmkam_nonce.c */
-extern Size cmk_epochs_shmem_size(void);
-extern void cmk_epochs_shmem_request(void);
-extern void cmk_epochs_shmem_init(void);
-extern bool cmk_epochs_write_empty(const char *path);
-extern void cmk_nonce_reserve(uint32 dek_tag, uint16 *epoch, uint32 *first,
-							  uint32 count);
-extern void cmk_epoch_record(uint8 *rec, uint16 id, const CmkEpoch *e);
-extern void cmk_epoch_redo(const uint8 *rec, Size len);
-extern void cmk_epoch_desc(StringInfo buf, const uint8 *rec, Size len);
-extern int	cmk_epochs_used(void);
-extern void cmk_report_bad_epoch(Relation rel, ItemPointer tid, uint16 id,
-								 uint32 want_tag) pg_attribute_noreturn();
-extern void cmk_epochs_check_readable(void);
 
 /* A parsed trailer; pointers point into the stored tuple. */
 typedef struct CmkTrailer

@@ -8,7 +8,7 @@
  * header, null bitmap, alignment padding and varlena length headers are in
  * clear; every attribute's bytes after its length header are XORed with an
  * AES-256-CTR keystream; a trailer inside t_len carries the nonces (each a
- * 16-bit nonce epoch and a 32-bit counter: cmkam_nonce.c) and the flags
+ * 16-bit nonce epoch and a 32-bit counter: keys/nonce_epochs.c) and the flags
  * that say how to read it.  Each attribute names one of up to
  * CMK_MAX_NONCES nonces, so an update can keep the stored bytes of every
  * unchanged attribute (HOT and lock strength then behave as on heap) while

@@ -108,10 +108,12 @@ parse_full(HeapTuple tup, uint32 want_tag, Trailer *t, TrailerFault *f)
 	for (int j = 0; j < (t->short_nonces ? 1 : t->nnonces); j++)
 	{
 		const uint8 *id = j == 0 ? t->nonce0 : t->more + (j - 1) * CMK_NONCE_LEN;
+		uint16		eid = (id[0] << 8) | id[1];
 
-		if (!cmk_epoch_usable(cmk_epoch(id), want_tag))
+		if (!cmk_epoch_usable(cmk_epoch(id), want_tag) &&
+			!cmk_epoch_recheck(eid, want_tag))
 		{
-			f->bad_epoch = (id[0] << 8) | id[1];
+			f->bad_epoch = eid;
 			FAIL("unusable nonce epoch");
 		}
 	}
@@ -141,7 +143,8 @@ cmk_parse_trailer(Relation rel, HeapTuple tup, uint32 want_tag, Trailer *t)
 				 errdetail("Formats 1 and 2 were written only by pre-release builds of cmk_storage."),
 				 errhint("Dump the table with the build that wrote it and restore it with this one.")));
 	if (f.bad_epoch >= 0)
-		cmk_report_bad_epoch(rel, &tup->t_self, (uint16) f.bad_epoch, want_tag);
+		cmk_epoch_report_unusable(RelationGetRelationName(rel), &tup->t_self,
+								  (uint16) f.bad_epoch, want_tag);
 	cmk_report_corrupt(rel, tup, f.what);
 }
 
@@ -182,23 +185,12 @@ cmk_trailer_problem(HeapTuple tup, uint32 want_tag, CmkTrailer *t)
 
 	if (!parse_full(tup, want_tag, t, &f))
 	{
-		const CmkEpoch *e;
-
 		if (f.old_format)
 			return psprintf("tuple has cmk_heap tuple format %d, which this build does not read",
 							f.old_format);
 		if (f.bad_epoch < 0)
 			return pstrdup(f.what);
-		e = &cmk_epochs[f.bad_epoch];
-		if (!e->valid)
-			return psprintf("tuple names nonce epoch %d, which this cluster never registered",
-							f.bad_epoch);
-		return psprintf("tuple names nonce epoch %d of DEK %02x%02x%02x%02x, not of the current DEK %02x%02x%02x%02x",
-						f.bad_epoch,
-						((const uint8 *) &e->dek_tag)[0], ((const uint8 *) &e->dek_tag)[1],
-						((const uint8 *) &e->dek_tag)[2], ((const uint8 *) &e->dek_tag)[3],
-						((uint8 *) &want_tag)[0], ((uint8 *) &want_tag)[1],
-						((uint8 *) &want_tag)[2], ((uint8 *) &want_tag)[3]);
+		return cmk_epoch_unusable_reason((uint16) f.bad_epoch, want_tag);
 	}
 
 	for (int i = 0; i < natts; i++)

@@ -26,6 +26,7 @@ static const char *const purpose_labels[CMK_NUM_PURPOSES] = {
 	"cmk_storage/v1/wal-archive",
 	"cmk_storage/v1/base-backup",
 	"cmk_storage/v1/key-check",
+	"cmk_storage/v1/nonce-epochs",
 };
 
 #define DEK_ID_LABEL "cmk_storage/v1/dek-identifier"
@@ -155,6 +156,17 @@ cmk_derive_subkey(const uint8_t *dek, CmkKeyPurpose purpose, uint8_t *out)
 	return cmk_hkdf_sha256(dek, CMK_DEK_LEN, NULL, 0,
 						   (const uint8_t *) label, strlen(label),
 						   out, CMK_SUBKEY_LEN);
+}
+
+bool
+cmk_hmac_sha256(const uint8_t *key, size_t key_len, const uint8_t *data,
+				size_t len, uint8_t *out)
+{
+	size_t		outlen = 0;
+
+	return EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, key, key_len,
+					 data, len, out, CMK_HMAC_LEN, &outlen) != NULL &&
+		outlen == CMK_HMAC_LEN;
 }
 
 bool

@@ -28,6 +28,7 @@ typedef enum CmkKeyPurpose
 	CMK_PURPOSE_ARCHIVE,		/* archived WAL segments */
 	CMK_PURPOSE_BACKUP,			/* base-backup streams */
 	CMK_PURPOSE_CHECK,			/* key-check values */
+	CMK_PURPOSE_EPOCHS,			/* MAC of the nonce-epoch file */
 	CMK_NUM_PURPOSES
 } CmkKeyPurpose;
 
@@ -62,6 +63,12 @@ extern bool cmk_hkdf_sha256(const uint8_t *ikm, size_t ikm_len,
 extern bool cmk_derive_subkey(const uint8_t *dek, CmkKeyPurpose purpose,
 							  uint8_t *out);
 extern const char *cmk_purpose_label(CmkKeyPurpose purpose);
+
+#define CMK_HMAC_LEN		32	/* HMAC-SHA256 */
+
+/* HMAC-SHA256 (RFC 2104, FIPS 198-1); out receives CMK_HMAC_LEN bytes. */
+extern bool cmk_hmac_sha256(const uint8_t *key, size_t key_len,
+							const uint8_t *data, size_t len, uint8_t *out);
 
 /* DEK identifier: HMAC-SHA256(DEK, label), truncated.  Reveals nothing. */
 extern bool cmk_dek_identifier(const uint8_t *dek, uint8_t *out);

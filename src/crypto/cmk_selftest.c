@@ -6,7 +6,8 @@
  * The key worker runs these before it touches a key (a failing primitive
  * must never encrypt data), and cmk_storage.self_test() shows the results.
  * Vectors: NIST SP 800-38A F.5.5 (CTR-AES256.Encrypt), RFC 5869 A.1-A.3
- * (HKDF-SHA256), RFC 4648 §10 (base64, in the url-safe alphabet).
+ * (HKDF-SHA256), RFC 4231 4.3 and 4.8 (HMAC-SHA256), RFC 4648 §10 (base64,
+ * in the url-safe alphabet).
  *
  *-------------------------------------------------------------------------
  */
@@ -80,6 +81,41 @@ kat_hkdf(const char *ikm_hex, const char *salt_hex, const char *info_hex,
 	return cmk_hkdf_sha256(ikm, ikm_len, salt, salt_len, info, info_len,
 						   out, okm_len) &&
 		memcmp(out, okm, okm_len) == 0;
+}
+
+/* RFC 4231: key and data as hex, the full 32-byte MAC */
+static bool
+kat_hmac(const char *key_hex, const char *data_hex, const char *mac_hex)
+{
+	uint8_t		key[131],
+				data[160],
+				mac[CMK_HMAC_LEN],
+				out[CMK_HMAC_LEN];
+	int			key_len = unhex(key_hex, key, sizeof(key));
+	int			data_len = unhex(data_hex, data, sizeof(data));
+
+	unhex(mac_hex, mac, sizeof(mac));
+	return key_len >= 0 && data_len >= 0 &&
+		cmk_hmac_sha256(key, key_len, data, data_len, out) &&
+		memcmp(out, mac, sizeof(mac)) == 0;
+}
+
+/* RFC 4231 4.8: a key longer than SHA-256's block is hashed first */
+static bool
+kat_hmac_long_key(void)
+{
+	char		key[2 * 131 + 1];
+
+	memset(key, 'a', 2 * 131);
+	key[2 * 131] = '\0';
+	/* "This is a test using a larger than block-size key and a larger ..." */
+	return kat_hmac(key,
+					"5468697320697320612074657374207573696e672061206c6172676572207468"
+					"616e20626c6f636b2d73697a65206b657920616e642061206c61726765722074"
+					"68616e20626c6f636b2d73697a6520646174612e20546865206b6579206e6565"
+					"647320746f20626520686173686564206265666f7265206265696e6720757365"
+					"642062792074686520484d414320616c676f726974686d2e",
+					"9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2");
 }
 
 static void
@@ -160,7 +196,7 @@ cmk_crypto_selftest(cmk_selftest_report report, void *arg)
 	{
 		const char *name;
 		bool		ok;
-	}			results[5];
+	}			results[7];
 	int			n = 0;
 	bool		all = true;
 
@@ -177,6 +213,13 @@ cmk_crypto_selftest(cmk_selftest_report report, void *arg)
 	results[n++].ok = kat_hkdf("0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b", "", "",
 							   "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d"
 							   "9d201395faa4b61a96c8");
+	results[n].name = "HMAC-SHA256 (RFC 4231 4.3)";
+	/* key "Jefe", data "what do ya want for nothing?" */
+	results[n++].ok = kat_hmac("4a656665",
+							   "7768617420646f2079612077616e7420666f72206e6f7468696e673f",
+							   "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+	results[n].name = "HMAC-SHA256 (RFC 4231 4.8)";
+	results[n++].ok = kat_hmac_long_key();
 	results[n].name = "base64url (RFC 4648 §10)";
 	results[n++].ok = kat_base64url();
 

@@ -28,12 +28,14 @@
 #include "common/file_perm.h"
 #include "common/string.h"
 #ifndef FRONTEND
-#include "am/cmkam.h"
 #include "storage/fd.h"
 #endif
 
 #include "cmk_bigendian.h"
 #include "keys/control_file.h"
+#ifndef FRONTEND
+#include "keys/nonce_epochs.h"
+#endif
 
 static const char magic[8] = {'C', 'M', 'K', 'C', 'T', 'R', 'L', '\0'};
 
@@ -365,7 +367,7 @@ cmk_control_create(const CmkControl *ctl, CmkError *err)
 		return false;
 	/* no tuple nonce epoch yet: a missing file later means a lost one */
 	snprintf(path, sizeof(path), "%s/nonce_epochs", CMK_CONTROL_NEW_DIR);
-	if (!cmk_epochs_write_empty(path))
+	if (!cmk_epochs_write_empty(path, ctl->system_identifier, ctl->dek_id))
 	{
 		set_io_error(err, "write", path);
 		return false;

@@ -16,15 +16,17 @@
 #include "miscadmin.h"
 #include "utils/timestamp.h"
 
-#include "am/cmkam.h"
 #include "cmk_storage.h"
+#include "keys/key_audit.h"
 #include "keys/key_store.h"
+#include "keys/nonce_epochs.h"
 
 PG_FUNCTION_INFO_V1(cmk_key_status);
 PG_FUNCTION_INFO_V1(cmk_self_test);
 PG_FUNCTION_INFO_V1(cmk_rotate_key);
 PG_FUNCTION_INFO_V1(cmk_check_key);
 PG_FUNCTION_INFO_V1(cmk_create_key);
+PG_FUNCTION_INFO_V1(cmk_upgrade_nonce_epochs);
 
 #define REQUEST_TIMEOUT_MS	120000
 
@@ -40,9 +42,10 @@ cmk_key_status(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
 	CmkKeyStatus st;
-	Datum		values[17];
-	bool		nulls[17];
+	Datum		values[18];
+	bool		nulls[18];
 	char		hex[2 * CMK_DEK_ID_LEN + 1];
+	char		problem[256];
 	int			nepochs;
 	int			i = 0;
 
@@ -89,10 +92,14 @@ cmk_key_status(PG_FUNCTION_ARGS)
 	i++;
 	values[i] = Int64GetDatum((int64) st.checks_failed);
 	i++;
-	/* tuple nonce epochs registered so far, of 65,536; NULL if unreadable */
+	/* tuple nonce epochs registered so far, of 65,536; NULL if unusable */
 	nepochs = cmk_epochs_used();
 	nulls[i] = nepochs < 0;
 	values[i] = Int32GetDatum(nepochs);
+	i++;
+	/* and why they are unusable (damaged, another cluster's, format 1) */
+	nulls[i] = !cmk_epochs_problem(problem, sizeof(problem));
+	values[i] = nulls[i] ? (Datum) 0 : CStringGetTextDatum(problem);
 	i++;
 	Assert(i == lengthof(values));
 
@@ -199,5 +206,26 @@ cmk_create_key(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("could not create a data encryption key: %s", msg),
 				 errhint("See cmk_storage.status and cmk_storage.key_events, and \"Lost key directory\" in docs/operations.md.")));
+	PG_RETURN_TEXT_P(cstring_to_text(msg));
+}
+
+/*
+ * Authenticate a nonce-epoch file of format 1 (written by a build before
+ * the file was authenticated) under the live key, on the caller's word that
+ * it is this cluster's own: its contents cannot be checked, so start-up
+ * never does this by itself (docs/nonce-epochs.md, "Upgrade").
+ */
+Datum
+cmk_upgrade_nonce_epochs(PG_FUNCTION_ARGS)
+{
+	char		msg[CMK_ERR_MSG];
+	char	   *actor = current_actor();
+
+	if (!cmk_epochs_upgrade(msg, sizeof(msg)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("could not upgrade the nonce epoch file: %s", msg),
+				 errhint("See \"Upgrade\" in docs/nonce-epochs.md.")));
+	cmk_audit("upgrade", "success", actor, NULL, "%s", msg);
 	PG_RETURN_TEXT_P(cstring_to_text(msg));
 }

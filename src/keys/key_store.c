@@ -12,8 +12,9 @@
  * counter moves, so every backend drops its cipher context before its next
  * use of encrypted data.
  *
- * Key bytes must never leave this page except into OpenSSL cipher contexts
- * (which OpenSSL wipes on free) and the brief stack copy made to create one.
+ * Key bytes must never leave this page except into OpenSSL cipher and MAC
+ * contexts (which OpenSSL wipes on free), the brief stack copy made to
+ * create a cipher context, and a process's own locked page for a MAC key.
  *
  *-------------------------------------------------------------------------
  */
@@ -57,6 +58,14 @@ typedef struct CmkKeyStore
 
 static CmkKeyStore *store = NULL;
 static size_t store_size = 0;
+
+/*
+ * This process's locked page for the subkey of one MAC computation
+ * (cmk_key_store_hmac), and the process that locked it: a forked child
+ * inherits the mapping but not the lock.
+ */
+static uint8 *mac_page = NULL;
+static int	mac_page_pid = 0;
 
 /* Per-backend cipher context for tuples, valid for local_generation. */
 static CmkKeystream tuple_ks;
@@ -236,6 +245,71 @@ cmk_key_store_subkey(CmkKeyPurpose purpose, uint8 *subkey, uint8 *dek_id)
 		ok = true;
 	}
 	SpinLockRelease(&store->mutex);
+	return ok;
+}
+
+/*
+ * This process's locked, non-dumpable page for a MAC key, or NULL if it
+ * cannot be locked (then no MAC key is copied at all).
+ */
+static uint8 *
+local_mac_page(void)
+{
+	long		pagesize = sysconf(_SC_PAGESIZE);
+
+	if (mac_page != NULL && mac_page_pid == MyProcPid)
+		return mac_page;
+	if (mac_page == NULL)
+	{
+		void	   *p = mmap(NULL, pagesize, PROT_READ | PROT_WRITE,
+							 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+		if (p == MAP_FAILED)
+			return NULL;
+		(void) madvise(p, pagesize, MADV_DONTDUMP);
+		mac_page = (uint8 *) p;
+	}
+	if (mlock(mac_page, pagesize) != 0)
+	{
+		ereport(WARNING,
+				(errmsg("cmk_storage: could not lock memory for a MAC key: %m"),
+				 errhint("Allow the server's operating system user to lock a page of memory in every server process (ulimit -l, LimitMEMLOCK= in systemd).")));
+		return NULL;
+	}
+	mac_page_pid = MyProcPid;
+	return mac_page;
+}
+
+/*
+ * HMAC-SHA256 of data under one purpose subkey of the live DEK (for the
+ * nonce-epoch file), and the identifier of that DEK.  Computes nothing and
+ * returns false unless the key is available.  The subkey goes from the key
+ * page into this process's locked page and from there into OpenSSL's MAC
+ * context only, and is wiped as soon as the MAC is computed.
+ */
+bool
+cmk_key_store_hmac(CmkKeyPurpose purpose, const uint8 *data, size_t len,
+				   uint8 *mac, uint8 *dek_id)
+{
+	uint8	   *key;
+	bool		have = false;
+	bool		ok;
+
+	if (store == NULL || purpose < 0 || purpose >= CMK_NUM_PURPOSES ||
+		(key = local_mac_page()) == NULL)
+		return false;
+	SpinLockAcquire(&store->mutex);
+	if (store->status.state == CMK_KEY_AVAILABLE)
+	{
+		memcpy(key, store->subkeys[purpose], CMK_SUBKEY_LEN);
+		memcpy(dek_id, store->status.dek_id, CMK_DEK_ID_LEN);
+		have = true;
+	}
+	SpinLockRelease(&store->mutex);
+	if (!have)
+		return false;
+	ok = cmk_hmac_sha256(key, CMK_SUBKEY_LEN, data, len, mac);
+	OPENSSL_cleanse(key, CMK_SUBKEY_LEN);
 	return ok;
 }
 

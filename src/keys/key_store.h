@@ -88,6 +88,8 @@ extern void cmk_key_store_unavailable(CmkKeyState state, const CmkError *err,
 /* anyone */
 extern void cmk_key_store_status(CmkKeyStatus *out);
 extern bool cmk_key_store_subkey(CmkKeyPurpose purpose, uint8 *subkey, uint8 *dek_id);
+extern bool cmk_key_store_hmac(CmkKeyPurpose purpose, const uint8 *data,
+							   size_t len, uint8 *mac, uint8 *dek_id);
 extern const char *cmk_key_state_name(CmkKeyState state);
 
 /*

@@ -4,7 +4,7 @@
  *		Custom WAL resource manager "cmk_storage": every control-file write
  *		(DEK creation, re-wrap) is logged as a full 2048-byte image and
  *		flushed before the file is written, and redo writes the same file.
- *		It also carries the tuple nonce epochs (cmkam_nonce.c), which
+ *		It also carries the tuple nonce epochs (nonce_epochs.c), which
  *		contain no secret either.
  *
  * So a standby or a point-in-time restore ends with the control file the
@@ -24,10 +24,10 @@
 #include "access/xlogreader.h"
 #include "lib/stringinfo.h"
 
-#include "am/cmkam.h"
 #include "keys/key_guard.h"
 #include "keys/key_store.h"
 #include "keys/key_wal.h"
+#include "keys/nonce_epochs.h"
 
 static void
 cmk_rmgr_redo(XLogReaderState *record)
@@ -70,6 +70,8 @@ cmk_rmgr_redo(XLogReaderState *record)
 	if (ctl.generation == 1 && !cmk_guard_write_marker(&ctl, &err))
 		ereport(WARNING,
 				(errmsg("cmk_storage redo: %s", err.message)));
+	/* a new DEK over another's key directory: its own, empty epoch table */
+	cmk_epochs_redo_control(&ctl);
 	cmk_key_store_control_changed();
 }
 

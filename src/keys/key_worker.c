@@ -44,6 +44,7 @@
 #include "keys/key_guard.h"
 #include "keys/key_store.h"
 #include "keys/key_wal.h"
+#include "keys/nonce_epochs.h"
 
 PGDLLEXPORT void cmk_key_worker_main(Datum main_arg);
 
@@ -284,6 +285,7 @@ publish_key(void)
 	cmk_key_store_publish(&ctl, cmk_find_provider(unwrap_uri(), &err)->name);
 	cmk_key_store_note_check(true, &ctl);
 	key_live = true;
+	cmk_epochs_key_available();
 }
 
 /* Start-up (and retry until it works): control file, unwrap, publish. */
@@ -475,6 +477,7 @@ check_key(const char *actor, char *msg, size_t msgsize)
 	{
 		cmk_key_store_publish(&ctl, cmk_find_provider(unwrap_uri(), &err)->name);
 		key_live = true;
+		cmk_epochs_key_available();
 		cmk_audit("recover", "success", actor, ctl.kid,
 				  "the key encryption key is usable again; encrypted data is available");
 	}
