@@ -934,6 +934,18 @@ register_epoch(CmkEpochTable *tab, uint32 dek_tag, uint32 count)
 							 id, CMK_NONCE_EPOCHS - free_ids + 1, CMK_NONCE_EPOCHS)));
 }
 
+/* The epoch table in shared memory; an error when the library is not preloaded. */
+static CmkEpochTable *
+loaded_table(void)
+{
+	if (cmk_epoch_table == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cmk_storage is not loaded"),
+				 errhint("Add cmk_storage to shared_preload_libraries and restart the server.")));
+	return cmk_epoch_table;
+}
+
 /*
  * Reserve count nonce counters for tuples encrypted under the DEK tagged
  * dek_tag: *epoch receives the current epoch's id, *first the range [first,
@@ -943,14 +955,9 @@ register_epoch(CmkEpochTable *tab, uint32 dek_tag, uint32 count)
 void
 cmk_nonce_reserve(uint32 dek_tag, uint16 *epoch, uint32 *first, uint32 count)
 {
-	CmkEpochTable *tab = cmk_epoch_table;
+	CmkEpochTable *tab = loaded_table();
 
 	Assert(count > 0);
-	if (tab == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cmk_storage is not loaded"),
-				 errhint("Add cmk_storage to shared_preload_libraries and restart the server.")));
 	for (;;)
 	{
 		SpinLockAcquire(&tab->mutex);
@@ -1001,18 +1008,13 @@ void
 cmk_epoch_report_unusable(const char *relname, ItemPointer tid, uint16 id,
 						  uint32 want_tag)
 {
-	CmkEpochTable *tab = cmk_epoch_table;
+	CmkEpochTable *tab = loaded_table();
 	EpochProblem pr;
 	bool		problem;
 	int			state;
 	int			registered;
 	uint32		have;
 
-	if (tab == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cmk_storage is not loaded"),
-				 errhint("Add cmk_storage to shared_preload_libraries and restart the server.")));
 	LWLockAcquire(tab->lock, LW_EXCLUSIVE);
 	(void) authenticate(tab, WARNING);
 	problem = describe_problem(tab, &pr);
@@ -1072,15 +1074,10 @@ cmk_epoch_report_unusable(const char *relname, ItemPointer tid, uint16 id,
 void
 cmk_epochs_check_readable(void)
 {
-	CmkEpochTable *tab = cmk_epoch_table;
+	CmkEpochTable *tab = loaded_table();
 	EpochProblem pr;
 	bool		problem;
 
-	if (tab == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cmk_storage is not loaded"),
-				 errhint("Add cmk_storage to shared_preload_libraries and restart the server.")));
 	LWLockAcquire(tab->lock, LW_EXCLUSIVE);
 	(void) authenticate(tab, WARNING);
 	problem = describe_problem(tab, &pr);
