@@ -125,12 +125,12 @@ FAILURES=()
 psql_mc -d postgres -c 'CREATE DATABASE memcheck' || FAILURES+=("CREATE DATABASE failed")
 psql_mc -d memcheck -c 'CREATE EXTENSION cmk_storage' || FAILURES+=("CREATE EXTENSION failed")
 state=loading
-for _ in $(seq 300); do
-    state=$(psql_mc -d memcheck -At -c 'SELECT state FROM cmk_storage.status' 2>/dev/null)
-    [ -n "$state" ] && [ "$state" != loading ] && break
+while [ ${#FAILURES[@]} -eq 0 ] && [ "$state" = loading ] && [ "$(( $(date +%s) - START ))" -lt 600 ]; do
     sleep 1
+    state=$(psql_mc -d memcheck -At -c 'SELECT state FROM cmk_storage.status' 2>/dev/null)
+    [ -n "$state" ] || state=loading
 done
-[ "$state" = available ] || FAILURES+=("the key is not available (state: $state)")
+[ ${#FAILURES[@]} -gt 0 ] || [ "$state" = available ] || FAILURES+=("the key is not available (state: $state)")
 
 if [ ${#FAILURES[@]} -eq 0 ]; then
     say "memcheck: running test/valgrind/workload.sql"
