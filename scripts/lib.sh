@@ -10,7 +10,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 APT_PACKAGES="postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib
   libssl-dev libcurl4-openssl-dev libjansson-dev pkg-config make gcc
-  libipc-run-perl openssl nodejs clang libclang-rt-14-dev lz4 zstd gdb"
+  libipc-run-perl openssl nodejs clang libclang-rt-14-dev lz4 zstd gdb valgrind"
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 2; }
@@ -56,4 +56,34 @@ as_pg() {
     else
         env PATH="$PG_BINDIR:$PATH" "$@"
     fi
+}
+
+# The PostgreSQL source tree of the server's major version (scripts/memcheck.sh
+# needs its src/tools/valgrind.supp): $PGSRC, else a tree cached under
+# $CMK_PGSRC_CACHE (where test/regress-oracle/run.sh keeps it too), else
+# fetched there with "apt-get source" (root only).  Prints its path.
+pg_source_dir() {
+    local cache=${CMK_PGSRC_CACHE:-/var/cache/cmk_storage/pgsrc} d
+    if [ -n "${PGSRC:-}" ]; then echo "$PGSRC"; return 0; fi
+    for d in "$cache"/postgresql-"$PG_MAJOR"-*/; do
+        [ -f "$d/src/tools/valgrind.supp" ] && { echo "${d%/}"; return 0; }
+    done
+    [ "$(id -u)" -eq 0 ] || { say "no PostgreSQL source: set PGSRC or run as root to fetch it"; return 1; }
+    say "fetching the source of postgresql-$PG_MAJOR into $cache"
+    if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then
+        if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+            sed 's/^Types:.*$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources \
+                > /etc/apt/sources.list.d/debian-src.sources
+        elif [ -f /etc/apt/sources.list ]; then
+            sed -n 's/^deb /deb-src /p' /etc/apt/sources.list > /etc/apt/sources.list.d/debian-src.list
+        fi
+    fi
+    apt-get update -qq >&2 || true
+    command -v dpkg-source >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dpkg-dev >&2
+    mkdir -p "$cache"
+    (cd "$cache" && apt-get source -qq "postgresql-$PG_MAJOR" >&2) || return 1
+    for d in "$cache"/postgresql-"$PG_MAJOR"-*/; do
+        [ -f "$d/src/tools/valgrind.supp" ] && { echo "${d%/}"; return 0; }
+    done
+    return 1
 }

@@ -3,8 +3,13 @@
 # install, then pg_regress, TAP and the other suites.  Works as root (the
 # servers then run as the postgres user).  Ends with "N passed, M failed".
 #
-#   scripts/test.sh            all suites
-#   scripts/test.sh --quick    skip the PostgreSQL regression-suite oracle
+#   scripts/test.sh             all suites
+#   scripts/test.sh --quick     skip the PostgreSQL regression-suite oracle
+#                               and the valgrind memcheck run
+#   scripts/test.sh --memcheck  also with --quick: run scripts/memcheck.sh
+#                               (the cmk_heap workload on a server under
+#                               valgrind memcheck; ~2 minutes), counted as
+#                               one test
 #
 # TAP_TESTS="t/030_tuple_integrity.pl ..." runs only those TAP files;
 # CMK_PG_BINDIR=/path/bin tests against a relocated copy of the server.
@@ -12,7 +17,16 @@ set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
 QUICK=0
-[ "${1:-}" = "--quick" ] && QUICK=1
+MEMCHECK=1
+MEMCHECK_ASKED=0
+for arg in "$@"; do
+    case $arg in
+        --quick) QUICK=1 ;;
+        --memcheck) MEMCHECK_ASKED=1 ;;
+        *) die "unknown option $arg" ;;
+    esac
+done
+[ "$QUICK" -eq 1 ] && [ "$MEMCHECK_ASKED" -eq 0 ] && MEMCHECK=0
 
 ensure_packages
 build_and_install
@@ -117,10 +131,23 @@ run_fuzz() {
     fi
 }
 
+# --- the cmk_heap workload under valgrind memcheck ------------------------------
+run_memcheck() {
+    say "valgrind memcheck (scripts/memcheck.sh)"
+    if bash "$REPO/scripts/memcheck.sh" --no-build > "$WORK/memcheck.log" 2>&1; then
+        grep -E '^memcheck' "$WORK/memcheck.log"
+        add 1 0
+    else
+        cat "$WORK/memcheck.log"
+        add 0 1
+    fi
+}
+
 run_pg_regress
 run_tap
 run_emulator_tests
 run_fuzz
+[ "$MEMCHECK" -eq 1 ] && run_memcheck
 [ "$QUICK" -eq 1 ] || run_oracle
 
 echo
