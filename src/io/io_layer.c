@@ -10,16 +10,23 @@
  * and the XTS contexts are built here, before any child exists: every
  * process inherits them, and no wrapper ever needs to set up a cipher.
  *
- * With cmk_storage.cluster_encryption off nothing here runs and no call is
- * redirected.
+ * With cmk_storage.cluster_encryption off no call is redirected; the
+ * postmaster only reads the WAL page of the latest checkpoint, to refuse
+ * with a clear message a cluster whose WAL is encrypted (PostgreSQL would
+ * stop at "invalid info bits" anyway: fail closed either way).
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <openssl/crypto.h>
 
 #include "access/xlog.h"
+#include "access/xlog_internal.h"
+#include "common/controldata_utils.h"
 #include "miscadmin.h"
 
 #include "cmk_storage.h"
@@ -54,12 +61,67 @@ build_ciphers(void)
 				 errmsg("cmk_storage: could not derive the cluster encryption keys")));
 }
 
+/*
+ * Setting off in the postmaster: if the latest checkpoint record lies on an
+ * encrypted WAL page, the cluster was running with cluster encryption and
+ * cannot start without it.  Anything unexpected (no control file, a
+ * missing segment) is left to PostgreSQL's own start-up checks.
+ */
+static void
+refuse_if_encrypted(void)
+{
+	ControlFileData *cf;
+	bool		crc_ok = false;
+	char		fname[MAXFNAMELEN];
+	char		path[MAXPGPATH];
+	XLogSegNo	segno;
+	PGAlignedXLogBlock page;
+	XLogPageHeader hdr = (XLogPageHeader) page.data;
+	bool		encrypted = false;
+	int			fd;
+
+	cf = get_controlfile(DataDir, &crc_ok);
+	if (!crc_ok || cf->xlog_seg_size == 0 || !IsValidWalSegSize(cf->xlog_seg_size))
+	{
+		pfree(cf);
+		return;
+	}
+	XLByteToSeg(cf->checkPoint, segno, cf->xlog_seg_size);
+	XLogFileName(fname, cf->checkPointCopy.ThisTimeLineID, segno, cf->xlog_seg_size);
+	snprintf(path, sizeof(path), XLOGDIR "/%s", fname);
+	fd = open(path, O_RDONLY | PG_BINARY, 0);
+	if (fd >= 0)
+	{
+		off_t		off = XLogSegmentOffset(cf->checkPoint, cf->xlog_seg_size);
+
+		off -= off % XLOG_BLCKSZ;
+		if (pread(fd, page.data, XLOG_BLCKSZ, off) == XLOG_BLCKSZ &&
+			hdr->xlp_magic == XLOG_PAGE_MAGIC &&
+			(hdr->xlp_info & CMK_XLP_ENCRYPTED) != 0)
+			encrypted = true;
+		close(fd);
+	}
+	pfree(cf);
+	if (encrypted)
+		ereport(FATAL,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cmk_storage: this cluster's WAL is encrypted, but cmk_storage.cluster_encryption is off"),
+				 errdetail("The latest checkpoint record, in WAL segment \"%s\", was written with cluster encryption on.", fname),
+				 errhint("Set cmk_storage.cluster_encryption = on and start the server again.")));
+}
+
 void
 cmk_io_start(void)
 {
 	CmkError	err;
 
-	if (!cmk_cluster_encryption || !cmk_rail_check_process())
+	if (!cmk_cluster_encryption)
+	{
+		if (process_shared_preload_libraries_in_progress && !IsUnderPostmaster)
+			refuse_if_encrypted();
+		return;
+	}
+	if (!cmk_rail_check_process())
 		return;
 	cmk_rail_check_build();
 	cmk_wrappers_check();
