@@ -20,12 +20,21 @@ my $kek = new_kek("$tmp/kek.pem");
 my $ref = -f 'scripts/cmk_page_ref.py' ? 'scripts/cmk_page_ref.py'
   : "$ENV{REPO}/scripts/cmk_page_ref.py";
 
-# --- without a key, cluster encryption refuses to start --------------------
+# --- a new cluster started with cluster encryption on gets its key first ----
 my $fresh = cmk_node('fresh', $kek, conf => "cmk_storage.cluster_encryption = on\n");
-ok(!$fresh->start(fail_ok => 1), 'first start with cluster encryption on and no key fails');
+$fresh->start;
 like(slurp_file($fresh->logfile),
-	qr/FATAL:  cmk_storage: cluster encryption needs the data encryption key before recovery: cluster encryption is on, but this cluster has no data encryption key yet.*\n.*HINT:  Start the server once with cmk_storage.cluster_encryption = off/,
-	'the log says why and what to do');
+	qr/LOG:  cmk_storage: created a new data encryption key at the cluster's first start(.|\n)*LOG:  cmk_storage: cluster encryption is on/,
+	'the first start creates the key before the layer starts');
+$fresh->safe_psql('postgres', 'CREATE EXTENSION cmk_storage');
+is(wait_key_settled($fresh)->{state}, 'available', 'the key worker unwraps the key the postmaster created');
+my $fm = random_marker('FRESH');
+$fresh->safe_psql('postgres', "CREATE TABLE f AS SELECT '$fm'::text AS v; CHECKPOINT");
+is(scalar(map { files_containing($fresh->data_dir . "/$_", $fm) } qw(base global pg_wal)), 0,
+	'a new cluster encrypts from its first start');
+$fresh->restart;
+is($fresh->safe_psql('postgres', 'SELECT v FROM f'), $fm, 'and reads back after a restart');
+$fresh->stop;
 
 # --- a cluster whose key exists, then cluster encryption on ----------------
 my $node = cmk_node('enc', $kek, init => { extra => ['--data-checksums'] },
@@ -202,6 +211,18 @@ like(substr(slurp_file($node->logfile), $loglen),
 	qr/FATAL:  cmk_storage: this cluster's WAL is encrypted, but cmk_storage.cluster_encryption is off/,
 	'and says to turn it on');
 is(fingerprint(), $before, 'and wrote nothing');
+
+# without the key directory: a lost key, never a new one
+spew_bytes("$pgdata/postgresql.conf", $conf);
+rename("$pgdata/cmk_storage", "$tmp/cmk_storage.saved") or die;
+$loglen = -s $node->logfile;
+ok(!$node->start(fail_ok => 1), 'a lost key directory refuses to start');
+like(substr(slurp_file($node->logfile), $loglen),
+	qr/FATAL:  cmk_storage: cluster encryption needs the data encryption key before recovery: cluster encryption is on, but \$PGDATA\/cmk_storage is missing and this cluster is not new\n.*HINT:  Restore this cluster's \$PGDATA\/cmk_storage directory/,
+	'and says to restore it');
+ok(!-e "$pgdata/cmk_storage", 'no new key was created');
+is(fingerprint(), $before, 'and nothing was written');
+rename("$tmp/cmk_storage.saved", "$pgdata/cmk_storage") or die;
 
 # with a wrong key: another RSA key in the KEK's place
 spew_bytes("$pgdata/postgresql.conf", $conf);

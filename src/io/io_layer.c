@@ -13,7 +13,9 @@
  * With cmk_storage.cluster_encryption off no call is redirected; the
  * postmaster only reads the WAL page of the latest checkpoint, to refuse
  * with a clear message a cluster whose WAL is encrypted (PostgreSQL would
- * stop at "invalid info bits" anyway: fail closed either way).
+ * stop at "invalid info bits" anyway: fail closed either way).  With it on,
+ * the same page tells key_early.c that a missing key directory is a lost
+ * key, never a reason to create one.
  *
  *-------------------------------------------------------------------------
  */
@@ -62,17 +64,16 @@ build_ciphers(void)
 }
 
 /*
- * Setting off in the postmaster: if the latest checkpoint record lies on an
- * encrypted WAL page, the cluster was running with cluster encryption and
- * cannot start without it.  Anything unexpected (no control file, a
- * missing segment) is left to PostgreSQL's own start-up checks.
+ * Whether the latest checkpoint record lies on an encrypted WAL page: the
+ * cluster was running with cluster encryption.  Anything unexpected (no
+ * control file, a missing segment) says no and is left to PostgreSQL's own
+ * start-up checks.  fname receives the segment's name.
  */
-static void
-refuse_if_encrypted(void)
+static bool
+checkpoint_wal_encrypted(char *fname)
 {
 	ControlFileData *cf;
 	bool		crc_ok = false;
-	char		fname[MAXFNAMELEN];
 	char		path[MAXPGPATH];
 	XLogSegNo	segno;
 	PGAlignedXLogBlock page;
@@ -80,11 +81,12 @@ refuse_if_encrypted(void)
 	bool		encrypted = false;
 	int			fd;
 
+	fname[0] = '\0';
 	cf = get_controlfile(DataDir, &crc_ok);
-	if (!crc_ok || cf->xlog_seg_size == 0 || !IsValidWalSegSize(cf->xlog_seg_size))
+	if (!crc_ok || !IsValidWalSegSize(cf->xlog_seg_size))
 	{
 		pfree(cf);
-		return;
+		return false;
 	}
 	XLByteToSeg(cf->checkPoint, segno, cf->xlog_seg_size);
 	XLogFileName(fname, cf->checkPointCopy.ThisTimeLineID, segno, cf->xlog_seg_size);
@@ -102,12 +104,7 @@ refuse_if_encrypted(void)
 		close(fd);
 	}
 	pfree(cf);
-	if (encrypted)
-		ereport(FATAL,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cmk_storage: this cluster's WAL is encrypted, but cmk_storage.cluster_encryption is off"),
-				 errdetail("The latest checkpoint record, in WAL segment \"%s\", was written with cluster encryption on.", fname),
-				 errhint("Set cmk_storage.cluster_encryption = on and start the server again.")));
+	return encrypted;
 }
 
 void
@@ -115,10 +112,18 @@ cmk_io_start(void)
 {
 	CmkError	err;
 
+	char		fname[MAXFNAMELEN];
+	bool		wal_encrypted;
+
 	if (!cmk_cluster_encryption)
 	{
-		if (process_shared_preload_libraries_in_progress && !IsUnderPostmaster)
-			refuse_if_encrypted();
+		if (process_shared_preload_libraries_in_progress && !IsUnderPostmaster &&
+			checkpoint_wal_encrypted(fname))
+			ereport(FATAL,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cmk_storage: this cluster's WAL is encrypted, but cmk_storage.cluster_encryption is off"),
+					 errdetail("The latest checkpoint record, in WAL segment \"%s\", was written with cluster encryption on.", fname),
+					 errhint("Set cmk_storage.cluster_encryption = on and start the server again.")));
 		return;
 	}
 	if (!cmk_rail_check_process())
@@ -126,7 +131,9 @@ cmk_io_start(void)
 	cmk_rail_check_build();
 	cmk_wrappers_check();
 
-	if (!cmk_key_early_publish(&err))
+	/* Encrypted WAL proves a key existed: never make a new one then. */
+	wal_encrypted = checkpoint_wal_encrypted(fname);
+	if (!cmk_key_early_publish(!wal_encrypted, &err))
 		ereport(FATAL,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cmk_storage: cluster encryption needs the data encryption key before recovery: %s",

@@ -280,7 +280,8 @@ cmk_open(const char *path, int flags,...)
 	int			fd;
 	CmkFileId	id;
 
-	if (flags & (O_CREAT | O_TMPFILE))
+	/* the third argument exists exactly when glibc's open() reads it */
+	if ((flags & O_CREAT) != 0 || (flags & O_TMPFILE) == O_TMPFILE)
 	{
 		va_list		ap;
 

@@ -68,7 +68,7 @@ extern bool cmk_key_store_exists(void);
  * postmaster, cluster encryption only: the DEK before the startup process
  * (key_early.c), and keys derived from the published DEK for the I/O layer.
  */
-extern bool cmk_key_early_publish(CmkError *err);
+extern bool cmk_key_early_publish(bool may_create, CmkError *err);
 extern bool cmk_key_store_derive(const char *label, uint8 *out, size_t len);
 
 /* key worker */
