@@ -226,7 +226,10 @@ cmk_key_early_publish(bool may_create, CmkError *err)
 			break;
 		if (err->kind != CMK_ERR_TRANSIENT ||
 			GetCurrentTimestamp() + backoff_ms * 1000 >= deadline)
+		{
+			OPENSSL_cleanse(dek, CMK_DEK_LEN);
 			return false;
+		}
 		ereport(LOG,
 				(errmsg("cmk_storage: could not unwrap the data encryption key yet, retrying in %ld ms: %s",
 						backoff_ms, err->message)));
@@ -246,6 +249,8 @@ cmk_key_early_publish(bool may_create, CmkError *err)
 	/* publish() moves the DEK into the locked page and wipes scratch */
 	cmk_key_store_publish(&ctl, provider->name);
 published:
+	/* publish() returns early, leaving scratch, if memory is not locked */
+	OPENSSL_cleanse(cmk_key_store_scratch(), CMK_DEK_LEN);
 	cmk_key_store_status(&st);
 	if (st.state != CMK_KEY_AVAILABLE)
 	{
