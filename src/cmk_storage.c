@@ -23,6 +23,7 @@
 
 #include "am/cmkam.h"
 #include "cmk_storage.h"
+#include "io/io_layer.h"
 #include "keys/key_audit.h"
 #include "keys/key_guard.h"
 #include "keys/key_provider.h"
@@ -39,6 +40,7 @@ int			cmk_key_wait_timeout_ms = 30000;
 int			cmk_key_check_interval_s = 60;
 int			cmk_key_grace_period_s = 600;
 bool		cmk_auto_rewrap = true;
+bool		cmk_cluster_encryption = false;
 int			cmk_debug_rotation_crash = 0;
 
 /* Azure Key Vault provider settings: provider_azure.c reads them by name. */
@@ -144,6 +146,15 @@ define_settings(void)
 							 &cmk_auto_rewrap,
 							 true,
 							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("cmk_storage.cluster_encryption",
+							 "Encrypt every relation page and every WAL page of the cluster on disk.",
+							 "Needs cmk_storage in shared_preload_libraries and the cluster's data encryption key at start-up (docs/io-layer.md).",
+							 &cmk_cluster_encryption,
+							 false,
+							 PGC_POSTMASTER,
 							 0,
 							 NULL, NULL, NULL);
 
@@ -253,6 +264,8 @@ _PG_init(void)
 		return;
 
 	cmk_key_store_create();
+	/* Before any child exists: the startup process may need the key. */
+	cmk_io_start();
 	cmk_key_worker_register();
 	cmk_wal_register();
 

@@ -108,6 +108,60 @@ cmk_ctr_xor(CmkKeystream *ks, const uint8_t *iv, const uint8_t *in,
 }
 
 bool
+cmk_xts_init(CmkXts *xts, const uint8_t *key)
+{
+	EVP_CIPHER *cipher = EVP_CIPHER_fetch(NULL, "AES-256-XTS", NULL);
+	EVP_CIPHER_CTX *enc = EVP_CIPHER_CTX_new();
+	EVP_CIPHER_CTX *dec = EVP_CIPHER_CTX_new();
+	bool		ok;
+
+	xts->enc = xts->dec = NULL;
+	ok = cipher != NULL && enc != NULL && dec != NULL &&
+		EVP_CipherInit_ex2(enc, cipher, key, NULL, 1, NULL) == 1 &&
+		EVP_CipherInit_ex2(dec, cipher, key, NULL, 0, NULL) == 1;
+	/* The contexts keep their own reference to the cipher. */
+	EVP_CIPHER_free(cipher);
+	if (!ok)
+	{
+		EVP_CIPHER_CTX_free(enc);
+		EVP_CIPHER_CTX_free(dec);
+		return false;
+	}
+	xts->enc = enc;
+	xts->dec = dec;
+	return true;
+}
+
+void
+cmk_xts_free(CmkXts *xts)
+{
+	/* EVP_CIPHER_CTX_free cleanses the expanded key schedules. */
+	EVP_CIPHER_CTX_free((EVP_CIPHER_CTX *) xts->enc);
+	EVP_CIPHER_CTX_free((EVP_CIPHER_CTX *) xts->dec);
+	xts->enc = xts->dec = NULL;
+}
+
+/*
+ * Re-initialising a context with only a new IV (the tweak) keeps its key
+ * schedule and allocates nothing (checked with counting allocators on
+ * OpenSSL 3.0); one EVP_CipherUpdate is one XTS data unit.
+ */
+bool
+cmk_xts_crypt(CmkXts *xts, bool encrypt, const uint8_t *tweak,
+			  const uint8_t *in, uint8_t *out, size_t len)
+{
+	EVP_CIPHER_CTX *ctx = (EVP_CIPHER_CTX *) (encrypt ? xts->enc : xts->dec);
+	int			outl = 0;
+
+	if (ctx == NULL || len < CMK_AES_BLOCK || len > (size_t) INT32_MAX)
+		return false;
+	if (EVP_CipherInit_ex2(ctx, NULL, NULL, tweak, encrypt ? 1 : 0, NULL) != 1 ||
+		EVP_CipherUpdate(ctx, out, &outl, in, (int) len) != 1)
+		return false;
+	return outl == (int) len;
+}
+
+bool
 cmk_hkdf_sha256(const uint8_t *ikm, size_t ikm_len,
 				const uint8_t *salt, size_t salt_len,
 				const uint8_t *info, size_t info_len,
@@ -167,6 +221,15 @@ cmk_hmac_sha256(const uint8_t *key, size_t key_len, const uint8_t *data,
 	return EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, key, key_len,
 					 data, len, out, CMK_HMAC_LEN, &outlen) != NULL &&
 		outlen == CMK_HMAC_LEN;
+}
+
+bool
+cmk_derive_labelled(const uint8_t *dek, const char *label, uint8_t *out,
+					size_t out_len)
+{
+	return cmk_hkdf_sha256(dek, CMK_DEK_LEN, NULL, 0,
+						   (const uint8_t *) label, strlen(label),
+						   out, out_len);
 }
 
 bool

@@ -55,6 +55,29 @@ extern bool cmk_keystream_blocks(CmkKeystream *ks, uint8_t *blocks, int nblocks)
 extern bool cmk_ctr_xor(CmkKeystream *ks, const uint8_t *iv,
 						const uint8_t *in, uint8_t *out, size_t len);
 
+/*
+ * AES-256-XTS (IEEE 1619) for the I/O layer's pages: a length-preserving
+ * mode with a 16-byte tweak per data unit, fit for blocks that are
+ * overwritten in place.  One context per direction, created once (the key
+ * schedule is expanded then); a call only sets the tweak and runs the
+ * cipher, which allocates nothing, so it may run where allocation is
+ * forbidden.  len must be at least 16 (OpenSSL does the ciphertext stealing
+ * for a length that is not a multiple of 16).
+ */
+#define CMK_XTS_KEY_LEN		64	/* two AES-256 keys */
+#define CMK_XTS_TWEAK_LEN	16
+
+typedef struct CmkXts
+{
+	void	   *enc;			/* EVP_CIPHER_CTX *, opaque here */
+	void	   *dec;
+} CmkXts;
+
+extern bool cmk_xts_init(CmkXts *xts, const uint8_t *key);
+extern void cmk_xts_free(CmkXts *xts);
+extern bool cmk_xts_crypt(CmkXts *xts, bool encrypt, const uint8_t *tweak,
+						  const uint8_t *in, uint8_t *out, size_t len);
+
 /* HKDF-SHA256 (RFC 5869). */
 extern bool cmk_hkdf_sha256(const uint8_t *ikm, size_t ikm_len,
 							const uint8_t *salt, size_t salt_len,
@@ -69,6 +92,11 @@ extern const char *cmk_purpose_label(CmkKeyPurpose purpose);
 /* HMAC-SHA256 (RFC 2104, FIPS 198-1); out receives CMK_HMAC_LEN bytes. */
 extern bool cmk_hmac_sha256(const uint8_t *key, size_t key_len,
 							const uint8_t *data, size_t len, uint8_t *out);
+
+/* HKDF-SHA256(DEK, no salt, info = label) of any length: keys outside the
+ * purpose table (the I/O layer's XTS keys are 64 bytes). */
+extern bool cmk_derive_labelled(const uint8_t *dek, const char *label,
+								uint8_t *out, size_t out_len);
 
 /* DEK identifier: HMAC-SHA256(DEK, label), truncated.  Reveals nothing. */
 extern bool cmk_dek_identifier(const uint8_t *dek, uint8_t *out);

@@ -313,6 +313,33 @@ cmk_key_store_hmac(CmkKeyPurpose purpose, const uint8 *data, size_t len,
 	return ok;
 }
 
+/*
+ * HKDF of the live DEK under label into out (len bytes), for keys outside
+ * the purpose table: the I/O layer's XTS keys, derived once in the
+ * postmaster.  False unless the key is available.  The caller wipes out as
+ * soon as its cipher contexts hold it.
+ */
+bool
+cmk_key_store_derive(const char *label, uint8 *out, size_t len)
+{
+	bool		ok = false;
+
+	Assert(!IsUnderPostmaster);
+	if (store == NULL)
+		return false;
+	SpinLockAcquire(&store->mutex);
+	if (store->status.state == CMK_KEY_AVAILABLE)
+		ok = true;
+	SpinLockRelease(&store->mutex);
+
+	/*
+	 * HKDF allocates, which a spinlock forbids; only the postmaster calls
+	 * this, before any other process exists, so nothing can change the DEK
+	 * in between.
+	 */
+	return ok && cmk_derive_labelled(store->dek, label, out, len);
+}
+
 const char *
 cmk_key_state_name(CmkKeyState state)
 {

@@ -64,6 +64,13 @@ typedef enum CmkRequestKind
 extern void cmk_key_store_create(void);
 extern bool cmk_key_store_exists(void);
 
+/*
+ * postmaster, cluster encryption only: the DEK before the startup process
+ * (key_early.c), and keys derived from the published DEK for the I/O layer.
+ */
+extern bool cmk_key_early_publish(bool may_create, CmkError *err);
+extern bool cmk_key_store_derive(const char *label, uint8 *out, size_t len);
+
 /* key worker */
 extern uint8 *cmk_key_store_scratch(void);	/* CMK_DEK_LEN bytes, locked */
 extern bool cmk_key_store_dek_to_scratch(void);

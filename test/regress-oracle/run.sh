@@ -42,6 +42,16 @@ Candidate configuration:
                             --ready-sql "key_status() is 'available'".  The KEK is a fresh
                             RSA-3072 key made with openssl in the workdir, or --cmk-key.
   --cmk-key PEM             KEK file to use with --cmk (copied into the workdir)
+  --restart-conf 'name=value'  postgresql.conf line for the candidate only, added
+                            after the set-up SQL and --ready-sql, then the candidate
+                            restarts (and --ready-sql is polled again) before the
+                            suite; repeatable.  For settings that need a key first.
+  --cluster-encryption      cmk_storage's cluster encryption: --cmk with --am heap
+                            (unless --am is given) and --restart-conf
+                            cmk_storage.cluster_encryption=on, so the candidate runs
+                            the suite on heap with every page and WAL page encrypted;
+                            the baseline loads cmk_storage too (same key settings,
+                            CREATE EXTENSION), with cluster encryption off
 
 Baseline configuration:
   --baseline-am NAME        baseline table AM (default: heap)
@@ -95,6 +105,8 @@ DEFAULT_AM=heap_standin
 AM=$DEFAULT_AM
 AM_GIVEN=0
 CMK=0
+CLUSTER_ENC=0
+RESTART_CONF=()
 CMK_KEY=
 READY_SQL=
 BASE_AM=heap
@@ -127,6 +139,8 @@ while [[ $# -gt 0 ]]; do
 		--am) need_arg "$@"; AM=$2; AM_GIVEN=1; shift 2 ;;
 		--ready-sql) need_arg "$@"; READY_SQL=$2; shift 2 ;;
 		--cmk) CMK=1; shift ;;
+		--cluster-encryption) CMK=1; CLUSTER_ENC=1; shift ;;
+		--restart-conf) need_arg "$@"; RESTART_CONF+=("$2"); shift 2 ;;
 		--cmk-key) need_arg "$@"; CMK_KEY=$2; shift 2 ;;
 		--setup-sql) need_arg "$@"; SETUP_SQL_GIVEN=1; [[ -n $2 ]] && SETUP_SQL+=("$2"); shift 2 ;;
 		--conf) need_arg "$@"; CAND_CONF+=("$2"); shift 2 ;;
@@ -158,6 +172,10 @@ OUTPUT=$(abspath "$OUTPUT")
 [[ -n $SCHEDULE ]] && SCHEDULE=$(abspath "$SCHEDULE")
 [[ -n $CMK_KEY ]] && CMK_KEY=$(abspath "$CMK_KEY")
 for i in "${!CAND_CONF_FILES[@]}"; do CAND_CONF_FILES[i]=$(abspath "${CAND_CONF_FILES[i]}"); done
+if [[ $CLUSTER_ENC -eq 1 ]]; then
+	[[ $AM_GIVEN -eq 1 ]] || { AM=heap; AM_GIVEN=1; }
+	RESTART_CONF+=("cmk_storage.cluster_encryption=on")
+fi
 if [[ $CMK -eq 1 ]]; then
 	[[ $AM_GIVEN -eq 1 ]] || AM=cmk_heap
 	[[ $SETUP_SQL_GIVEN -eq 1 ]] || { SETUP_SQL=("CREATE EXTENSION cmk_storage"); SETUP_SQL_GIVEN=1; }
@@ -340,6 +358,22 @@ fi
 
 # ------------------------------------------------------------- one run ------
 # run_suite NAME AM CONF_LINES_FILE SETUP_SQL_FILE
+wait_ready() { # DIR: poll --ready-sql in the candidate until it is true
+	local dir=$1 tries=0 r=
+	[[ -n $READY_SQL ]] || return 0
+	while :; do
+		r=$(as_pg "${psql[@]}" -d regression -At -c "$READY_SQL" 2>&1 || true)
+		[[ $r == t ]] && break
+		tries=$((tries + 1))
+		if [[ $tries -ge 120 ]]; then
+			echo "--ready-sql never returned true within 60 s (last answer: $r)" | tee "$dir/FATAL" >&2
+			return 1
+		fi
+		sleep 0.5
+	done
+	echo "ready after $tries polls: $READY_SQL" >>"$dir/setup.log"
+}
+
 run_suite() {
 	local name=$1 am=$2 conf=$3 setup=$4
 	local dir=$WORKDIR/$name
@@ -413,19 +447,17 @@ EOF
 		echo "psql skips to \\. after a failed COPY FROM STDIN: adapting test scripts" >>"$dir/setup.log"
 		as_pg perl "$SCRIPT_DIR/compat-copy-stdin.pl" "$input"/sql/*.sql >>"$dir/setup.log"
 	fi
-	if [[ $name == candidate && -n $READY_SQL ]]; then
-		local tries=0 r=
-		while :; do
-			r=$(as_pg "${psql[@]}" -d regression -At -c "$READY_SQL" 2>&1 || true)
-			[[ $r == t ]] && break
-			tries=$((tries + 1))
-			if [[ $tries -ge 120 ]]; then
-				echo "--ready-sql never returned true within 60 s (last answer: $r)" | tee "$dir/FATAL" >&2
-				return 2
+	if [[ $name == candidate ]]; then
+		wait_ready "$dir" || return 2
+		if [[ ${#RESTART_CONF[@]} -gt 0 ]]; then
+			as_pg tee -a "$data/postgresql.conf" <"$WORKDIR/candidate-restart.conf" >/dev/null
+			echo "restart with: $(tr '\n' ' ' <"$WORKDIR/candidate-restart.conf")" >>"$dir/setup.log"
+			if ! as_pg pg_ctl -D "$data" -w -t 120 -m fast -l "$dir/postmaster.log" restart >>"$dir/pg_ctl.log" 2>&1; then
+				cat "$dir/pg_ctl.log" "$dir/postmaster.log" >&2
+				echo "server restart failed" >"$dir/FATAL"; return 2
 			fi
-			sleep 0.5
-		done
-		echo "ready after $tries polls: $READY_SQL" >>"$dir/setup.log"
+			wait_ready "$dir" || return 2
+		fi
 	fi
 	local rc=0
 	(cd "$dir" && as_pg "$PG_REGRESS" --use-existing --host="$sock" --port="$PORT" \
@@ -492,13 +524,20 @@ if [[ $CMK -eq 1 ]]; then
 	chmod 600 "$KEK"
 	[[ $IS_ROOT -eq 1 ]] && chown "$RUN_AS" "$KEK"
 	CAND_CONF=("shared_preload_libraries = 'cmk_storage'" "cmk_storage.key_uri = 'file://$KEK'" ${CAND_CONF[@]+"${CAND_CONF[@]}"})
+	# On versus off: the baseline runs with cmk_storage too, cluster
+	# encryption off, so that the setting is the only difference.
+	if [[ $CLUSTER_ENC -eq 1 ]]; then
+		COMMON_CONF+=("shared_preload_libraries = 'cmk_storage'" "cmk_storage.key_uri = 'file://$KEK'")
+		BASE_SETUP_SQL+=("CREATE EXTENSION cmk_storage")
+	fi
 fi
 mk_conf "$WORKDIR/baseline.conf" ${COMMON_CONF[@]+"${COMMON_CONF[@]}"} --
 mk_conf "$WORKDIR/candidate.conf" ${COMMON_CONF[@]+"${COMMON_CONF[@]}"} ${CAND_CONF[@]+"${CAND_CONF[@]}"} \
 	-- ${CAND_CONF_FILES[@]+"${CAND_CONF_FILES[@]}"}
+mk_conf "$WORKDIR/candidate-restart.conf" ${RESTART_CONF[@]+"${RESTART_CONF[@]}"} --
 mk_sql "$WORKDIR/baseline.sql" ${BASE_SETUP_SQL[@]+"${BASE_SETUP_SQL[@]}"}
 mk_sql "$WORKDIR/candidate.sql" ${SETUP_SQL[@]+"${SETUP_SQL[@]}"}
-[[ $IS_ROOT -eq 1 ]] && chown "$RUN_AS" "$WORKDIR"/{baseline,candidate}.{conf,sql}
+[[ $IS_ROOT -eq 1 ]] && chown "$RUN_AS" "$WORKDIR"/{baseline,candidate}.{conf,sql} "$WORKDIR/candidate-restart.conf"
 
 log "baseline : am=$BASE_AM setup=[$(tr '\n' ' ' <"$WORKDIR/baseline.sql")] conf=[$(tr '\n' ' ' <"$WORKDIR/baseline.conf")]"
 log "candidate: am=$AM setup=[$(tr '\n' ' ' <"$WORKDIR/candidate.sql")] conf=[$(grep -c . "$WORKDIR/candidate.conf" || true) lines]"

@@ -1,0 +1,90 @@
+/*-------------------------------------------------------------------------
+ *
+ * io_int.h
+ *		Declarations shared by the files of the I/O layer (src/io/).
+ *
+ * The boundary below fd.c: everything declared here except the start-up
+ * functions (marked) runs inside the libc calls of PostgreSQL's fd.c, md.c,
+ * xlog.c and copydir.c, sometimes inside a critical section, never in a
+ * signal handler on an encrypted file.  It must not palloc, ereport or elog,
+ * take locks, allocate memory or touch shared memory; a failure is reported
+ * to the caller as -1 with errno set, and the caller's own ereport names the
+ * file, the block and the error.  See docs/io-layer.md.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef CMK_IO_INT_H
+#define CMK_IO_INT_H
+
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "crypto/cmk_crypto.h"
+
+/* What a file holds, decided once from its path when it is opened. */
+typedef enum CmkFileKind
+{
+	CMK_FILE_OTHER = 0,			/* passed through untouched */
+	CMK_FILE_RELATION,			/* a segment of a relation fork */
+	CMK_FILE_WAL,				/* a WAL segment, whatever its name */
+} CmkFileKind;
+
+/* A file's identity: 16 bytes, one fd-table entry. */
+typedef struct CmkFileId
+{
+	uint8		kind;			/* CmkFileKind */
+	uint8		fork;			/* ForkNumber */
+	uint8		temp;			/* a temporary relation (t<backend>_<node>) */
+	uint8		append;			/* opened with O_APPEND */
+	uint32		db;				/* database oid, 0 for global/ */
+	uint32		relnode;		/* relfilenode */
+	uint32		segno;			/* segment number (.1, .2, ...) */
+} CmkFileId;
+
+/* The page both formats work on: BLCKSZ == XLOG_BLCKSZ is checked. */
+#define CMK_IO_PAGE			8192
+
+/* io_classify.c: pure, no I/O.  Start-up: cmk_classify_set_datadir. */
+extern void cmk_classify_set_datadir(const char *datadir);
+extern void cmk_classify(const char *path, int flags, CmkFileId *id);
+
+/* io_fdtable.c.  Start-up: cmk_fdtable_create. */
+extern void cmk_fdtable_create(void);
+extern bool cmk_fdtable_set(int fd, const CmkFileId *id);
+extern void cmk_fdtable_clear(int fd);
+extern const CmkFileId *cmk_fdtable_get(int fd);
+
+/* io_relpage.c.  Start-up: cmk_relpage_init. */
+extern void cmk_relpage_init(const uint8 *key, bool checksums);
+extern bool cmk_relpage_encrypt(const CmkFileId *id, uint32 blkno,
+								const uint8 *plain, uint8 *out);
+extern bool cmk_relpage_decrypt(const CmkFileId *id, uint32 blkno, uint8 *page);
+
+/* io_walpage.c.  Start-up: cmk_walpage_init. */
+extern void cmk_walpage_init(const uint8 *key);
+extern bool cmk_walpage_encrypt(const uint8 *plain, uint8 *out);
+extern bool cmk_walpage_decrypt(uint8 *page);
+
+/* io_got.c.  Start-up only. */
+typedef struct CmkGotSlot
+{
+	const char *name;			/* imported function */
+	void	  **slot;			/* its JUMP_SLOT entry in the main program */
+	bool		other_reloc;	/* also referenced otherwise (address taken) */
+} CmkGotSlot;
+
+extern bool cmk_got_scan(CmkGotSlot *slots, int nslots, char *why, size_t whysize);
+extern bool cmk_got_swap(CmkGotSlot *slots, void *const *replacements,
+						 void **originals, int nslots, char *why, size_t whysize);
+
+/* io_rail.c.  Start-up only; ereport(FATAL) on refusal. */
+extern bool cmk_rail_check_process(void);
+extern void cmk_rail_check_build(void);
+extern void cmk_rail_check_binary(const char *const *wrapped, int nwrapped);
+
+/* io_wrappers.c */
+extern void cmk_wrappers_check(void);	/* start-up: the rail */
+extern void cmk_wrappers_create(void);	/* start-up: bounce buffers */
+extern void cmk_wrappers_install(void); /* start-up: GOT swap */
+
+#endif							/* CMK_IO_INT_H */

@@ -1,0 +1,152 @@
+/*-------------------------------------------------------------------------
+ *
+ * io_layer.c
+ *		Start cluster encryption in the postmaster: checks, key, ciphers,
+ *		tables, and the redirection of the executable's file calls.
+ *
+ * Order matters.  Everything that can refuse (the process, the build, the
+ * binary's imports, the key) is checked before anything is changed, so a
+ * refusal leaves a server that has written nothing.  The key is published
+ * and the XTS contexts are built here, before any child exists: every
+ * process inherits them, and no wrapper ever needs to set up a cipher.
+ *
+ * With cmk_storage.cluster_encryption off no call is redirected; the
+ * postmaster only reads the WAL page of the latest checkpoint, to refuse
+ * with a clear message a cluster whose WAL is encrypted (PostgreSQL would
+ * stop at "invalid info bits" anyway: fail closed either way).  With it on,
+ * the same page tells key_early.c that a missing key directory is a lost
+ * key, never a reason to create one.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "access/xlog.h"
+#include "access/xlog_internal.h"
+#include "common/controldata_utils.h"
+#include "miscadmin.h"
+
+#include "cmk_storage.h"
+#include "io/io_int.h"
+#include "io/io_layer.h"
+#include "keys/key_store.h"
+
+static bool active = false;
+
+bool
+cmk_io_active(void)
+{
+	return active;
+}
+
+static void
+build_ciphers(void)
+{
+	uint8		key[CMK_XTS_KEY_LEN];
+	bool		ok;
+
+	ok = cmk_key_store_derive(CMK_IO_REL_LABEL, key, sizeof(key));
+	if (ok)
+		cmk_relpage_init(key, DataChecksumsEnabled());
+	ok = ok && cmk_key_store_derive(CMK_IO_WAL_LABEL, key, sizeof(key));
+	if (ok)
+		cmk_walpage_init(key);
+	OPENSSL_cleanse(key, sizeof(key));
+	if (!ok)
+		ereport(FATAL,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("cmk_storage: could not derive the cluster encryption keys")));
+}
+
+/*
+ * Whether the latest checkpoint record lies on an encrypted WAL page: the
+ * cluster was running with cluster encryption.  Anything unexpected (no
+ * control file, a missing segment) says no and is left to PostgreSQL's own
+ * start-up checks.  fname receives the segment's name.
+ */
+static bool
+checkpoint_wal_encrypted(char *fname)
+{
+	ControlFileData *cf;
+	bool		crc_ok = false;
+	char		path[MAXPGPATH];
+	XLogSegNo	segno;
+	PGAlignedXLogBlock page;
+	XLogPageHeader hdr = (XLogPageHeader) page.data;
+	bool		encrypted = false;
+	int			fd;
+
+	fname[0] = '\0';
+	cf = get_controlfile(DataDir, &crc_ok);
+	if (!crc_ok || !IsValidWalSegSize(cf->xlog_seg_size))
+	{
+		pfree(cf);
+		return false;
+	}
+	XLByteToSeg(cf->checkPoint, segno, cf->xlog_seg_size);
+	XLogFileName(fname, cf->checkPointCopy.ThisTimeLineID, segno, cf->xlog_seg_size);
+	snprintf(path, sizeof(path), XLOGDIR "/%s", fname);
+	fd = open(path, O_RDONLY | PG_BINARY, 0);
+	if (fd >= 0)
+	{
+		off_t		off = XLogSegmentOffset(cf->checkPoint, cf->xlog_seg_size);
+
+		off -= off % XLOG_BLCKSZ;
+		if (pread(fd, page.data, XLOG_BLCKSZ, off) == XLOG_BLCKSZ &&
+			hdr->xlp_magic == XLOG_PAGE_MAGIC &&
+			(hdr->xlp_info & CMK_XLP_ENCRYPTED) != 0)
+			encrypted = true;
+		close(fd);
+	}
+	pfree(cf);
+	return encrypted;
+}
+
+void
+cmk_io_start(void)
+{
+	CmkError	err;
+
+	char		fname[MAXFNAMELEN];
+	bool		wal_encrypted;
+
+	if (!cmk_cluster_encryption)
+	{
+		if (process_shared_preload_libraries_in_progress && !IsUnderPostmaster &&
+			checkpoint_wal_encrypted(fname))
+			ereport(FATAL,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cmk_storage: this cluster's WAL is encrypted, but cmk_storage.cluster_encryption is off"),
+					 errdetail("The latest checkpoint record, in WAL segment \"%s\", was written with cluster encryption on.", fname),
+					 errhint("Set cmk_storage.cluster_encryption = on and start the server again.")));
+		return;
+	}
+	if (!cmk_rail_check_process())
+		return;
+	cmk_rail_check_build();
+	cmk_wrappers_check();
+
+	/* Encrypted WAL proves a key existed: never make a new one then. */
+	wal_encrypted = checkpoint_wal_encrypted(fname);
+	if (!cmk_key_early_publish(!wal_encrypted, &err))
+		ereport(FATAL,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cmk_storage: cluster encryption needs the data encryption key before recovery: %s",
+						err.message),
+				 err.detail[0] ? errdetail("%s", err.detail) : 0,
+				 err.hint[0] ? errhint("%s", err.hint) : 0));
+	build_ciphers();
+
+	cmk_classify_set_datadir(DataDir);
+	cmk_fdtable_create();
+	cmk_wrappers_create();
+	cmk_wrappers_install();
+	active = true;
+	ereport(LOG,
+			(errmsg("cmk_storage: cluster encryption is on: relation and WAL pages are encrypted")));
+}
