@@ -97,10 +97,19 @@ run_oracle() {
     [ -x "$WORK/test/regress-oracle/run.sh" ] || return 0
     say "PostgreSQL regression suite: heap vs cmk_heap"
     local out
-    out=$("$WORK/test/regress-oracle/run.sh" --am cmk_heap --cmk 2>&1)
+    out=$("$WORK/test/regress-oracle/run.sh" --am cmk_heap --cmk --pg-config "$PG_BINDIR/pg_config" 2>&1)
     echo "$out" | tail -40
     add_summary "$out" ''
+}
 
+# --- the PostgreSQL regression suite with cluster encryption on vs off ----------
+run_oracle_cluster() {
+    [ -x "$WORK/test/regress-oracle/run.sh" ] || return 0
+    say "PostgreSQL regression suite: cluster encryption on vs off"
+    local out
+    out=$("$WORK/test/regress-oracle/run.sh" --cluster-encryption --pg-config "$PG_BINDIR/pg_config" 2>&1)
+    echo "$out" | tail -40
+    add_summary "$out" ''
 }
 
 # --- the Key Vault emulator and the Azure SDK conformance test ------------------
@@ -149,6 +158,7 @@ run_emulator_tests
 run_fuzz
 [ "$MEMCHECK" -eq 1 ] && run_memcheck
 [ "$QUICK" -eq 1 ] || run_oracle
+[ "$QUICK" -eq 1 ] || run_oracle_cluster
 
 echo
 echo "$PASSED passed, $FAILED failed"
