@@ -4,8 +4,9 @@
 # servers then run as the postgres user).  Ends with "N passed, M failed".
 #
 #   scripts/test.sh             all suites
-#   scripts/test.sh --quick     skip the PostgreSQL regression-suite oracle
-#                               and the valgrind memcheck run
+#   scripts/test.sh --quick     skip the PostgreSQL regression-suite oracles
+#                               (heap vs cmk_heap, cluster encryption on vs
+#                               off) and the valgrind memcheck run
 #   scripts/test.sh --memcheck  also with --quick: run scripts/memcheck.sh
 #                               (the cmk_heap workload on a server under
 #                               valgrind memcheck; ~2 minutes), counted as
