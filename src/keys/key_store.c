@@ -292,21 +292,10 @@ cmk_key_store_hmac(CmkKeyPurpose purpose, const uint8 *data, size_t len,
 				   uint8 *mac, uint8 *dek_id)
 {
 	uint8	   *key;
-	bool		have = false;
 	bool		ok;
 
-	if (store == NULL || purpose < 0 || purpose >= CMK_NUM_PURPOSES ||
-		(key = local_mac_page()) == NULL)
-		return false;
-	SpinLockAcquire(&store->mutex);
-	if (store->status.state == CMK_KEY_AVAILABLE)
-	{
-		memcpy(key, store->subkeys[purpose], CMK_SUBKEY_LEN);
-		memcpy(dek_id, store->status.dek_id, CMK_DEK_ID_LEN);
-		have = true;
-	}
-	SpinLockRelease(&store->mutex);
-	if (!have)
+	if (store == NULL || (key = local_mac_page()) == NULL ||
+		!cmk_key_store_subkey(purpose, key, dek_id))
 		return false;
 	ok = cmk_hmac_sha256(key, CMK_SUBKEY_LEN, data, len, mac);
 	OPENSSL_cleanse(key, CMK_SUBKEY_LEN);
