@@ -41,8 +41,9 @@
  *
  * Users are not blocked: a relation is held with AccessShareLock (as a
  * SELECT does) for at most SWEEP_CHUNK blocks at a time, buffers are
- * locked one at a time, and everything is paced by the cost-based delay
- * (io_sweep_state.c).
+ * locked one at a time, everything is paced by the cost-based delay
+ * (io_sweep_state.c), and the per-database worker yields to DDL as an
+ * autovacuum worker does.
  *
  *-------------------------------------------------------------------------
  */
@@ -72,6 +73,8 @@
 #include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
 #include "storage/smgr.h"
 #include "tcop/tcopprot.h"
 #include "utils/lsyscache.h"
@@ -85,10 +88,22 @@
 
 #define SWEEP_CHUNK		1024	/* blocks per lock hold */
 #define SWEEP_RETRY_S	60		/* before a new pass when plaintext is left */
+#define SWEEP_RETRY_SOON_S 5	/* after an interrupted pass */
 #define SWEEP_LOG_FILES 5		/* plaintext files named per verification */
 
 PGDLLEXPORT void cmk_sweep_main(Datum main_arg);
 PGDLLEXPORT void cmk_sweep_db_main(Datum main_arg);
+
+/* lappend_oid into cxt */
+static List *
+lappend_oid_in(MemoryContext cxt, List *list, Oid oid)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+
+	list = lappend_oid(list, oid);
+	MemoryContextSwitchTo(old);
+	return list;
+}
 
 /* bgw_extra of a per-database worker */
 typedef struct SweepDbRequest
@@ -222,6 +237,8 @@ sweep_blocks(Relation rel, ForkNumber fork, BlockNumber start, BlockNumber end,
 static void
 sweep_relation(Oid relid, BufferAccessStrategy strategy, char *page)
 {
+	MemoryContext caller = CurrentMemoryContext;
+
 	for (ForkNumber fork = MAIN_FORKNUM; fork <= MAX_FORKNUM; fork++)
 	{
 		BlockNumber blk = 0;
@@ -238,6 +255,7 @@ sweep_relation(Oid relid, BufferAccessStrategy strategy, char *page)
 			{
 				/* dropped meanwhile: its files are gone with it */
 				CommitTransactionCommand();
+				MemoryContextSwitchTo(caller);
 				return;
 			}
 			if (RelationUsesLocalBuffers(rel) ||
@@ -245,6 +263,7 @@ sweep_relation(Oid relid, BufferAccessStrategy strategy, char *page)
 			{
 				relation_close(rel, AccessShareLock);
 				CommitTransactionCommand();
+				MemoryContextSwitchTo(caller);
 				break;
 			}
 			if (fork == MAIN_FORKNUM && blk == 0)
@@ -261,6 +280,7 @@ sweep_relation(Oid relid, BufferAccessStrategy strategy, char *page)
 								strategy, page);
 			relation_close(rel, AccessShareLock);
 			CommitTransactionCommand();
+			MemoryContextSwitchTo(caller);
 			if (done < Min(nblocks, blk + SWEEP_CHUNK) || done >= nblocks)
 				break;
 			blk = done;
@@ -276,6 +296,7 @@ list_relations(bool shared)
 	TableScanDesc scan;
 	HeapTuple	tup;
 	List	   *oids = NIL;
+	MemoryContext caller = CurrentMemoryContext;	/* outlives the transaction */
 
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -289,12 +310,13 @@ list_relations(bool shared)
 			c->relpersistence == RELPERSISTENCE_TEMP ||
 			(c->relisshared && !shared))
 			continue;
-		oids = lappend_oid(oids, c->oid);
+		oids = lappend_oid_in(caller, oids, c->oid);
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller);
 	list_sort(oids, list_oid_cmp);
 	return oids;
 }
@@ -317,7 +339,22 @@ cmk_sweep_db_main(Datum main_arg)
 											  BGWORKER_BYPASS_ALLOWCONN);
 	cmk_sweep_throttle_setup();
 
+	/*
+	 * Get out of the way as autovacuum does: CREATE DATABASE from this one
+	 * as a template, DROP DATABASE and ALTER DATABASE terminate this worker
+	 * instead of failing with "being accessed by other users", and a lock
+	 * waiter blocked by it cancels it after deadlock_timeout.  The sweep
+	 * takes the database again in a later pass.
+	 */
+	LWLockAcquire(ProcArrayLock, LW_EXCLUSIVE);
+	MyProc->statusFlags |= PROC_IS_AUTOVACUUM;
+	ProcGlobal->statusFlags[MyProc->pgxactoff] = MyProc->statusFlags;
+	LWLockRelease(ProcArrayLock);
+
 	oids = list_relations(req.shared);
+	ereport(DEBUG1,
+			(errmsg_internal("cmk_storage: sweeping %d relations of database %u%s",
+							 list_length(oids), req.db, req.shared ? " and the shared catalogs" : "")));
 	SpinLockAcquire(&cmk_sweep->mutex);
 	cmk_sweep->rels_total = list_length(oids);
 	cmk_sweep->rels_done = 0;
@@ -356,6 +393,7 @@ list_databases(void)
 	TableScanDesc scan;
 	HeapTuple	tup;
 	List	   *oids = NIL;
+	MemoryContext caller = CurrentMemoryContext;	/* outlives the transaction */
 
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -367,12 +405,13 @@ list_databases(void)
 
 		/* an interrupted DROP DATABASE: cannot be connected to */
 		if (!database_is_invalid_form(db))
-			oids = lappend_oid(oids, db->oid);
+			oids = lappend_oid_in(caller, oids, db->oid);
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller);
 	list_sort(oids, list_oid_cmp);
 	return oids;
 }
@@ -429,9 +468,12 @@ sweep_database(Oid db, bool shared)
 	return ok;
 }
 
-static void
+/* Every database; true if every per-database worker finished. */
+static bool
 sweep_relations(void)
 {
+	bool		all = true;
+
 	List	   *dbs = list_databases();
 	ListCell   *lc;
 	int64		total = cmk_count_relation_blocks();
@@ -445,7 +487,7 @@ sweep_relations(void)
 
 	foreach(lc, dbs)
 	{
-		(void) sweep_database(lfirst_oid(lc), foreach_current_index(lc) == 0);
+		all &= sweep_database(lfirst_oid(lc), foreach_current_index(lc) == 0);
 		SpinLockAcquire(&cmk_sweep->mutex);
 		cmk_sweep->dbs_done++;
 		SpinLockRelease(&cmk_sweep->mutex);
@@ -455,6 +497,7 @@ sweep_relations(void)
 	cmk_sweep->relname[0] = '\0';
 	SpinLockRelease(&cmk_sweep->mutex);
 	list_free(dbs);
+	return all;
 }
 
 static void
@@ -517,8 +560,7 @@ void
 cmk_sweep_main(Datum main_arg)
 {
 	bool		connected = false;
-	bool		did_work = false;
-	bool		wal_raced = false;
+	int			retry_s = 0;	/* before the next pass */
 	MemoryContext cxt;
 
 	pqsignal(SIGTERM, die);
@@ -539,6 +581,8 @@ cmk_sweep_main(Datum main_arg)
 
 	for (;;)
 	{
+		bool		finished;
+
 		MemoryContextReset(cxt);
 		SpinLockAcquire(&cmk_sweep->mutex);
 		cmk_sweep->pass++;
@@ -559,7 +603,7 @@ cmk_sweep_main(Datum main_arg)
 			BackgroundWorkerInitializeConnectionByOid(InvalidOid, InvalidOid, 0);
 			connected = true;
 		}
-		if (did_work && !wal_raced)
+		if (retry_s == SWEEP_RETRY_S)
 		{
 			/* a whole pass left plaintext: something it cannot reach */
 			ereport(LOG,
@@ -568,19 +612,27 @@ cmk_sweep_main(Datum main_arg)
 							cmk_sweep->plaintext_file),
 					 errhint("A relation file that no catalog refers to is never rewritten; see cmk_storage.verify_cluster_encryption(). The sweep retries every %d seconds.",
 							 SWEEP_RETRY_S)));
-			wait_seconds(SWEEP_RETRY_S, CMK_SWEEP_WAITING);
 		}
+		if (retry_s > 0)
+			wait_seconds(retry_s, CMK_SWEEP_WAITING);
 
 		cmk_sweep_set_phase(CMK_SWEEP_RELATIONS);
-		sweep_relations();
+		finished = sweep_relations();
 
 		/* the rewritten buffers reach the disk, encrypted */
 		cmk_sweep_set_phase(CMK_SWEEP_CHECKPOINT);
 		RequestCheckpoint(CHECKPOINT_IMMEDIATE | CHECKPOINT_FORCE | CHECKPOINT_WAIT);
 
 		cmk_sweep_set_phase(CMK_SWEEP_WAL);
-		wal_raced = !cmk_sweep_wal();	/* retried at once */
-		did_work = true;
+		finished &= cmk_sweep_wal();
+
+		/*
+		 * A database whose worker was interrupted (it yields to DDL) or a
+		 * WAL segment that changed under the sweep: try again soon.  A
+		 * whole pass that still leaves plaintext: something it cannot
+		 * reach, look again now and then.
+		 */
+		retry_s = finished ? SWEEP_RETRY_S : SWEEP_RETRY_SOON_S;
 	}
 
 	cmk_sweep_set_phase(CMK_SWEEP_COMPLETE);
