@@ -288,6 +288,34 @@ sweep_relation(Oid relid, BufferAccessStrategy strategy, char *page)
 	}
 }
 
+/*
+ * An error in one relation (a damaged page, a cancel by a lock waiter)
+ * skips that relation for this pass, as autovacuum skips a table; the
+ * database then counts as unfinished and is swept again soon.  FATAL
+ * (shutdown) is not caught.  False after an error.
+ */
+static bool
+sweep_relation_guarded(Oid relid, BufferAccessStrategy strategy, char *page)
+{
+	volatile bool ok = true;
+
+	PG_TRY();
+	{
+		sweep_relation(relid, strategy, page);
+	}
+	PG_CATCH();
+	{
+		HOLD_INTERRUPTS();
+		EmitErrorReport();
+		AbortOutOfAnyTransaction();
+		FlushErrorState();
+		RESUME_INTERRUPTS();
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
 /* The relations with storage of this database (and the shared ones). */
 static List *
 list_relations(bool shared)
@@ -330,6 +358,7 @@ cmk_sweep_db_main(Datum main_arg)
 	BufferAccessStrategy strategy;
 	char	   *page;
 	MemoryContext cxt;
+	bool		ok = true;
 
 	memcpy(&req, MyBgworkerEntry->bgw_extra, sizeof(req));
 	pqsignal(SIGTERM, die);
@@ -367,10 +396,9 @@ cmk_sweep_db_main(Datum main_arg)
 								ALLOCSET_DEFAULT_SIZES);
 	foreach(lc, oids)
 	{
-		MemoryContext old = MemoryContextSwitchTo(cxt);
-
-		sweep_relation(lfirst_oid(lc), strategy, page);
-		MemoryContextSwitchTo(old);
+		MemoryContextSwitchTo(cxt);
+		ok &= sweep_relation_guarded(lfirst_oid(lc), strategy, page);
+		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextReset(cxt);
 		SpinLockAcquire(&cmk_sweep->mutex);
 		cmk_sweep->rels_done++;
@@ -378,7 +406,7 @@ cmk_sweep_db_main(Datum main_arg)
 	}
 
 	SpinLockAcquire(&cmk_sweep->mutex);
-	cmk_sweep->db_ok = true;
+	cmk_sweep->db_ok = ok;
 	SpinLockRelease(&cmk_sweep->mutex);
 	proc_exit(0);
 }
