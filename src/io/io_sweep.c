@@ -23,10 +23,12 @@
  *	 3. a checkpoint, so that those buffers reach the disk (encrypted);
  *	 4. WAL: the plaintext segments are replaced by encrypted copies
  *		(io_sweep_wal.c);
- *	 5. back to 1, at once after a pass that did something, after
- *		SWEEP_RETRY_S when plaintext is left that the sweep cannot reach
- *		(a relation file no catalog knows, a page it cannot read): the log
- *		names the file.
+ *	 5. back to 1; if plaintext is still found, the next pass starts after
+ *		SWEEP_RETRY_SOON_S when this one was interrupted (a database
+ *		worker that yielded to DDL, a relation that failed, a WAL segment
+ *		that changed under it), after SWEEP_RETRY_S otherwise: then the
+ *		plaintext is something the sweep cannot reach (a relation file no
+ *		catalog knows), and the log names a file.
  *
  * Nothing is persisted: a restart begins again at 1, and a pass skips
  * every encrypted page after a raw read, without the buffer manager or
