@@ -86,7 +86,7 @@ sub wait_complete
 }
 
 # --- a cluster used with cluster encryption off ------------------------------
-my $node = cmk_node('online', $kek, init => { extra => ['--data-checksums'] });
+my $node = cmk_node('online', $kek, init => { allows_streaming => 1, extra => ['--data-checksums'] });
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION cmk_storage');
 is(wait_key_settled($node)->{state}, 'available', 'key created with cluster encryption off');
@@ -210,6 +210,21 @@ is_deeply(\%now, \%before, 'all data is as before');
 ok(wait_complete($node), 'complete again after a restart (verified anew)');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM cmk_storage.verify_cluster_encryption()'), '0',
 	'and still nothing in clear');
+
+# --- a standby verifies, and rewrites nothing ---------------------------------
+$node->safe_psql('postgres', 'DROP TABLE tt; DROP TABLESPACE ts');    # a plain backup copy
+$node->backup('b');
+my $standby = PostgreSQL::Test::Cluster->new('standby');
+$standby->init_from_backup($node, 'b', has_streaming => 1);
+$standby->start;
+ok($standby->poll_query_until('postgres',
+	q{SELECT phase IN ('standby: verifying only', 'complete') FROM cmk_storage.cluster_encryption_progress}),
+	'the standby only verifies');
+is($standby->safe_psql('postgres',
+	q{SELECT p.blocks_rewritten, p.wal_segments_rewritten, s.cluster_encryption = p.state
+	    FROM cmk_storage.cluster_encryption_progress p, cmk_storage.status s}),
+	'0|0|t', 'and rewrites nothing');
+$standby->stop;
 $node->stop;
 
 # --- a new cluster started with the setting on: initdb's plaintext goes -----
