@@ -187,6 +187,18 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM cmk_storage.verify_cluster
 	'the check on demand finds nothing');
 like(slurp_file($node->logfile), qr/LOG:  cmk_storage: cluster encryption is complete/, 'the log says so');
 
+# separation of duties: cmk_key_admin reads it, PUBLIC does not
+$node->safe_psql('postgres', 'CREATE ROLE dba LOGIN; CREATE ROLE keyadmin LOGIN IN ROLE cmk_key_admin');
+is($node->safe_psql('postgres',
+	'SELECT s.cluster_encryption, p.phase FROM cmk_storage.status s, cmk_storage.cluster_encryption_progress p',
+	extra_params => [ '-U', 'keyadmin' ]), 'complete|complete', 'cmk_key_admin reads the status and the progress');
+for my $q ('SELECT * FROM cmk_storage.cluster_encryption_progress',
+	'SELECT * FROM cmk_storage.verify_cluster_encryption()')
+{
+	my ($ret, $out, $err) = $node->psql('postgres', $q, extra_params => [ '-U', 'dba' ]);
+	like($err, qr/permission denied/, "PUBLIC: $q refused");
+}
+
 is($node->safe_psql('postgres',
 	q{SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT sum(delta) FROM pgbench_history)
 	     AND (SELECT sum(bbalance) FROM pgbench_branches) = (SELECT sum(delta) FROM pgbench_history)
