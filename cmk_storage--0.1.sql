@@ -52,12 +52,45 @@ BEGIN ATOMIC
                     WHERE c.oid = rel AND a.amname = 'cmk_heap');
 END;
 
+-- Cluster encryption: 'off', 'in progress' (plaintext from before may be
+-- left; the sweep is at work) or 'complete' (verified: no relation page and
+-- no WAL page under the data directory is plaintext).  docs/io-layer.md.
+CREATE FUNCTION cluster_encryption_state()
+RETURNS text
+AS 'MODULE_PATHNAME', 'cmk_cluster_encryption_state'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
+
+CREATE FUNCTION cluster_encryption_progress_raw(
+    OUT state text, OUT phase text, OUT pass integer,
+    OUT databases_done integer, OUT databases_total integer,
+    OUT current_database text, OUT current_relation text,
+    OUT relations_done bigint, OUT relations_total bigint,
+    OUT blocks_scanned bigint, OUT blocks_total bigint, OUT blocks_rewritten bigint,
+    OUT wal_segments_done integer, OUT wal_segments_total integer,
+    OUT wal_segments_rewritten integer, OUT plaintext_pages_found bigint,
+    OUT started timestamptz, OUT updated timestamptz, OUT completed timestamptz)
+RETURNS record
+AS 'MODULE_PATHNAME', 'cmk_cluster_encryption_progress'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
+
+CREATE VIEW cluster_encryption_progress AS SELECT * FROM cluster_encryption_progress_raw();
+
+-- The check behind 'complete', on demand: every relation file and WAL
+-- segment holding plaintext pages (none when complete).  Reads the whole
+-- cluster.
+CREATE FUNCTION verify_cluster_encryption(
+    OUT file text, OUT plaintext_pages bigint, OUT first_page bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'cmk_verify_cluster_encryption'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
+
 CREATE OR REPLACE VIEW status AS
     SELECT s.*,
            (SELECT count(*)
               FROM pg_catalog.pg_class c
               JOIN pg_catalog.pg_am a ON a.oid = c.relam
-             WHERE a.amname = 'cmk_heap' AND c.relkind <> 't') AS encrypted_relations
+             WHERE a.amname = 'cmk_heap' AND c.relkind <> 't') AS encrypted_relations,
+           cluster_encryption_state() AS cluster_encryption
       FROM key_status() s;
 
 -- Key administration: re-wrap (rotation), re-validation, the audit trail.
@@ -141,3 +174,9 @@ REVOKE ALL ON FUNCTION key_status(), rotate_key(text), check_key(), key_events_r
 REVOKE ALL ON status, key_events FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION key_status(), rotate_key(text), check_key(), key_events_raw(), self_test(), create_key(boolean), upgrade_nonce_epochs() TO cmk_key_admin;
 GRANT SELECT ON status, key_events TO cmk_key_admin;
+
+-- Cluster encryption: the sweep's state, progress and check (docs/io-layer.md).
+REVOKE ALL ON FUNCTION cluster_encryption_state(), cluster_encryption_progress_raw(), verify_cluster_encryption() FROM PUBLIC;
+REVOKE ALL ON cluster_encryption_progress FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION cluster_encryption_state(), cluster_encryption_progress_raw(), verify_cluster_encryption() TO cmk_key_admin;
+GRANT SELECT ON cluster_encryption_progress TO cmk_key_admin;

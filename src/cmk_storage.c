@@ -24,6 +24,7 @@
 #include "am/cmkam.h"
 #include "cmk_storage.h"
 #include "io/io_layer.h"
+#include "io/io_sweep.h"
 #include "keys/key_audit.h"
 #include "keys/key_guard.h"
 #include "keys/key_provider.h"
@@ -75,6 +76,7 @@ cmk_shmem_request(void)
 	RequestAddinShmemSpace(cmk_audit_shmem_size());
 	RequestAddinShmemSpace(cmk_guard_shmem_size());
 	cmk_epochs_shmem_request();
+	RequestAddinShmemSpace(cmk_sweep_shmem_size());
 }
 
 static void
@@ -86,6 +88,7 @@ cmk_shmem_startup(void)
 	cmk_audit_shmem_init();
 	cmk_guard_shmem_init();
 	cmk_epochs_shmem_init();
+	cmk_sweep_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -250,6 +253,7 @@ define_settings(void)
 							NULL, NULL, NULL);
 
 	cmk_stream_register();
+	cmk_sweep_define_settings();
 
 	MarkGUCPrefixReserved("cmk_storage");
 }
@@ -266,6 +270,8 @@ _PG_init(void)
 	cmk_key_store_create();
 	/* Before any child exists: the startup process may need the key. */
 	cmk_io_start();
+	if (cmk_io_active())
+		cmk_sweep_register();
 	cmk_key_worker_register();
 	cmk_wal_register();
 

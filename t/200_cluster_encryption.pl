@@ -113,6 +113,14 @@ for my $rel (qw(t t_pkey t_v_key t_big s mv tt moved u))
 }
 ok($seen > 20, "checked $seen pages");
 
+# What was written before the switch (initdb's catalogs and WAL included)
+# is swept too (t/205 checks it page by page).
+ok($node->poll_query_until('postgres',
+	q{SELECT cluster_encryption = 'complete' FROM cmk_storage.status}),
+	'cluster encryption reaches complete');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM cmk_storage.verify_cluster_encryption()'),
+	'0', 'no relation page or WAL page is left in clear');
+
 # --- the independent decoder (scripts/cmk_page_ref.py) ----------------------
 SKIP:
 {
