@@ -289,6 +289,7 @@ for my $n ($coord, @workers)
 }
 is(scalar(keys %dek), 4, 'each node has its own DEK');
 is(scalar(keys %{ { map { $_->[2] => 1 } @rows } }), 1, 'one KEK for all nodes');
+my $rows_kek = $rows[0][2];
 ($rc, $out, $err) = $coord->psql('postgres', "SET ROLE app; $cks");
 like($err, qr/permission denied for function cluster_key_status/, 'cluster_key_status: only for cmk_key_admin');
 
@@ -314,6 +315,19 @@ $w2->safe_psql('postgres', 'SELECT cmk_storage.check_key()');
 $w2->poll_query_until('postgres', q{SELECT state = 'available' FROM cmk_storage.key_status()})
   or die 'worker2 never healed';
 is($q->('SELECT count(*) FROM secrets'), '1000', 'key back on worker2: healed without a restart');
+
+# Rotation across the cluster (docs/citus.md): every node re-wraps its DEK
+# with the new KEK, from the coordinator.
+my $kek2 = new_kek("$tmp/kek2.pem");
+is($coord->safe_psql('postgres', qq{SET ROLE keyadmin;
+SELECT count(*) FROM run_command_on_all_nodes(\$\$SELECT cmk_storage.rotate_key('file://$kek2')\$\$)
+ WHERE success AND result LIKE 're-wrapped with %'}), '4', 'rotate_key on every node through run_command_on_all_nodes');
+@rows = map { [ split /\|/ ] } split /\n/,
+  $coord->safe_psql('postgres', 'SET ROLE keyadmin; SELECT nodeport, kek_id, dek_id FROM cmk_storage.cluster_key_status()');
+is(scalar(keys %{ { map { $_->[1] => 1 } @rows } }), 1, 'rotated: one KEK for all nodes');
+isnt($rows[0][1], $rows_kek, 'rotated: a new KEK');
+is(scalar(grep { $dek{ $_->[2] } } @rows), 4, 'rotated: each node keeps its DEK');
+is($q->('SELECT count(*) FROM secrets'), '1000', 'rotated: cmk_heap data readable');
 
 # --- intermediate results: base/pgsql_job_cache -------------------------------------
 # A CTE Citus computes once and ships to the workers as an intermediate
