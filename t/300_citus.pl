@@ -329,6 +329,15 @@ isnt($rows[0][1], $rows_kek, 'rotated: a new KEK');
 is(scalar(grep { $dek{ $_->[2] } } @rows), 4, 'rotated: each node keeps its DEK');
 is($q->('SELECT count(*) FROM secrets'), '1000', 'rotated: cmk_heap data readable');
 
+# A node that cannot answer is reported, not skipped.
+$w3->stop;
+@rows = map { [ split /\|/, $_, 3 ] } split /\n/, $coord->safe_psql('postgres',
+	'SET ROLE keyadmin; SELECT nodeport, state, reason FROM cmk_storage.cluster_key_status()');
+my ($down) = grep { $_->[0] == $w3->port } @rows;
+is($down->[1], 'error', 'cluster_key_status: a stopped worker has the state error');
+like($down->[2], qr/\S/, '... and its error as reason') or diag($down->[2]);
+$w3->start;
+
 # --- intermediate results: base/pgsql_job_cache -------------------------------------
 # A CTE Citus computes once and ships to the workers as an intermediate
 # result file, held open in a transaction while the directories are read.
