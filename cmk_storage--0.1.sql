@@ -180,3 +180,70 @@ REVOKE ALL ON FUNCTION cluster_encryption_state(), cluster_encryption_progress_r
 REVOKE ALL ON cluster_encryption_progress FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION cluster_encryption_state(), cluster_encryption_progress_raw(), verify_cluster_encryption() TO cmk_key_admin;
 GRANT SELECT ON cluster_encryption_progress TO cmk_key_admin;
+
+-- Every node's key state in a Citus cluster (docs/citus.md): the
+-- cmk_storage.status of each active node, read as the calling role through
+-- Citus's run_command_on_all_nodes, with the node's name and port.  Without
+-- Citus, one row for this server.  A node whose status cannot be read (the
+-- library not preloaded there, no cmk_key_admin membership, unreachable)
+-- appears with the state 'error' and the node's error message as reason.
+-- The calling role needs cmk_key_admin on every node (Citus propagates the
+-- role and its membership when both are granted on the coordinator).
+CREATE FUNCTION cluster_key_status(
+    OUT nodeid integer,
+    OUT nodename text,
+    OUT nodeport integer,
+    OUT state text,
+    OUT reason text,
+    OUT kek_id text,
+    OUT dek_id text,
+    OUT cluster_encryption boolean)
+RETURNS SETOF record
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    local_status constant text :=
+        $q$SELECT json_build_object('state', state, 'reason', reason, 'kek_id', kek_id,
+                                    'dek_id', dek_id, 'cluster_encryption',
+                                    current_setting('cmk_storage.cluster_encryption', true)::boolean)
+             FROM cmk_storage.status$q$;
+    r record;
+    j json;
+BEGIN
+    IF to_regprocedure('pg_catalog.run_command_on_all_nodes(text,boolean,boolean)') IS NULL THEN
+        EXECUTE local_status INTO j;
+        RETURN QUERY SELECT NULL::integer, NULL::text, NULL::integer, j->>'state', j->>'reason',
+                            j->>'kek_id', j->>'dek_id', (j->>'cluster_encryption')::boolean;
+        RETURN;
+    END IF;
+    -- Late bound: Citus may be installed after cmk_storage.
+    FOR r IN EXECUTE
+        'SELECT c.nodeid, n.nodename, n.nodeport, c.success, c.result
+           FROM pg_catalog.run_command_on_all_nodes($1) c
+           LEFT JOIN pg_catalog.pg_dist_node n ON n.nodeid = c.nodeid
+          ORDER BY c.nodeid' USING local_status
+    LOOP
+        nodeid := r.nodeid;
+        nodename := r.nodename;
+        nodeport := r.nodeport;
+        IF r.success THEN
+            j := r.result::json;
+            state := j->>'state';
+            reason := j->>'reason';
+            kek_id := j->>'kek_id';
+            dek_id := j->>'dek_id';
+            cluster_encryption := (j->>'cluster_encryption')::boolean;
+        ELSE
+            state := 'error';
+            reason := r.result;
+            kek_id := NULL;
+            dek_id := NULL;
+            cluster_encryption := NULL;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$fn$;
+REVOKE ALL ON FUNCTION cluster_key_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION cluster_key_status() TO cmk_key_admin;

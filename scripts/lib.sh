@@ -40,6 +40,14 @@ build_and_install() {
     make -C "$REPO" -s PG_CONFIG="$PG_BINDIR/pg_config" install >/dev/null || die "make install failed (run as root)"
 }
 
+# Citus 13.2.2 for t/300_citus.pl, in the server copy under test
+# (scripts/citus.sh: a no-op when installed, the build tree cached under
+# /var/cache/cmk_storage/citus; a first build takes ~2.5 minutes on 2 cores).
+ensure_citus() {
+    say "Citus for t/300_citus.pl (scripts/citus.sh)"
+    bash "$REPO/scripts/citus.sh" "$PG_BINDIR/pg_config"
+}
+
 # A scratch directory the postgres user owns; PostgreSQL refuses to run as root.
 make_workdir() {
     local d

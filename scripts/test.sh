@@ -6,7 +6,9 @@
 #   scripts/test.sh             all suites
 #   scripts/test.sh --quick     skip the PostgreSQL regression-suite oracles
 #                               (heap vs cmk_heap, cluster encryption on vs
-#                               off) and the valgrind memcheck run
+#                               off), the valgrind memcheck run and the
+#                               Citus build (t/300_citus.pl then runs only
+#                               if Citus is installed already, else skips)
 #   scripts/test.sh --memcheck  also with --quick: run scripts/memcheck.sh
 #                               (the cmk_heap workload on a server under
 #                               valgrind memcheck; ~2 minutes), counted as
@@ -153,6 +155,15 @@ run_memcheck() {
     fi
 }
 
+# The full run installs Citus for t/300_citus.pl; a failed build counts as a
+# failed test rather than letting the test skip.
+if [ "$QUICK" -eq 0 ]; then
+    if ensure_citus; then
+        echo "citus build ... ok"; add 1 0
+    else
+        echo "citus build ... FAILED"; add 0 1
+    fi
+fi
 run_pg_regress
 run_tap
 run_emulator_tests

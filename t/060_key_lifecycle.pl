@@ -68,6 +68,7 @@ cmp_ok($elapsed // 99, '<', 5, 'within a few check intervals');
 my ($ret, $out, $err) = $primary->psql('postgres', 'SELECT count(*) FROM acct');
 like($err, qr/cannot access encrypted relation "acct": the data encryption key is unavailable: could not open key file/,
 	'revoked: reads fail with the reason');
+unlike($err, qr/\Q$kek1\E/, 'revoked: the client is not told where the key file is');
 ($ret, $out, $err) = $primary->psql('postgres', 'INSERT INTO acct VALUES (5000, 1, NULL)');
 like($err, qr/data encryption key is unavailable/, 'revoked: writes fail too');
 is($primary->safe_psql('postgres', 'SELECT 1'), '1', 'revoked: server still up');

@@ -347,6 +347,39 @@ cmk_key_state_name(CmkKeyState state)
 }
 
 /*
+ * The reason without file-system paths, for errors sent to SQL clients.  A
+ * client of a Citus coordinator receives a worker's error as it is, and no
+ * client needs to learn where a server keeps its key file; the full reason
+ * stays in cmk_storage.status (cmk_key_admin only) and in the key worker's
+ * log lines.  Each double-quoted string that starts with '/' is dropped,
+ * with the space before it ("could not open key file: No such file ...").
+ */
+static void
+reason_for_client(const char *reason, char *out, size_t outsize)
+{
+	const char *p = reason;
+	size_t		o = 0;
+
+	while (*p && o + 1 < outsize)
+	{
+		const char *q = (p[0] == ' ' && p[1] == '"') ? p + 1 : p;
+
+		if (q[0] == '"' && q[1] == '/')
+		{
+			const char *end = strchr(q + 1, '"');
+
+			if (end)
+			{
+				p = end + 1;
+				continue;
+			}
+		}
+		out[o++] = *p++;
+	}
+	out[o] = '\0';
+}
+
+/*
  * ERROR out with the reason the key cannot be used.  relname, when given,
  * names the relation whose data was wanted.
  */
@@ -354,8 +387,10 @@ void
 cmk_report_key_unavailable(const char *relname)
 {
 	CmkKeyStatus st;
+	char		reason[sizeof(st.reason)];
 
 	cmk_key_store_status(&st);
+	reason_for_client(st.reason, reason, sizeof(reason));
 	if (st.state == CMK_KEY_NOT_CONFIGURED)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -375,8 +410,8 @@ cmk_report_key_unavailable(const char *relname)
 					 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 relname ?
 			 errmsg("cannot access encrypted relation \"%s\": the data encryption key is unavailable: %s",
-					relname, st.reason) :
-			 errmsg("the data encryption key is unavailable: %s", st.reason),
+					relname, reason) :
+			 errmsg("the data encryption key is unavailable: %s", reason),
 			 st.detail[0] ? errdetail("%s", st.detail) : 0,
 			 st.hint[0] ? errhint("%s", st.hint) : 0));
 }
