@@ -12,7 +12,8 @@
 # package) takes seconds instead of the ~2.5 minutes of a build.
 #
 # The source is the tarball of tag v13.2.2: $CITUS_TARBALL, else the copy in
-# ../shared/vendor beside the repository, else the cache, else downloaded
+# ../shared/vendor beside the repository (or /work/shared/vendor, where the
+# project's machines keep it), else the cache, else downloaded
 # from GitHub; in every case it must have the SHA-256 below.  Citus 13.2.2 is
 # the last Citus for PostgreSQL 15 and needs one patch for 15.20 and later
 # (see below).  Build dependencies are installed with apt-get when missing
@@ -55,7 +56,7 @@ fi
 mkdir -p "$cache"
 tarball=""
 for t in "${CITUS_TARBALL:-}" "$repo/../shared/vendor/citus-$CITUS_VERSION.tar.gz" \
-    "$cache/citus-$CITUS_VERSION.tar.gz"; do
+    "/work/shared/vendor/citus-$CITUS_VERSION.tar.gz" "$cache/citus-$CITUS_VERSION.tar.gz"; do
     [ -n "$t" ] && [ -f "$t" ] && { tarball=$t; break; }
 done
 if [ -z "$tarball" ]; then
