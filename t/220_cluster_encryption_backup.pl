@@ -278,5 +278,21 @@ $pitr->safe_psql('postgres', 'CHECKPOINT');
 is(scalar(@hits), 0, 'no value in the recovered cluster\'s relation files') or diag(join("\n", @hits));
 $pitr->stop;
 
+# --- checksum verification reads the stored page ---------------------------
+# A bit flipped in the ciphertext of a block on disk: pg_basebackup's
+# verification of the page as sent reports it, as on any cluster.
+$primary->stop;
+my $tfile = $primary->data_dir . "/$tpath";
+my $bytes = slurp_bytes($tfile);
+substr($bytes, 8192 + 4000, 1) = chr(ord(substr($bytes, 8192 + 4000, 1)) ^ 0x01);
+spew_bytes($tfile, $bytes);
+$primary->start;
+my ($out, $err) = ('', '');
+IPC::Run::run([ 'pg_basebackup', '-D', "$bdir/damaged", '-X', 'fetch', '-c', 'fast', '--no-sync',
+	'-h', $primary->host, '-p', $primary->port ], '>', \$out, '2>', \$err);
+isnt($?, 0, 'pg_basebackup fails on a flipped bit in an encrypted page');
+like($err, qr/checksum verification failed in file "\.\/\Q$tpath\E", block 1/,
+	'and names the file and the block') or diag $err;
+
 $primary->stop;
 done_testing();
