@@ -241,19 +241,36 @@ $standby->safe_psql('postgres', 'CHECKPOINT');    # a restartpoint writes the re
 is(scalar(@hits), 0, 'no value anywhere in the standby\'s data directory') or diag(join("\n", @hits));
 ok(all_pages_marked($standby->data_dir . "/$tpath") > 10, 'the standby\'s table pages carry the marker');
 
+# A backup of the standby with -X stream.  It starts at the standby's last
+# restartpoint (no segment switch in recovery), before the value below was
+# written, so the WAL it streams holds that value: in clear (the documented
+# limit), while its relation files are copies of the standby's, encrypted.
+my $v = random_marker('DURING');
+$primary->safe_psql('postgres', "INSERT INTO t VALUES (40000, '$v', NULL)");
+$primary->wait_for_catchup($standby, 'replay');
+my $sbk = "$bdir/from_standby";
+$standby->command_ok([ 'pg_basebackup', '-D', $sbk, '-X', 'stream', '-c', 'fast', '--no-sync' ],
+	'pg_basebackup -X stream from the standby');
+@hits = map { files_containing("$sbk/$_", @all, @u, @a, $v) } qw(base global);
+is(scalar(@hits), 0, 'backup of the standby: no value in its relation files') or diag(join("\n", @hits));
+ok(scalar(files_containing("$sbk/pg_wal", $v)) > 0,
+	'backup of the standby, -X stream: a value written after its start is in clear in its pg_wal (documented limit)');
+($enc, $clear) = wal_pages("$sbk/pg_wal");
+ok($enc == 0 && $clear > 0, "and none of its WAL pages is encrypted ($clear pages)");
+
 $standby->promote;
 $standby->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()') or die;
 my $p = random_marker('PROMOTED');
 $standby->safe_psql('postgres', "INSERT INTO t VALUES (30000, '$p', NULL); CHECKPOINT");
-is($standby->safe_psql('postgres', "SELECT count(*) FROM t WHERE v LIKE '$a[0]%' OR v = '$p'"), '301',
+is($standby->safe_psql('postgres', "SELECT count(*) FROM t WHERE v LIKE '$a[0]%' OR v IN ('$p', '$v')"), '302',
 	'the promoted standby reads and writes');
-@hits = files_containing($standby->data_dir, @all, @u, @a, $p);
+@hits = files_containing($standby->data_dir, @all, @u, @a, $v, $p);
 is(scalar(@hits), 0, 'no value anywhere in the promoted standby\'s data directory') or diag(join("\n", @hits));
 $standby->stop;
 
 # --- point-in-time recovery from a cp archive ----------------------------------
 my $last = archive_current_segment($primary);
-@hits = files_containing($arch, @all, @u, @a);
+@hits = files_containing($arch, @all, @u, @a, $v);
 is(scalar(@hits), 0, 'the cp archive holds no value in clear') or diag(join("\n", @hits));
 my $seg = slurp_bytes("$arch/$last");
 ok(unpack('v', substr($seg, 2, 2)) & 0x4000, "the archived segment $last is encrypted (WAL page marker)");
