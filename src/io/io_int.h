@@ -48,6 +48,9 @@ typedef struct CmkFileId
 extern void cmk_classify_set_datadir(const char *datadir);
 extern void cmk_classify(const char *path, int flags, CmkFileId *id);
 
+/* io_rawcopy.c: pure, no I/O.  A base backup's copy reads as stored. */
+extern bool cmk_rawcopy_wanted(const CmkFileId *id, int flags);
+
 /* io_fdtable.c.  Start-up: cmk_fdtable_create. */
 extern void cmk_fdtable_create(void);
 extern bool cmk_fdtable_set(int fd, const CmkFileId *id);

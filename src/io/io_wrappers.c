@@ -293,6 +293,9 @@ cmk_open(const char *path, int flags,...)
 	if (fd < 0)
 		return fd;
 	cmk_classify(path, flags, &id);
+	/* a base backup copies relation and WAL files as stored */
+	if (cmk_rawcopy_wanted(&id, flags))
+		id.kind = CMK_FILE_OTHER;
 	if (id.kind == CMK_FILE_OTHER)
 		cmk_fdtable_clear(fd);
 	else if (!cmk_fdtable_set(fd, &id))
