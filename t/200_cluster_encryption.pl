@@ -32,6 +32,10 @@ my $fm = random_marker('FRESH');
 $fresh->safe_psql('postgres', "CREATE TABLE f AS SELECT '$fm'::text AS v; CHECKPOINT");
 is(scalar(map { files_containing($fresh->data_dir . "/$_", $fm) } qw(base global pg_wal)), 0,
 	'a new cluster encrypts from its first start');
+is($fresh->safe_psql('postgres', 'SHOW wal_log_hints'), 'on',
+	'without data checksums the layer turns wal_log_hints on (torn pages)');
+like(slurp_file($fresh->logfile), qr/LOG:  cmk_storage: wal_log_hints is turned on for cluster encryption/,
+	'and says so in the log');
 $fresh->restart;
 is($fresh->safe_psql('postgres', 'SELECT v FROM f'), $fm, 'and reads back after a restart');
 $fresh->stop;

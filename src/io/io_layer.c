@@ -30,6 +30,7 @@
 #include "access/xlog_internal.h"
 #include "common/controldata_utils.h"
 #include "miscadmin.h"
+#include "utils/guc.h"
 
 #include "cmk_storage.h"
 #include "io/io_int.h"
@@ -107,6 +108,30 @@ checkpoint_wal_encrypted(char *fname)
 	return encrypted;
 }
 
+/*
+ * Torn pages.  PostgreSQL survives a page torn at a 4 kB boundary (a power
+ * loss, a base backup copying a page as it is written) because WAL replay
+ * restores it from the full-page image of its first change after the
+ * checkpoint, and a tear inside a page that only gained hint bits leaves two
+ * valid halves.  An encrypted page torn anywhere decrypts to noise in the
+ * 16-byte XTS block that straddles the tear, so hint-bit-only writes need a
+ * full-page image too: that is what data checksums or wal_log_hints give
+ * (and on a standby, where no WAL can be written, they keep hint bits from
+ * dirtying pages at all).  Without checksums, turn wal_log_hints on rather
+ * than refuse: it is the only safe value, and its cost is the FPIs.
+ */
+static void
+require_hint_fpis(void)
+{
+	if (DataChecksumsEnabled() || wal_log_hints)
+		return;
+	SetConfigOption("wal_log_hints", "on", PGC_POSTMASTER, PGC_S_OVERRIDE);
+	ereport(LOG,
+			(errmsg("cmk_storage: wal_log_hints is turned on for cluster encryption"),
+			 errdetail("A torn encrypted page can be repaired only from a full-page image in WAL, and hint-bit changes get one only with data checksums or wal_log_hints."),
+			 errhint("Set wal_log_hints = on in postgresql.conf to make this explicit.")));
+}
+
 void
 cmk_io_start(void)
 {
@@ -141,6 +166,7 @@ cmk_io_start(void)
 				 err.detail[0] ? errdetail("%s", err.detail) : 0,
 				 err.hint[0] ? errhint("%s", err.hint) : 0));
 	build_ciphers();
+	require_hint_fpis();
 
 	cmk_classify_set_datadir(DataDir);
 	cmk_fdtable_create();
