@@ -25,6 +25,7 @@
 #include "cmk_storage.h"
 #include "io/io_layer.h"
 #include "keys/key_audit.h"
+#include "keys/key_gate.h"
 #include "keys/key_guard.h"
 #include "keys/key_provider.h"
 #include "keys/key_store.h"
@@ -266,6 +267,8 @@ _PG_init(void)
 	cmk_key_store_create();
 	/* Before any child exists: the startup process may need the key. */
 	cmk_io_start();
+	if (cmk_io_active())
+		cmk_gate_install();
 	cmk_key_worker_register();
 	cmk_wal_register();
 
