@@ -1,0 +1,165 @@
+# Revocation with cluster encryption (docs/operations.md, "Revocation with
+# cluster encryption"): under pgbench, a revoked key encryption key (the key
+# file moved away) makes the server refuse new connections, client and
+# replication, with the documented error and end every session, without a
+# PANIC or a restart; restoring the file lets clients in again by itself;
+# every committed transaction is there, and still there after a kill -9 of
+# the postmaster and crash recovery.
+use strict;
+use warnings;
+use File::Copy;
+use IPC::Run;
+use Time::HiRes qw(usleep);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use CmkTest;
+
+# Orphans (the postmaster after pg_ctl exits, its children after a kill -9)
+# become our children, so that we can reap them: some container inits do
+# not, and a zombie postmaster keeps its lock file "in use".
+syscall(157, 36, 1);    # prctl(PR_SET_CHILD_SUBREAPER, 1), x86-64
+
+my $tmp = PostgreSQL::Test::Utils::tempdir;
+my $kek = new_kek("$tmp/kek.pem");
+my $node = cmk_node('revoke', $kek, init => { allows_streaming => 1 },
+	conf => qq{
+cmk_storage.cluster_encryption = on
+cmk_storage.key_check_interval = 2s
+log_error_verbosity = verbose
+});
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION cmk_storage');
+is(wait_key_settled($node)->{state}, 'available', 'key available, cluster encryption on');
+
+# Each committed pgbench transaction adds the next row of its client, so a
+# lost commit shows as a gap and pgbench's count bounds the rows from below.
+my $clients = 3;
+$node->safe_psql('postgres',
+	'CREATE TABLE acked (client int, n int, pad text, PRIMARY KEY (client, n))');
+spew_bytes("$tmp/load.sql", q{BEGIN;
+SELECT coalesce(max(n), 0) + 1 AS n FROM acked WHERE client = :client_id \gset
+INSERT INTO acked VALUES (:client_id, :n, repeat('x', 300));
+COMMIT;
+});
+my ($pb_out, $pb_err) = ('', '');
+my $pgbench = IPC::Run::start(
+	[ 'pgbench', '-n', '-c', $clients, '-T', '600', '-f', "$tmp/load.sql",
+		'-h', $node->host, '-p', $node->port, 'postgres' ],
+	'>', \$pb_out, '2>', \$pb_err);
+
+# An idle session that stays connected.
+my ($in, $out, $err) = ('', '', '');
+my $idle = IPC::Run::start([ 'psql', '-XAtq', '-h', $node->host, '-p', $node->port, 'postgres' ],
+	'<', \$in, '>', \$out, '2>', \$err);
+$in .= "SELECT pg_backend_pid();\n";
+IPC::Run::pump($idle) until $out =~ /^(\d+)$/m;
+my $idle_pid = $1;
+
+$node->poll_query_until('postgres', 'SELECT count(*) >= 300 FROM acked')
+  or die 'pgbench did not commit anything';
+my $pm_pid = (split /\n/, slurp_file($node->data_dir . '/postmaster.pid'))[0];
+my $loglen = -s $node->logfile;
+
+# --- revoke ---------------------------------------------------------------------
+move($kek, "$kek.away") or die;
+
+# Poll (bounded, no timing assertion) until a new connection is refused.
+my ($ret, $so, $se);
+for (1 .. 10 * $PostgreSQL::Test::Utils::timeout_default)
+{
+	($ret, $so, $se) = $node->psql('postgres', 'SELECT 1');
+	last if $ret != 0;
+	usleep(100_000);
+}
+isnt($ret, 0, 'a new connection is refused after the revocation');
+like($se,
+	qr/FATAL:  the database system is not accepting connections: the data encryption key is unavailable: could not open key file "\Q$kek\E": No such file or directory\nDETAIL:  Cluster encryption is on: .*\nHINT:  Check cmk_storage.key_uri .* Connections are accepted again by themselves/,
+	'with the key problem, what it means and the hint');
+my $log = substr(slurp_file($node->logfile), $loglen);
+like($log, qr/FATAL:  57P03: the database system is not accepting connections: the data encryption key is unavailable/,
+	'SQLSTATE 57P03 (cannot_connect_now)');
+my ($rret, $rso, $rse) = $node->psql('postgres', 'IDENTIFY_SYSTEM', replication => 'database');
+isnt($rret, 0, 'a replication connection is refused too');
+like($rse, qr/not accepting connections: the data encryption key is unavailable/, 'with the same error');
+
+# pgbench's sessions are ended: it stops.
+ok($pgbench->finish || 1, 'pgbench stopped');
+like($pb_err, qr/FATAL:  terminating connection because the data encryption key is unavailable: could not open key file/,
+	'pgbench sessions were ended, naming the key as the cause');
+my ($processed) = $pb_out =~ /number of transactions actually processed: (\d+)/;
+ok(defined $processed && $processed > 0, "pgbench committed transactions before ($processed)")
+  or diag($pb_out . $pb_err);
+
+# The idle session is ended too.
+my $gone = 0;
+for (1 .. 10 * $PostgreSQL::Test::Utils::timeout_default)
+{
+	$gone = !kill(0, $idle_pid);
+	last if $gone;
+	usleep(100_000);
+}
+ok($gone, 'the idle session was ended');
+$in .= "SELECT 1;\n";
+$idle->finish;
+like($err, qr/FATAL:  terminating connection because the data encryption key is unavailable/,
+	'and its client was told why');
+
+$log = substr(slurp_file($node->logfile), $loglen);
+like($log, qr/WARNING:  55000: cmk_storage: data encryption key unavailable: could not open key file/,
+	'the key worker confirmed the revocation');
+like($log, qr/WARNING:  55000: cmk_storage: the data encryption key is unavailable: refusing connections and ending sessions/,
+	'and closed the gate');
+unlike($log, qr/PANIC/, 'no PANIC');
+unlike($log, qr/server process .* was terminated by signal|all server processes terminated; reinitializing/,
+	'no crash and no restart of the cluster');
+ok(kill(0, $pm_pid), 'the postmaster is still up');
+my $aux = `ps -o args= --ppid $pm_pid`;
+like($aux, qr/checkpointer/, 'the checkpointer keeps running');
+like($aux, qr/walwriter/, 'the WAL writer keeps running');
+
+# Still refused a while later (the gate stays closed while the key is gone).
+($ret, $so, $se) = $node->psql('postgres', 'SELECT count(*) FROM acked');
+like($se, qr/not accepting connections/, 'still refused while the key is gone');
+
+# --- restore ----------------------------------------------------------------------
+$loglen = -s $node->logfile;
+move("$kek.away", $kek) or die;
+my $back = 0;
+for (1 .. 10 * $PostgreSQL::Test::Utils::timeout_default)
+{
+	($ret, $so, $se) = $node->psql('postgres', 'SELECT 1');
+	$back = $ret == 0;
+	last if $back;
+	usleep(100_000);
+}
+ok($back, 'connections are accepted again by themselves once the key file is back');
+is(key_status($node)->{state}, 'available', 'the key is available');
+like(substr(slurp_file($node->logfile), $loglen),
+	qr/LOG:  00000: cmk_storage: the data encryption key is available again: accepting connections/,
+	'the log says so');
+
+# Every committed transaction is there, without gaps.
+my $rows = $node->safe_psql('postgres',
+	'SELECT count(*), sum(CASE WHEN n = max_n THEN 1 ELSE 0 END) FROM (SELECT client, n, max(n) OVER (PARTITION BY client) AS max_n, count(*) OVER (PARTITION BY client) AS c FROM acked) s WHERE c = max_n');
+my ($total, $clients_ok) = split /\|/, $rows;
+is($clients_ok, $clients, 'each pgbench client\'s rows are 1..k without a gap');
+ok($total >= $processed && $total <= $processed + $clients,
+	"every committed transaction is there ($total rows, pgbench acknowledged $processed)");
+$node->safe_psql('postgres', "INSERT INTO acked VALUES (-1, 1, 'after')");
+is($node->safe_psql('postgres', 'SELECT count(*) FROM acked'), $total + 1, 'writes work again');
+
+# --- a crash after the cycle ---------------------------------------------------------
+my $before = $node->safe_psql('postgres', 'SELECT client, count(*), max(n) FROM acked GROUP BY client ORDER BY client');
+$node->kill9;
+1 while waitpid(-1, 0) > 0;    # the postmaster and its orphaned children
+$loglen = -s $node->logfile;
+$node->start;
+like(substr(slurp_file($node->logfile), $loglen), qr/database system was interrupted(.|\n)*redo (starts|done)/,
+	'crash recovery ran after kill -9 of the postmaster');
+is($node->safe_psql('postgres', 'SELECT client, count(*), max(n) FROM acked GROUP BY client ORDER BY client'),
+	$before, 'every committed row is there after the crash');
+unlike(slurp_file($node->logfile), qr/PANIC/, 'no PANIC at any point');
+$node->stop;
+
+done_testing();
