@@ -83,8 +83,18 @@ my ($rret, $rso, $rse) = $node->psql('postgres', 'IDENTIFY_SYSTEM', replication 
 isnt($rret, 0, 'a replication connection is refused too');
 like($rse, qr/not accepting connections: the data encryption key is unavailable/, 'with the same error');
 
-# pgbench's sessions are ended: it stops.
-ok($pgbench->finish || 1, 'pgbench stopped');
+# pgbench's sessions are ended: it stops (-T 600 would keep it running).
+my $stopped = 0;
+for (1 .. 10 * $PostgreSQL::Test::Utils::timeout_default)
+{
+	$pgbench->pump_nb;
+	$stopped = !$pgbench->pumpable;
+	last if $stopped;
+	usleep(100_000);
+}
+ok($stopped, 'pgbench stopped: its sessions were ended');
+$pgbench->kill_kill unless $stopped;
+$pgbench->finish;
 like($pb_err, qr/FATAL:  terminating connection because the data encryption key is unavailable: could not open key file/,
 	'pgbench sessions were ended, naming the key as the cause');
 my ($processed) = $pb_out =~ /number of transactions actually processed: (\d+)/;
@@ -159,6 +169,36 @@ like(substr(slurp_file($node->logfile), $loglen), qr/database system was interru
 	'crash recovery ran after kill -9 of the postmaster');
 is($node->safe_psql('postgres', 'SELECT client, count(*), max(n) FROM acked GROUP BY client ORDER BY client'),
 	$before, 'every committed row is there after the crash');
+
+# --- revoked on purpose: stop the server, which then needs the key to start --
+# Rows still dirty in shared buffers when the key goes: the shutdown
+# checkpoint must write them through the layer during the revocation.
+$node->safe_psql('postgres', "INSERT INTO acked SELECT -2, g, 'dirty' FROM generate_series(1, 2000) g");
+my $final = $node->safe_psql('postgres', 'SELECT count(*) FROM acked');
+move($kek, "$kek.away") or die;
+for (1 .. 10 * $PostgreSQL::Test::Utils::timeout_default)
+{
+	($ret, $so, $se) = $node->psql('postgres', 'SELECT 1');
+	last if $ret != 0;
+	usleep(100_000);
+}
+like($se, qr/not accepting connections: the data encryption key is unavailable/, 'revoked again');
+$loglen = -s $node->logfile;
+$node->stop('fast');
+like(substr(slurp_file($node->logfile), $loglen), qr/checkpoint complete(.|\n)*database system is shut down/,
+	'a fast shutdown during the revocation writes its checkpoint');
+$loglen = -s $node->logfile;
+ok(!$node->start(fail_ok => 1), 'the server does not start while the key is revoked');
+like(substr(slurp_file($node->logfile), $loglen),
+	qr/FATAL:  \w+: cmk_storage: cluster encryption needs the data encryption key before recovery: could not open key file/,
+	'and says why');
+move("$kek.away", $kek) or die;
+$loglen = -s $node->logfile;
+$node->start;
+like(substr(slurp_file($node->logfile), $loglen), qr/database system was shut down at/,
+	'with the key back it starts from the clean shutdown, without redo');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM acked'), $final,
+	'every row committed before the revocation is there');
 unlike(slurp_file($node->logfile), qr/PANIC/, 'no PANIC at any point');
 $node->stop;
 
