@@ -32,6 +32,12 @@ $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION cmk_storage');
 is(wait_key_settled($node)->{state}, 'available', 'key available, cluster encryption on');
 
+# A streaming standby with the same key (its own key worker checks it).
+$node->backup('b1');
+my $standby = PostgreSQL::Test::Cluster->new('standby');
+$standby->init_from_backup($node, 'b1', has_streaming => 1);
+$standby->start;
+
 # Each committed pgbench transaction adds the next row of its client, so a
 # lost commit shows as a gap and pgbench's count bounds the rows from below.
 my $clients = 3;
@@ -128,6 +134,24 @@ my $aux = `ps -o args= --ppid $pm_pid`;
 like($aux, qr/checkpointer/, 'the checkpointer keeps running');
 like($aux, qr/walwriter/, 'the WAL writer keeps running');
 
+# The standby: its own gate closes, its walsender on the primary was ended,
+# replay goes on.
+my $sb_refused = 0;
+for (1 .. 10 * $PostgreSQL::Test::Utils::timeout_default)
+{
+	($ret, $so, $se) = $standby->psql('postgres', 'SELECT 1');
+	$sb_refused = $ret != 0 && $se =~ /not accepting connections: the data encryption key is unavailable/;
+	last if $sb_refused;
+	usleep(100_000);
+}
+ok($sb_refused, 'the standby refuses connections too');
+like(substr(slurp_file($node->logfile), $loglen),
+	qr/standby FATAL:  57P01: terminating connection because the data encryption key is unavailable/,
+	'the walsender serving the standby was ended');
+my $sblog = slurp_file($standby->logfile);
+unlike($sblog, qr/PANIC|startup process .* exited|all server processes terminated/,
+	'the standby\'s startup process keeps running');
+
 # Still refused a while later (the gate stays closed while the key is gone).
 ($ret, $so, $se) = $node->psql('postgres', 'SELECT count(*) FROM acked');
 like($se, qr/not accepting connections/, 'still refused while the key is gone');
@@ -158,6 +182,11 @@ ok($total >= $processed && $total <= $processed + $clients,
 	"every committed transaction is there ($total rows, pgbench acknowledged $processed)");
 $node->safe_psql('postgres', "INSERT INTO acked VALUES (-1, 1, 'after')");
 is($node->safe_psql('postgres', 'SELECT count(*) FROM acked'), $total + 1, 'writes work again');
+$node->wait_for_catchup($standby, 'replay');
+$standby->poll_query_until('postgres', 'SELECT true') or die 'the standby does not accept connections';
+is($standby->safe_psql('postgres', 'SELECT count(*) FROM acked'), $total + 1,
+	'the standby reconnected by itself and caught up');
+$standby->stop;
 
 # --- a crash after the cycle ---------------------------------------------------------
 my $before = $node->safe_psql('postgres', 'SELECT client, count(*), max(n) FROM acked GROUP BY client ORDER BY client');

@@ -57,17 +57,6 @@ static bool logged_closed = false;
 #define GATE_RESUME \
 	"Connections are accepted again by themselves at the first successful key check after that (cmk_storage.key_check_interval)."
 
-bool
-cmk_gate_closed(void)
-{
-	CmkKeyStatus st;
-
-	if (!gate_installed)
-		return false;
-	cmk_key_store_status(&st);
-	return st.state != CMK_KEY_AVAILABLE;
-}
-
 /* The hint: what the provider says to do, and that service resumes. */
 static char *
 gate_hint(const CmkKeyStatus *st)

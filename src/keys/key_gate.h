@@ -16,9 +16,6 @@
 /* postmaster, _PG_init, only once the I/O layer is on */
 extern void cmk_gate_install(void);
 
-/* whether the gate is installed and the key is not available */
-extern bool cmk_gate_closed(void);
-
 /*
  * key worker, after every check and every CMK_GATE_SWEEP_MS while closed:
  * logs each change of the gate and, while it is closed, ends the processes
