@@ -4,7 +4,10 @@
 # replication, with the documented error and end every session, without a
 # PANIC or a restart; restoring the file lets clients in again by itself;
 # every committed transaction is there, and still there after a kill -9 of
-# the postmaster and crash recovery.
+# the postmaster and crash recovery.  A streaming standby with the same key
+# closes too, keeps replaying, and catches up after healing.  Revoked again,
+# the server stops cleanly (its shutdown checkpoint written through the
+# layer), refuses to start without the key, and starts with it.
 use strict;
 use warnings;
 use File::Copy;
