@@ -112,6 +112,25 @@ ended_while_closed(BackendType type, Oid database)
 }
 
 /*
+ * Whether this process's "terminating" FATAL may be reworded: it must come
+ * from ProcessInterrupts, outside any signal handler, because rewording
+ * reads the key store under its spinlock.  Backends, walsenders, autovacuum
+ * workers and PostgreSQL's own background workers (parallel, logical
+ * replication) handle SIGTERM with die(), which only sets a flag.  An
+ * extension's worker may use bgworker_die(), which raises the FATAL inside
+ * the handler: its message is left as it is, and the key worker's WARNING
+ * names the cause.
+ */
+static bool
+rewordable(void)
+{
+	if (MyBackendType == B_BG_WORKER)
+		return MyBgworkerEntry != NULL && OidIsValid(MyDatabaseId) &&
+			strcmp(MyBgworkerEntry->bgw_library_name, "postgres") == 0;
+	return ended_while_closed(MyBackendType, MyDatabaseId);
+}
+
+/*
  * A process the key worker ended reports PostgreSQL's "terminating ... due
  * to administrator command" (ERRCODE_ADMIN_SHUTDOWN) FATAL: name the key
  * instead.  While the gate is closed no client can connect to issue
@@ -125,13 +144,13 @@ gate_emit_log(ErrorData *edata)
 	const char *reason;
 
 	if (edata->elevel == FATAL && edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN &&
-		ended_while_closed(MyBackendType, MyDatabaseId))
+		rewordable())
 	{
 		cmk_key_store_status(&st);
 		if (st.state != CMK_KEY_AVAILABLE)
 		{
 			reason = st.reason[0] ? st.reason : cmk_key_state_name(st.state);
-			if (MyBackendType == B_BG_WORKER && MyBgworkerEntry)
+			if (MyBackendType == B_BG_WORKER)
 				edata->message = psprintf("terminating background worker \"%s\" because the data encryption key is unavailable: %s",
 										  MyBgworkerEntry->bgw_type, reason);
 			else if (MyBackendType == B_AUTOVAC_WORKER)
