@@ -26,6 +26,7 @@
 #include "io/io_layer.h"
 #include "io/io_sweep.h"
 #include "keys/key_audit.h"
+#include "keys/key_gate.h"
 #include "keys/key_guard.h"
 #include "keys/key_provider.h"
 #include "keys/key_store.h"
@@ -271,7 +272,10 @@ _PG_init(void)
 	/* Before any child exists: the startup process may need the key. */
 	cmk_io_start();
 	if (cmk_io_active())
+	{
 		cmk_sweep_register();
+		cmk_gate_install();
+	}
 	cmk_key_worker_register();
 	cmk_wal_register();
 

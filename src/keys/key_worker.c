@@ -41,6 +41,7 @@
 #include "cmk_storage.h"
 #include "keys/control_file.h"
 #include "keys/key_audit.h"
+#include "keys/key_gate.h"
 #include "keys/key_guard.h"
 #include "keys/key_store.h"
 #include "keys/key_wal.h"
@@ -543,6 +544,7 @@ cmk_key_worker_main(Datum main_arg)
 {
 	int			retry_ms = RETRY_MIN_MS;
 	TimestampTz next_check;
+	bool		gate_closed;
 	char		msg[CMK_ERR_MSG];
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -575,6 +577,7 @@ cmk_key_worker_main(Datum main_arg)
 		cmk_key_store_unavailable(CMK_KEY_NOT_CONFIGURED, NULL, NULL);
 	else
 		(void) start_key();
+	gate_closed = cmk_gate_tick();
 	next_check = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 											 key_live ? cmk_key_check_interval_s * 1000 : retry_ms);
 
@@ -584,6 +587,9 @@ cmk_key_worker_main(Datum main_arg)
 		TimestampTz now = GetCurrentTimestamp();
 
 		timeout = TimestampDifferenceMilliseconds(now, next_check);
+		/* While revoked, end sessions that slipped in (key_gate.c). */
+		if (gate_closed)
+			timeout = Min(timeout, CMK_GATE_SWEEP_MS);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 Max(timeout, 1), PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
@@ -617,6 +623,7 @@ cmk_key_worker_main(Datum main_arg)
 													 key_live ? cmk_key_check_interval_s * 1000 :
 													 Min(retry_ms, cmk_key_check_interval_s * 1000));
 		}
+		gate_closed = cmk_gate_tick();
 	}
 	proc_exit(0);
 }
