@@ -2,7 +2,10 @@
 # Quick start, end to end: install what is missing, build and install
 # cmk_storage, create a cluster whose key is wrapped by a local RSA key file,
 # create an encrypted table next to a plain one, and show that the encrypted
-# table's file holds no plaintext while the plain one's does.
+# table's file holds no plaintext while the plain one's and its index's do.
+# Then turn cluster encryption on, let the sweep encrypt what was written
+# before, and show that no relation file (the index included) and no WAL
+# segment holds plaintext any more.
 #
 #   scripts/quickstart.sh                 key from a local RSA key file
 #   scripts/quickstart.sh --azure         key in the local Azure Key Vault emulator,
@@ -110,6 +113,43 @@ if [ "$enc_hits" -ne 0 ] || [ "$plain_hits" -eq 0 ]; then
     status=1
 else
     echo "OK: the encrypted table's file holds no plaintext"
+fi
+
+# --- cluster encryption: every relation page and every WAL page -------------
+psql_q -q -c "CREATE INDEX public_notes_note ON public_notes (note)" -c "CHECKPOINT"
+idx_file="$DIR/data/$(psql_q -Atc "SELECT pg_relation_filepath('public_notes_note')")"
+echo "before: lines with 'public note' in the index file: $(grep -c -a 'public note' "$idx_file" || true)"
+
+say "cluster encryption on: restart; the sweep encrypts what was written before"
+psql_q -q -c "ALTER SYSTEM SET cmk_storage.cluster_encryption = on"
+as_pg pg_ctl -D "$DIR/data" -l "$DIR/server.log" -w restart >/dev/null
+state=
+for _ in $(seq 1200); do
+    state=$(psql_q -Atc "SELECT cluster_encryption FROM cmk_storage.status" 2>/dev/null || true)
+    [ "$state" = complete ] && break
+    sleep 0.25
+done
+psql_q -x -c "SELECT s.cluster_encryption, p.blocks_scanned, p.blocks_rewritten,
+                     p.wal_segments_rewritten, p.plaintext_pages_found
+                FROM cmk_storage.status s, cmk_storage.cluster_encryption_progress p"
+psql_q -q -c "INSERT INTO public_notes SELECT g, 'public note #' || g FROM generate_series(10001, 20000) g" \
+          -c "CHECKPOINT"
+
+idx_file="$DIR/data/$(psql_q -Atc "SELECT pg_relation_filepath('public_notes_note')")"
+plain_file="$DIR/data/$(psql_q -Atc "SELECT pg_relation_filepath('public_notes')")"
+idx_hits=$(grep -c -a 'public note' "$idx_file" || true)
+tab_hits=$(grep -c -a 'public note' "$plain_file" || true)
+wal_hits=$(cat "$DIR"/data/pg_wal/0* | grep -c -a -e 'public note' -e 'confidential diagnosis' || true)
+echo "after:  lines with 'public note' in the index file ($idx_file): $idx_hits"
+echo "        lines with 'public note' in the table file ($plain_file): $tab_hits"
+echo "        lines with either value in the WAL segments ($(ls "$DIR"/data/pg_wal/0* | wc -l) files): $wal_hits"
+echo "first bytes of an index page:"
+od -A d -c "$idx_file" | sed -n '520,523p'
+if [ "$state" != complete ] || [ "$idx_hits" -ne 0 ] || [ "$tab_hits" -ne 0 ] || [ "$wal_hits" -ne 0 ]; then
+    echo "UNEXPECTED: cluster encryption is '$state', or plaintext is left (see the counts above)" >&2
+    status=1
+else
+    echo "OK: cluster encryption is complete: no index, table or WAL file holds plaintext"
 fi
 
 if [ "$KEEP" -eq 1 ]; then
