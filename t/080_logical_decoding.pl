@@ -1,12 +1,14 @@
 # Logical decoding of cmk_heap tables is decrypted inside the server: the
 # same workload run in a database whose tables are heap and in one whose
-# tables are cmk_heap gives byte-identical test_decoding output (inserts,
+# tables are cmk_heap gives byte-identical test_decoding output: inserts,
 # updates and deletes under every REPLICA IDENTITY, TOAST values new and
-# old, COPY's multi-insert, ON CONFLICT, TRUNCATE, a column added inside a
-# transaction, a transaction large enough to be spilled to disk, two-phase
-# PREPARE / COMMIT PREPARED / ROLLBACK PREPARED, streaming).  With the key
-# revoked, decoding fails with the key's error and emits nothing; with the
-# key back, the same changes come out: none is skipped.
+# old, COPY's multi-insert, ON CONFLICT, TRUNCATE, table rewrites (VACUUM
+# FULL, ALTER COLUMN TYPE, one followed by an update in its transaction), a
+# column added inside a transaction, a transaction large enough to be
+# spilled to disk, two-phase PREPARE / COMMIT PREPARED / ROLLBACK PREPARED,
+# streaming.  With the key revoked, decoding fails with the key's error and
+# emits nothing; with the key back, the same changes come out: none is
+# skipped.
 use strict;
 use warnings;
 use File::Copy qw(move);
@@ -93,6 +95,13 @@ UPDATE r_def SET n = 0 WHERE id BETWEEN 1000 AND 1100;
 COMMIT;
 TRUNCATE r_idx;
 INSERT INTO r_idx VALUES (3, 'k3', 'after truncate');
+VACUUM FULL r_def;
+ALTER TABLE r_ext ALTER COLUMN id TYPE bigint;
+INSERT INTO r_ext VALUES (7, BIG('r'));
+BEGIN;
+ALTER TABLE r_full ALTER COLUMN v TYPE varchar(100);
+UPDATE r_full SET v = 'after rewrite' WHERE id = 20;
+COMMIT;
 BEGIN;
 INSERT INTO r_def VALUES (20, 'prepared', 20, BIG('p'));
 DELETE FROM r_def WHERE id = 1;
@@ -182,7 +191,7 @@ $node->safe_psql('de', qq{INSERT INTO r_ext VALUES (5, repeat('m', 5000)); UPDAT
 my $msgs = $node->safe_psql('de',
 	q{SELECT string_agg(data, E'\n') FROM pg_logical_slot_get_changes('s_de', NULL, NULL, 'include-xids', '0')});
 unlike($msgs, qr/cmk_storage|message:/, 'no cmk_storage message reaches the output plugin');
-like($msgs, qr/r_ext: INSERT: id\[integer\]:5 big\[text\]:'m{5000}'/, 'TOASTed insert decoded');
+like($msgs, qr/r_ext: INSERT: id\[bigint\]:5 big\[text\]:'m{5000}'/, 'TOASTed insert decoded');
 
 is($node->safe_psql('de', 'SELECT cmk_storage.mark_for_decoding()'), '0', 'mark_for_decoding(): no legacy mark');
 $node->safe_psql($_, qq{SELECT pg_drop_replication_slot('s_$_')}) for qw(dh de);

@@ -425,6 +425,7 @@ reassemble(TxnState *ts, Relation toastrel, struct varlena *ptr, bool old,
 		SET_VARSIZE(value, extsize + VARHDRSZ);
 
 	indirect = palloc0(INDIRECT_POINTER_SIZE);
+	scratch_add(scratch, indirect, INDIRECT_POINTER_SIZE);
 	redirect.pointer = value;
 	SET_VARTAG_EXTERNAL(indirect, VARTAG_INDIRECT);
 	memcpy(VARDATA_EXTERNAL(indirect), &redirect, sizeof(redirect));
