@@ -264,6 +264,7 @@ _PG_init(void)
 {
 	define_settings();
 	cmk_publication_guard_init();
+	cmk_decode_init();
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;

@@ -17,7 +17,8 @@
  *		cmkam_slot.c		the slot type that decrypts lazily per column
  *		cmkam_indexbuild.c	index build and validation scans
  *		cmkam_rewrite.c		CLUSTER / VACUUM FULL
- *		cmkam_logical.c		keeps cmk_heap tables out of logical decoding
+ *		cmkam_logical.c		publication DDL: clears marks of older releases
+ *		cmkam_decode.c		logical decoding: plaintext for output plugins
  *		cmkam_verify.c		verify_relation(): amcheck's heap checks and ours
  *
  * Format and invariants: docs/tuple-format.md.  The nonce epochs the
@@ -444,6 +445,11 @@ extern void cmkam_relation_copy_for_cluster(Relation OldHeap, Relation NewHeap,
 
 /* cmkam_logical.c */
 extern void cmk_publication_guard_init(void);
+
+/* cmkam_decode.c */
+extern void cmk_decode_init(void);
+extern void cmk_decode_log_old_tuple(Relation rel, HeapTuple old_cipher,
+									 HeapTuple old_plain);
 
 /* cmkam_handler.c */
 extern const TableAmRoutine *cmk_heap_routine(void);

@@ -195,10 +195,18 @@ cmkam_tuple_lock(Relation rel, ItemPointer tid, Snapshot snapshot,
 				 TM_FailureData *tmfd)
 {
 	TM_Result	result;
+	ItemPointerData target = *tid;
 
+	/*
+	 * tid may point into slot (the apply worker passes &slot->tts_tid), and
+	 * clearing the slot invalidates it: lock through a copy, and hand back
+	 * the version heap moved it to (TUPLE_LOCK_FLAG_FIND_LAST_VERSION), as
+	 * heap does.
+	 */
 	ExecClearTuple(slot);
-	result = HEAP_ROUTINE()->tuple_lock(rel, tid, snapshot, cmk_slot_raw(slot), cid,
+	result = HEAP_ROUTINE()->tuple_lock(rel, &target, snapshot, cmk_slot_raw(slot), cid,
 										mode, wait_policy, flags, tmfd);
+	*tid = target;
 	/* heap fills the slot on most results; callers may read it */
 	if (!TTS_EMPTY(cmk_slot_raw(slot)))
 		cmk_slot_adopt_raw(slot, rel, NULL, false);

@@ -109,6 +109,14 @@ save_value(Relation rel, Datum value, int options)
 		toast_pointer.va_extinfo = data_todo;
 	}
 
+	/*
+	 * As heap's rewrites do: chunks of a transient rewrite heap are no
+	 * change a logical decoder wants (its rows are skipped), and would only
+	 * pile up in the decoder's memory (cmkam_decode.c).
+	 */
+	if (OidIsValid(rel->rd_rel->relrewrite))
+		options |= HEAP_INSERT_NO_LOGICAL;
+
 	toast_pointer.va_toastrelid = RelationGetRelid(toastrel);
 	toast_pointer.va_valueid =
 		GetNewOidWithIndex(toastrel,

@@ -23,6 +23,7 @@
 #include "access/tupdesc.h"
 #include "access/xlog.h"
 #include "access/xact.h"
+#include "catalog/catalog.h"
 #include "storage/bufmgr.h"
 #include "utils/memutils.h"
 
@@ -101,19 +102,6 @@ encrypt_slot(Relation rel, TupleTableSlot *slot, int options,
 	return cipher;
 }
 
-/*
- * A relation not yet marked for logical decoding (cmkam_logical.c: created
- * earlier in this very statement, as by CREATE TABLE AS) gets no logical
- * tuple data in WAL, so no decoder ever sees its ciphertext.
- */
-static inline int
-logical_options(Relation rel, int options)
-{
-	if (XLogLogicalInfoActive() && !OidIsValid(rel->rd_rel->relrewrite))
-		options |= HEAP_INSERT_NO_LOGICAL;
-	return options;
-}
-
 void
 cmkam_tuple_insert(Relation rel, TupleTableSlot *slot, CommandId cid,
 				   int options, BulkInsertState bistate)
@@ -121,7 +109,6 @@ cmkam_tuple_insert(Relation rel, TupleTableSlot *slot, CommandId cid,
 	struct CmkToastState *st;
 	HeapTuple	cipher = encrypt_slot(rel, slot, options, &st);
 
-	options = logical_options(rel, options);
 	heap_insert(rel, cipher, cid, options, bistate);
 	cmk_toast_finish(st, true);
 	stamp_slot(slot, cipher);
@@ -339,6 +326,15 @@ cmkam_tuple_delete(Relation rel, ItemPointer tid, CommandId cid,
 {
 	TM_Result	result;
 
+	/* What a logical decoder needs to decrypt the old key heap logs. */
+	if (XLogLogicalInfoActive() && RelationIsLogicallyLogged(rel))
+	{
+		HeapTuple	old_cipher = cmk_read_cipher_tuple(rel, tid);
+
+		cmk_decode_log_old_tuple(rel, old_cipher, NULL);
+		heap_freetuple(old_cipher);
+	}
+
 	result = heap_delete(rel, tid, cid, crosscheck, wait, tmfd, changingPart);
 
 	/* heap_delete left the tuple in place with xmax set; drop its TOAST. */
@@ -397,6 +393,7 @@ cmkam_tuple_update(Relation rel, ItemPointer otid, TupleTableSlot *slot,
 	slot->tts_tableOid = RelationGetRelid(rel);
 	cipher->t_tableOid = slot->tts_tableOid;
 
+	cmk_decode_log_old_tuple(rel, old_cipher, old_plain);
 	result = heap_update(rel, otid, cipher, cid, crosscheck, wait, tmfd, lockmode);
 
 	/* As heapam_tuple_update: the new TID even on failure. */
