@@ -2,6 +2,14 @@
 
 \echo Use "CREATE EXTENSION cmk_storage" to load this file. \quit
 
+-- Refuse, with the fix in the hint, unless the library is in
+-- shared_preload_libraries: without it no key can ever be loaded.
+CREATE FUNCTION require_preload() RETURNS void
+AS 'MODULE_PATHNAME', 'cmk_require_preload'
+LANGUAGE C STRICT;
+SELECT require_preload();
+DROP FUNCTION require_preload();
+
 -- Key state: identifiers and reasons only, never key material.
 CREATE FUNCTION key_status(
     OUT state text,

@@ -51,10 +51,13 @@ ensure_packages() {
 # Build and install the extension (incremental: no 'make clean', other people
 # may be building in the same tree).
 build_and_install() {
-    say "building and installing cmk_storage (make -C $REPO install)"
+    # PG_CONFIG of the server under test: a relocated copy (PG_BINDIR) gets
+    # the module, never the system installation.
+    local pgc="$PG_BINDIR/pg_config"
+    say "building and installing cmk_storage (make -C $REPO PG_CONFIG=$pgc install)"
     local log
     log=$(mktemp)
-    if ! make -C "$REPO" -s >"$log" 2>&1 || ! make -C "$REPO" -s install >>"$log" 2>&1; then
+    if ! make -C "$REPO" -s PG_CONFIG="$pgc" >"$log" 2>&1 || ! make -C "$REPO" -s PG_CONFIG="$pgc" install >>"$log" 2>&1; then
         cat "$log" >&2; rm -f "$log"
         die "build/install failed"
     fi

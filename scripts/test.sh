@@ -4,11 +4,12 @@
 # servers then run as the postgres user).  Ends with "N passed, M failed".
 #
 #   scripts/test.sh             all suites
-#   scripts/test.sh --quick     skip the PostgreSQL regression-suite oracles
-#                               (heap vs cmk_heap, cluster encryption on vs
-#                               off), the valgrind memcheck run and the
-#                               Citus build (t/300_citus.pl then runs only
-#                               if Citus is installed already, else skips)
+#   scripts/test.sh --quick     skip the PostgreSQL regression- and
+#                               isolation-suite oracles (heap vs cmk_heap,
+#                               cluster encryption on vs off), the valgrind
+#                               memcheck run and the Citus build
+#                               (t/300_citus.pl then runs only if Citus is
+#                               installed already, else skips)
 #   scripts/test.sh --memcheck  also with --quick: run scripts/memcheck.sh
 #                               (the cmk_heap workload on a server under
 #                               valgrind memcheck; ~2 minutes), counted as
@@ -115,6 +116,18 @@ run_oracle_cluster() {
     add_summary "$out" ''
 }
 
+# --- the PostgreSQL isolation suite: heap vs cmk_heap, cluster encryption on vs off
+# (the same oracle with --suite isolation; each run keeps its own output)
+run_oracle_isolation() {
+    [ -x "$WORK/test/regress-oracle/run.sh" ] || return 0
+    local mode=$1 label=$2 out
+    say "PostgreSQL isolation suite: $label"
+    out=$("$WORK/test/regress-oracle/run.sh" --suite isolation "$mode" \
+        --output "$WORK/oracle-isolation-${mode#--}" --pg-config "$PG_BINDIR/pg_config" 2>&1)
+    echo "$out" | tail -40
+    add_summary "$out" ''
+}
+
 # --- the Key Vault emulator and the Azure SDK conformance test ------------------
 run_emulator_tests() {
     [ -d "$WORK/emulator/conformance" ] || return 0
@@ -171,6 +184,8 @@ run_fuzz
 [ "$MEMCHECK" -eq 1 ] && run_memcheck
 [ "$QUICK" -eq 1 ] || run_oracle
 [ "$QUICK" -eq 1 ] || run_oracle_cluster
+[ "$QUICK" -eq 1 ] || run_oracle_isolation --cmk "heap vs cmk_heap"
+[ "$QUICK" -eq 1 ] || run_oracle_isolation --cluster-encryption "cluster encryption on vs off"
 
 echo
 echo "$PASSED passed, $FAILED failed"

@@ -7,8 +7,9 @@
  * cmk_storage must be loaded through shared_preload_libraries: the key
  * memory is mapped by the postmaster so that every process inherits it,
  * and the key worker and the resource manager are registered here.  Loaded
- * any other way, the module still defines its settings but encrypted data
- * stays unavailable.
+ * any other way, the module still defines its settings (but the
+ * postmaster-only one) while encrypted data stays unavailable, and CREATE
+ * EXTENSION refuses (cmk_preload.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -153,14 +154,22 @@ define_settings(void)
 							 0,
 							 NULL, NULL, NULL);
 
-	DefineCustomBoolVariable("cmk_storage.cluster_encryption",
-							 "Encrypt every relation page and every WAL page of the cluster on disk.",
-							 "Needs cmk_storage in shared_preload_libraries and the cluster's data encryption key at start-up (docs/io-layer.md).",
-							 &cmk_cluster_encryption,
-							 false,
-							 PGC_POSTMASTER,
-							 0,
-							 NULL, NULL, NULL);
+	/*
+	 * PostgreSQL lets a library define a PGC_POSTMASTER setting only while
+	 * shared_preload_libraries is processed; later it ends the session with
+	 * FATAL, which would hide the clear error CREATE EXTENSION gives when the
+	 * library is not preloaded (cmk_preload.c).  Loaded late, the I/O layer
+	 * is not there anyway.
+	 */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomBoolVariable("cmk_storage.cluster_encryption",
+								 "Encrypt every relation page and every WAL page of the cluster on disk.",
+								 "Needs cmk_storage in shared_preload_libraries and the cluster's data encryption key at start-up (docs/io-layer.md).",
+								 &cmk_cluster_encryption,
+								 false,
+								 PGC_POSTMASTER,
+								 0,
+								 NULL, NULL, NULL);
 
 	DefineCustomIntVariable("cmk_storage.debug_rotation_crash",
 							"Testing only: kill the key worker at a step of a re-wrap (1-3).",
@@ -262,6 +271,7 @@ define_settings(void)
 void
 _PG_init(void)
 {
+	cmk_note_load();
 	define_settings();
 	cmk_publication_guard_init();
 	cmk_decode_init();

@@ -19,4 +19,7 @@ extern int	cmk_debug_rotation_crash;
 
 extern void cmk_key_worker_register(void);
 
+/* cmk_preload.c */
+extern void cmk_note_load(void);
+
 #endif							/* CMK_STORAGE_H */

@@ -12,6 +12,7 @@ use strict;
 use warnings;
 use Digest::SHA qw(sha256);
 use File::Path qw(make_path);
+use Cwd ();
 use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -36,6 +37,18 @@ like($dek_id, qr/^[0-9a-f]{32}$/, 'cmk_storage.status shows the DEK identifier')
 my $sysid = $node->safe_psql('postgres', 'SELECT system_identifier FROM pg_control_system()');
 my $pgdata = $node->data_dir;
 my $restore = $node->config_data('--bindir') . '/cmk_restore';
+my $restore_real = Cwd::realpath($restore);
+
+# restore_command runs with the server's PATH, which on Debian does not hold
+# pg_config --bindir (exit 127 ends recovery): the example in --help names
+# the installed binary by its full path, also when run by its bare name.
+{
+	local $ENV{PATH} = $node->config_data('--bindir') . ":$ENV{PATH}";
+	my ($hout, $herr);
+	IPC::Run::run([ 'cmk_restore', '--help' ], '>', \$hout, '2>', \$herr, init => sub { chdir '/' });
+	like($hout, qr/^      restore_command = '\Q$restore_real\E wal --dek-id HEX /m,
+		'cmk_restore --help: the restore_command example uses the full path');
+}
 
 my $marker = random_marker('anchor');
 $node->safe_psql('postgres', qq{
@@ -101,8 +114,8 @@ is($rc, 0, 'verify --backup-directory --dek-id: the real backup verifies') or di
 ($rc, $err, $out) = run_restore('backup', @kek, @anchor, '--backup-directory', $bk,
 	'--target-directory', "$tmp/restored", '--no-sync');
 is($rc, 0, 'backup --dek-id: the real backup restores') or diag $err;
-like($out, qr/restore_command = 'cmk_restore wal --dek-id $dek_id /,
-	'the restore prints the restore_command with the identifier');
+like($out, qr/restore_command = '\Q$restore_real\E wal --dek-id $dek_id /,
+	'the restore prints the restore_command with the identifier and cmk_restore\'s full path');
 ($rc, $err) = run_restore('wal', @kek, @anchor, '--archive-directory', $arch,
 	'--pgdata', "$tmp/restored", $seg, "$tmp/RECOVERYXLOG");
 is($rc, 0, 'wal --dek-id into the restored directory: exit 0') or diag $err;

@@ -2,7 +2,8 @@
 # test/regress-oracle/run.sh -- differential oracle for a table access method.
 #
 # Runs PostgreSQL's own main regression suite (src/test/regress,
-# parallel_schedule) twice against the installed server:
+# parallel_schedule) -- or, with --suite isolation, its isolation suite
+# (src/test/isolation, isolation_schedule) -- twice against the installed server:
 #   baseline : default_table_access_method = heap          (or --baseline-am)
 #   candidate: default_table_access_method = <--am>        (+ --setup-sql/--conf)
 # and compares the two results/*.out sets test by test, after a small explicit
@@ -58,6 +59,13 @@ Baseline configuration:
   --baseline-setup-sql SQL  like --setup-sql, for the baseline (default: none)
   --common-conf 'name=value'  postgresql.conf line for both clusters (repeatable)
 
+Suite:
+  --suite regress|isolation PostgreSQL's main regression suite (default; pg_regress,
+                            parallel_schedule, database "regression") or its isolation
+                            suite (pg_isolation_regress with the isolationtester of
+                            the server's pgxs, isolation_schedule, database
+                            "isolation_regression"); everything else is the same
+
 Source / paths:
   --pgsrc DIR               PostgreSQL source tree (containing src/test/regress).
                             Default: \$PGSRC, else a tree cached under --pgsrc-cache,
@@ -69,7 +77,8 @@ Source / paths:
   --workdir DIR             scratch dir for clusters/build (default: mktemp -d /tmp/cmkro.XXXXXX);
                             must be short (unix socket path limit)
   --output DIR              where status, diffs and raw results go
-                            (default: $SCRIPT_DIR/out)
+                            (default: $SCRIPT_DIR/out, or out-isolation for
+                            --suite isolation)
   --run-as USER             OS user for initdb/postgres/pg_regress when started as
                             root (default: postgres)
   --keep-workdir            do not delete the workdir (clusters, logs) at the end
@@ -120,7 +129,8 @@ PGSRC=${PGSRC:-}
 PGSRC_CACHE=${CMK_PGSRC_CACHE:-/var/cache/cmk_storage/pgsrc}
 PG_CONFIG=pg_config
 WORKDIR=
-OUTPUT=$SCRIPT_DIR/out
+OUTPUT=
+SUITE=regress
 RUN_AS=postgres
 KEEP_WORKDIR=0
 EXCLUDES=()
@@ -148,6 +158,7 @@ while [[ $# -gt 0 ]]; do
 		--baseline-am) need_arg "$@"; BASE_AM=$2; shift 2 ;;
 		--baseline-setup-sql) need_arg "$@"; [[ -n $2 ]] && BASE_SETUP_SQL+=("$2"); shift 2 ;;
 		--common-conf) need_arg "$@"; COMMON_CONF+=("$2"); shift 2 ;;
+		--suite) need_arg "$@"; SUITE=$2; shift 2 ;;
 		--pgsrc) need_arg "$@"; PGSRC=$2; shift 2 ;;
 		--pgsrc-cache) need_arg "$@"; PGSRC_CACHE=$2; shift 2 ;;
 		--pg-config) need_arg "$@"; PG_CONFIG=$2; shift 2 ;;
@@ -167,6 +178,20 @@ while [[ $# -gt 0 ]]; do
 done
 
 abspath() { [[ $1 == /* ]] && echo "$1" || echo "$PWD/$1"; }
+# What differs between the two suites: where the tests are, which driver runs
+# them, the database they use, and the test that proves the harness works
+# (the baseline must pass it against expected/).
+case $SUITE in
+	regress)
+		SUITE_SUBDIR=src/test/regress; RUNNER_REL=test/regress/pg_regress
+		DBNAME=regression; DEFAULT_SCHEDULE=parallel_schedule; SANITY_TEST=test_setup ;;
+	isolation)
+		SUITE_SUBDIR=src/test/isolation; RUNNER_REL=test/isolation/pg_isolation_regress
+		DBNAME=isolation_regression; DEFAULT_SCHEDULE=isolation_schedule
+		SANITY_TEST= ;;	# the first test of the schedule, set below
+	*) die "--suite must be regress or isolation, got: $SUITE" ;;
+esac
+[[ -n $OUTPUT ]] || { OUTPUT=$SCRIPT_DIR/out; [[ $SUITE == regress ]] || OUTPUT=$SCRIPT_DIR/out-$SUITE; }
 OUTPUT=$(abspath "$OUTPUT")
 [[ -n $PGSRC ]] && PGSRC=$(abspath "$PGSRC")
 [[ -n $SCHEDULE ]] && SCHEDULE=$(abspath "$SCHEDULE")
@@ -203,9 +228,9 @@ T_START=$(date +%s)
 command -v "$PG_CONFIG" >/dev/null || die "pg_config not found ($PG_CONFIG)"
 BINDIR=$("$PG_CONFIG" --bindir)
 PGXS=$("$PG_CONFIG" --pgxs)
-PG_REGRESS=$(dirname "$PGXS")/../test/regress/pg_regress
+PG_REGRESS=$(dirname "$PGXS")/../$RUNNER_REL
 PG_REGRESS=$(readlink -f "$PG_REGRESS")
-[[ -x $PG_REGRESS ]] || die "pg_regress not found at $PG_REGRESS (install postgresql-server-dev-<major>)"
+[[ -x $PG_REGRESS ]] || die "$(basename "$RUNNER_REL") not found at $PG_REGRESS (install postgresql-server-dev-<major>)"
 SERVER_VERSION=$("$PG_CONFIG" --version | awk '{print $2}')
 MAJOR=${SERVER_VERSION%%.*}
 log "server: PostgreSQL $SERVER_VERSION ($BINDIR)"
@@ -273,7 +298,7 @@ SRC_VERSION=$(src_version "$PGSRC")
 [[ $SRC_VERSION == "$MAJOR".* ]] || die "source $PGSRC is version $SRC_VERSION, server is $SERVER_VERSION"
 [[ $SRC_VERSION == "$SERVER_VERSION" ]] || log "note: test source $SRC_VERSION vs server $SERVER_VERSION (minor skew is harmless: the two runs are compared with each other, not with expected/)"
 log "source: $PGSRC"
-REGRESS_SRC=$PGSRC/src/test/regress
+REGRESS_SRC=$PGSRC/$SUITE_SUBDIR
 
 # -------------------------------------------------------------- workdir -----
 IS_ROOT=0; [[ $(id -u) -eq 0 ]] && IS_ROOT=1
@@ -315,11 +340,16 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ------------------------------------------------ test files + libraries ----
-log "preparing test files and building regress/autoinc/refint modules"
 INPUT=$WORKDIR/input
 LIBDIR=$WORKDIR/lib
 BUILD=$WORKDIR/build
 mkdir -p "$INPUT" "$LIBDIR" "$BUILD"
+if [[ $SUITE == isolation ]]; then
+	# the isolation suite is specs/*.spec + expected/, and needs no C helpers
+	log "preparing test files"
+	cp -r "$REGRESS_SRC/specs" "$REGRESS_SRC/expected" "$INPUT/"
+else
+log "preparing test files and building regress/autoinc/refint modules"
 cp -r "$REGRESS_SRC/sql" "$REGRESS_SRC/expected" "$REGRESS_SRC/data" "$INPUT/"
 [[ -f $REGRESS_SRC/resultmap ]] && cp "$REGRESS_SRC/resultmap" "$INPUT/"
 cp "$REGRESS_SRC/regress.c" "$PGSRC/contrib/spi/autoinc.c" "$PGSRC/contrib/spi/refint.c" "$BUILD/"
@@ -335,11 +365,12 @@ make -s -C "$BUILD" PG_CONFIG="$PG_CONFIG" with_llvm=no >"$BUILD/build.log" 2>&1
 	|| { cat "$BUILD/build.log" >&2; die "building regress.so failed"; }
 DLSUFFIX=.so
 cp "$BUILD"/regress$DLSUFFIX "$BUILD"/autoinc$DLSUFFIX "$BUILD"/refint$DLSUFFIX "$LIBDIR/"
+fi
 
 # schedule, minus exclusions
 SCHED=$WORKDIR/schedule
 {
-	if [[ -n $SCHEDULE ]]; then cat "$SCHEDULE"; else cat "$REGRESS_SRC/parallel_schedule"; fi
+	if [[ -n $SCHEDULE ]]; then cat "$SCHEDULE"; else cat "$REGRESS_SRC/$DEFAULT_SCHEDULE"; fi
 } | awk -v excl="${EXCLUDES[*]:-}" '
 	BEGIN { n = split(excl, e, " "); for (i = 1; i <= n; i++) skip[e[i]] = 1 }
 	/^(test|ignore):/ {
@@ -351,6 +382,7 @@ SCHED=$WORKDIR/schedule
 	{ print }' >"$SCHED"
 TESTS=$(awk '/^test:/ { for (i = 2; i <= NF; i++) print $i }' "$SCHED")
 [[ -n $TESTS ]] || die "empty schedule"
+[[ -n $SANITY_TEST ]] || SANITY_TEST=$(echo "$TESTS" | head -1)
 
 if [[ $IS_ROOT -eq 1 ]]; then
 	chown -R "$RUN_AS" "$WORKDIR"
@@ -362,7 +394,7 @@ wait_ready() { # DIR: poll --ready-sql in the candidate until it is true
 	local dir=$1 tries=0 r=
 	[[ -n $READY_SQL ]] || return 0
 	while :; do
-		r=$(as_pg "${psql[@]}" -d regression -At -c "$READY_SQL" 2>&1 || true)
+		r=$(as_pg "${psql[@]}" -d "$DBNAME" -At -c "$READY_SQL" 2>&1 || true)
 		[[ $r == t ]] && break
 		tries=$((tries + 1))
 		if [[ $tries -ge 120 ]]; then
@@ -415,18 +447,18 @@ run_suite() {
 			|| { cat "$dir/setup.log" >&2; echo "setup SQL failed in $db" >"$dir/FATAL"; return 2; }
 	done
 	as_pg "${psql[@]}" -d postgres >>"$dir/setup.log" 2>&1 <<EOF || { cat "$dir/setup.log" >&2; echo "create database failed" >"$dir/FATAL"; return 2; }
-CREATE DATABASE "regression" TEMPLATE=template0 ENCODING='$ENCODING';
-ALTER DATABASE "regression" SET lc_messages TO 'C';
-ALTER DATABASE "regression" SET lc_monetary TO 'C';
-ALTER DATABASE "regression" SET lc_numeric TO 'C';
-ALTER DATABASE "regression" SET lc_time TO 'C';
-ALTER DATABASE "regression" SET bytea_output TO 'hex';
-ALTER DATABASE "regression" SET timezone_abbreviations TO 'Default';
+CREATE DATABASE "$DBNAME" TEMPLATE=template0 ENCODING='$ENCODING';
+ALTER DATABASE "$DBNAME" SET lc_messages TO 'C';
+ALTER DATABASE "$DBNAME" SET lc_monetary TO 'C';
+ALTER DATABASE "$DBNAME" SET lc_numeric TO 'C';
+ALTER DATABASE "$DBNAME" SET lc_time TO 'C';
+ALTER DATABASE "$DBNAME" SET bytea_output TO 'hex';
+ALTER DATABASE "$DBNAME" SET timezone_abbreviations TO 'Default';
 EOF
-	as_pg "${psql[@]}" -d regression -f "$setup" >>"$dir/setup.log" 2>&1 \
-		|| { cat "$dir/setup.log" >&2; echo "setup SQL failed in regression" >"$dir/FATAL"; return 2; }
+	as_pg "${psql[@]}" -d "$DBNAME" -f "$setup" >>"$dir/setup.log" 2>&1 \
+		|| { cat "$dir/setup.log" >&2; echo "setup SQL failed in $DBNAME" >"$dir/FATAL"; return 2; }
 	# Prove the AM really is the default in every database the suite uses.
-	for db in regression template1 postgres; do
+	for db in "$DBNAME" template1 postgres; do
 		local got
 		got=$(as_pg "${psql[@]}" -d "$db" -At -c "SHOW default_table_access_method" \
 			-c "SELECT amname FROM pg_am WHERE amname = current_setting('default_table_access_method') AND amtype = 't'" 2>&1 | tr '\n' ' ')
@@ -442,8 +474,9 @@ EOF
 	local input=$dir/input probe
 	as_pg cp -r "$INPUT" "$input"
 	probe=$(printf '%s\n' 'COPY regress_oracle_nosuch FROM STDIN;' "SELECT 'psql-continues';" '\.' |
-		as_pg psql -X -q -At -h "$sock" -p "$PORT" -d regression 2>/dev/null || true)
-	if [[ $probe != *psql-continues* ]]; then
+		as_pg psql -X -q -At -h "$sock" -p "$PORT" -d "$DBNAME" 2>/dev/null || true)
+	# (isolation specs are not psql scripts)
+	if [[ $SUITE == regress && $probe != *psql-continues* ]]; then
 		echo "psql skips to \\. after a failed COPY FROM STDIN: adapting test scripts" >>"$dir/setup.log"
 		as_pg perl "$SCRIPT_DIR/compat-copy-stdin.pl" "$input"/sql/*.sql >>"$dir/setup.log"
 	fi
@@ -457,16 +490,29 @@ EOF
 				echo "server restart failed" >"$dir/FATAL"; return 2
 			fi
 			wait_ready "$dir" || return 2
+			# Prove the restart settings took effect (e.g. cluster encryption
+			# really is on for the candidate's suite).
+			local rline rname rwant rgot
+			while IFS= read -r rline; do
+				[[ $rline =~ ^([A-Za-z_][A-Za-z0-9_.]*)\ =\ \'(.*)\'$ ]] || continue
+				rname=${BASH_REMATCH[1]}; rwant=${BASH_REMATCH[2]}
+				rgot=$(as_pg "${psql[@]}" -d "$DBNAME" -At -c "SHOW $rname" 2>&1 || true)
+				if [[ $rgot != "$rwant" ]]; then
+					echo "after the restart $rname is '$rgot', want '$rwant'" | tee "$dir/FATAL" >&2
+					return 2
+				fi
+				echo "after the restart: $rname = $rgot" >>"$dir/setup.log"
+			done <"$WORKDIR/candidate-restart.conf"
 		fi
 	fi
 	local rc=0
 	(cd "$dir" && as_pg "$PG_REGRESS" --use-existing --host="$sock" --port="$PORT" \
-		--bindir="$BINDIR" --inputdir="$input" --outputdir="$out" --dlpath="$LIBDIR" \
+		--bindir="$BINDIR" --inputdir="$input" --outputdir="$out" --dlpath="$LIBDIR" --dbname="$DBNAME" \
 		--schedule="$SCHED" --max-concurrent-tests="$MAX_CONC" \
 		>"$dir/pg_regress.log" 2>&1) || rc=$?
 	# Census: which table AM do the relations the suite left behind use?
 	# (evidence that the default really took effect in the candidate run)
-	as_pg "${psql[@]}" -d regression -At -F ' ' -c "
+	as_pg "${psql[@]}" -d "$DBNAME" -At -F ' ' -c "
 		SELECT a.amname, count(*) FROM pg_class c JOIN pg_am a ON a.oid = c.relam
 		WHERE c.relkind IN ('r', 'm', 't') AND c.oid >= 16384
 		GROUP BY 1 ORDER BY 2 DESC" >"$dir/am_census" 2>&1 || true
@@ -586,16 +632,19 @@ done
 [[ $RC1 -eq 0 && $RC2 -eq 0 ]] || die "a run failed (rc $RC1/$RC2), logs in $OUTPUT"
 
 # Sanity: the baseline must behave like stock PostgreSQL, or the comparison
-# proves nothing (e.g. both runs failing identically in test_setup).
+# proves nothing (e.g. both runs failing identically in test_setup, or in the
+# isolation suite's first spec).
 BASE_VS_EXPECTED=$(grep -E '^(not ok|test| ) *.*FAILED' "$OUTPUT/baseline/regression.out" 2>/dev/null | awk '{for(i=1;i<=NF;i++) if ($(i+1)=="...") {print $i; break}}' | tr '\n' ' ' || true)
 if [[ -z $(ls "$OUTPUT/baseline/results" 2>/dev/null) ]]; then
 	die "baseline produced no results"
 fi
-if [[ " $BASE_VS_EXPECTED " == *" test_setup "* ]]; then
-	die "baseline failed test_setup against expected/ -- harness is broken (see $OUTPUT/baseline/regression.diffs)"
+if [[ " $BASE_VS_EXPECTED " == *" $SANITY_TEST "* ]]; then
+	die "baseline failed $SANITY_TEST against expected/ -- harness is broken (see $OUTPUT/baseline/regression.diffs)"
 fi
 
-if [[ $AM != "$BASE_AM" ]] && ! grep -q "^$AM [0-9]" "$OUTPUT/candidate/am_census" 2>/dev/null; then
+# (the isolation specs drop what they create, so no census there: the AM
+# check before the suite is the evidence)
+if [[ $SUITE == regress && $AM != "$BASE_AM" ]] && ! grep -q "^$AM [0-9]" "$OUTPUT/candidate/am_census" 2>/dev/null; then
 	die "no relation left by the candidate run uses $AM -- default_table_access_method did not take effect (see $OUTPUT/candidate/am_census)"
 fi
 
@@ -603,7 +652,11 @@ fi
 # Differences that are understood and accepted are recorded per candidate AM
 # in known-diffs/<am>/<test>.diff (with a one-line <test>.reason); a test
 # passes only if its diff is exactly the recorded one.
-KNOWN_DIR=${KNOWN_DIR:-$SCRIPT_DIR/known-diffs/$AM}
+if [[ $SUITE == regress ]]; then
+	KNOWN_DIR=${KNOWN_DIR:-$SCRIPT_DIR/known-diffs/$AM}
+else
+	KNOWN_DIR=${KNOWN_DIR:-$SCRIPT_DIR/known-diffs/$SUITE-$AM}
+fi
 log "comparing results (normalisations: $SCRIPT_DIR/normalize.pl; known differences: $KNOWN_DIR)"
 PASS=0; FAIL=0
 STATUS=$OUTPUT/status.txt
@@ -643,12 +696,12 @@ done
 
 T_END=$(date +%s)
 {
-	echo "suite: PostgreSQL $SRC_VERSION regression tests on server $SERVER_VERSION, $(echo $TESTS | wc -w) tests"
+	echo "suite: PostgreSQL $SRC_VERSION $SUITE tests on server $SERVER_VERSION, $(echo $TESTS | wc -w) tests"
 	echo "baseline am=$BASE_AM, candidate am=$AM"
 	[[ ${#EXCLUDES[@]} -gt 0 ]] && echo "excluded: ${EXCLUDES[*]}"
 	echo "baseline vs expected/ (informational, version skew): ${BASE_VS_EXPECTED:-no differences}"
 	for r in baseline candidate; do
-		echo "$r: user tables/matviews/toast left in regression db by AM: $(tr '\n' ',' <"$OUTPUT/$r/am_census" 2>/dev/null | sed 's/,$//; s/,/, /g')"
+		echo "$r: user tables/matviews/toast left in $DBNAME db by AM: $(tr '\n' ',' <"$OUTPUT/$r/am_census" 2>/dev/null | sed 's/,$//; s/,/, /g')"
 	done
 	echo "time: suite runs $((T_SUITE_END - T_SUITE))s (baseline $(cat "$OUTPUT/baseline/seconds")s, candidate $(cat "$OUTPUT/candidate/seconds")s), total $((T_END - T_START))s"
 } | tee -a "$STATUS"

@@ -80,6 +80,15 @@
 
 static const char *progname;
 
+/*
+ * This executable's absolute path, for the restore_command examples we
+ * print: the server runs restore_command through the shell with its own
+ * PATH, which on Debian does not contain the directory cmk_restore is
+ * installed in (pg_config --bindir, next to pg_ctl).  A bare "cmk_restore"
+ * there exits 127, which ends recovery with FATAL.
+ */
+static char my_exec_path[MAXPGPATH];
+
 /* Options */
 /* Key URIs to try, in order: one per KEK that wrapped what is restored. */
 #define MAX_KEY_URIS	16
@@ -1341,11 +1350,11 @@ cmd_backup(int argc, char **argv, bool extract)
 		printf("WAL from %s is needed to reach consistency at %s (timeline %u).\n",
 			   be.start_lsn, be.end_lsn, be.end_tli);
 		if (skip_dek_check)
-			printf("To recover further, set restore_command = 'cmk_restore wal --dek-id HEX --key-uri ... --archive-directory ... %%f %%p' "
-				   "with your cluster's DEK identifier and create recovery.signal.\n");
+			printf("To recover further, set restore_command = '%s wal --dek-id HEX --key-uri ... --archive-directory ... %%f %%p' "
+				   "with your cluster's DEK identifier and create recovery.signal.\n", my_exec_path);
 		else
-			printf("To recover further, set restore_command = 'cmk_restore wal --dek-id %s --key-uri ... --archive-directory ... %%f %%p' "
-				   "and create recovery.signal.\n", hex);
+			printf("To recover further, set restore_command = '%s wal --dek-id %s --key-uri ... --archive-directory ... %%f %%p' "
+				   "and create recovery.signal.\n", my_exec_path, hex);
 	}
 	else
 		printf("backup in \"%s\" verified: %d files\n", backup_dir, be.nfiles);
@@ -1562,7 +1571,8 @@ usage(void)
 	printf("%s verifies and decrypts cmk_storage encrypted WAL archives and base backups.\n\n", progname);
 	printf("Usage:\n");
 	printf("  %s wal --dek-id HEX [--key-uri URI] --archive-directory DIR [--pgdata DIR] WALFILE PATH\n", progname);
-	printf("      restore_command = '%s wal --dek-id HEX --key-uri file:///path/kek.pem --archive-directory /archive %%f %%p'\n", progname);
+	printf("      restore_command = '%s wal --dek-id HEX --key-uri file:///path/kek.pem --archive-directory /archive %%f %%p'\n"
+		   "      (restore_command needs the full path: the server's PATH may not contain it)\n", my_exec_path);
 	printf("  %s backup --dek-id HEX [--key-uri URI] --backup-directory DIR --target-directory DIR\n"
 		   "      [-T OLDDIR=NEWDIR]... [--no-sync]\n", progname);
 	printf("  %s verify --dek-id HEX [--key-uri URI] (--backup-directory DIR | FILE...)\n", progname);
@@ -1618,6 +1628,8 @@ main(int argc, char **argv)
 
 	pg_logging_init(argv[0]);
 	progname = get_progname(argv[0]);
+	if (find_my_exec(argv[0], my_exec_path) < 0)
+		strlcpy(my_exec_path, progname, sizeof(my_exec_path));
 	signal(SIGPIPE, SIG_IGN);
 
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-?") == 0)
