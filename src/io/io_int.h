@@ -80,6 +80,7 @@ typedef struct CmkTmpRealIo
 } CmkTmpRealIo;
 
 extern void cmk_tmpfile_init(void);
+extern void cmk_tmpfile_check_settings(void);
 extern void cmk_tmpfile_set_real(const CmkTmpRealIo *io);
 extern bool cmk_tmpfile_classify(const char *rel, CmkFileId *id);
 extern int	cmk_tmpfile_open_flags(int flags);

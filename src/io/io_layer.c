@@ -134,6 +134,7 @@ cmk_io_start(void)
 		return;
 	cmk_rail_check_build();
 	cmk_wrappers_check();
+	cmk_tmpfile_check_settings();
 
 	/* Encrypted WAL proves a key existed: never make a new one then. */
 	wal_encrypted = checkpoint_wal_encrypted(fname);
@@ -169,6 +170,7 @@ cmk_io_start_tmpfiles_only(void)
 		return;
 	cmk_rail_check_build();
 	cmk_wrappers_check();
+	cmk_tmpfile_check_settings();
 	cmk_tmpfile_init();
 	cmk_classify_set_datadir(DataDir);
 	cmk_classify_set_pages(false);

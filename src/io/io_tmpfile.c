@@ -47,6 +47,7 @@
 
 #include "common/relpath.h"
 #include "storage/fd.h"
+#include "utils/guc.h"
 
 #include "io/io_int.h"
 
@@ -111,6 +112,26 @@ cmk_tmpfile_init(void)
 	newbuf = oldbuf + U + MINUNIT;
 	idbuf = newbuf + U + MINUNIT;
 	tmp_on = true;
+}
+
+/*
+ * Start-up: refuse a setting that would put query data in files the layer
+ * cannot see.  With dynamic_shared_memory_type = mmap, parallel query keeps
+ * its shared hash tables, tuple queues and sort state in files under
+ * pg_dynshmem/ in the data directory, written by the kernel through memory
+ * mappings: no write() to redirect.
+ */
+void
+cmk_tmpfile_check_settings(void)
+{
+	const char *dsm = GetConfigOption("dynamic_shared_memory_type", true, false);
+
+	if (dsm != NULL && strcmp(dsm, "mmap") == 0)
+		ereport(FATAL,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cmk_storage: temporary file encryption cannot cover dynamic_shared_memory_type = mmap"),
+				 errdetail("Parallel queries would keep shared query data in files under pg_dynshmem, written through memory mappings."),
+				 errhint("Set dynamic_shared_memory_type = posix (the default) or sysv.")));
 }
 
 /* After the GOT swap: the real calls this module does its I/O with. */

@@ -65,6 +65,24 @@ errmsg_internal(const char *fmt,...)
 	return 0;
 }
 
+int
+errdetail(const char *fmt,...)
+{
+	return 0;
+}
+
+int
+errhint(const char *fmt,...)
+{
+	return 0;
+}
+
+const char *
+GetConfigOption(const char *name, bool missing_ok, bool restrict_privileged)
+{
+	return NULL;
+}
+
 #define MAXSIZE (5 * 8192 + 100)
 
 static uint8 model[MAXSIZE + 65536];
