@@ -51,8 +51,8 @@ grep -q "temporary file encryption is on" "$(cl_dir enc)/server.log" || die "the
 
 for c in plain enc; do
     cl_psql "$c" postgres -c "CREATE TABLE a AS SELECT g AS k, md5(g::text) || md5((g * 7)::text) AS v
-        FROM generate_series(1, $ROWS) g; CREATE TABLE b AS SELECT * FROM a ORDER BY random();
-        VACUUM ANALYZE a; VACUUM ANALYZE b" || die "load failed"
+        FROM generate_series(1, $ROWS) g; CREATE TABLE b AS SELECT * FROM a ORDER BY random()" \
+        -c "VACUUM ANALYZE a" -c "VACUUM ANALYZE b" || die "load failed"
 done
 
 # The queries; each must spill: checked on the first run from the log.

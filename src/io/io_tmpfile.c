@@ -525,11 +525,27 @@ first_unit(off_t off, off_t oldsize, off_t newsize)
 {
 	off_t		a;
 
-	/* Growing moves the old last unit (and fills a hole with zeros). */
-	if (newsize > oldsize)
-		a = Min(off, oldsize > 0 ? oldsize - 1 : 0);
-	else
-		a = off;
+	a = off;
+	if (newsize > oldsize && oldsize == 0)
+		a = 0;					/* a hole from the start */
+	else if (newsize > oldsize)
+	{
+		off_t		os,
+					oe,
+					ns,
+					ne;
+
+		/*
+		 * Growing: the old last unit is rebuilt if its extent changes (a
+		 * partial unit grows, or a short remainder merges), and a hole after
+		 * it is filled with encrypted zeros.  An old last unit that was
+		 * whole and stays whole is left alone: appending 8 kB at a time, as
+		 * BufFile does, then writes only the new units.
+		 */
+		unit_of(oldsize - 1, oldsize, &os, &oe);
+		unit_of(oldsize - 1, newsize, &ns, &ne);
+		a = Min(off, (os == ns && oe == ne) ? oldsize : oldsize - 1);
+	}
 	for (;;)
 	{
 		off_t		s,
