@@ -307,6 +307,15 @@ unit_of(off_t pos, off_t size, off_t *start, off_t *end)
 	}
 }
 
+static bool
+all_zero(const uint8 *p, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (p[i] != 0)
+			return false;
+	return true;
+}
+
 static inline void
 put_le32(uint8 *p, uint32 v)
 {
@@ -326,6 +335,18 @@ crypt_unit(const CmkFileId *id, bool encrypt, off_t start, size_t len,
 	if (id->fork == 0xFF || start / U > (off_t) (TINY_UNIT - 1))
 		return false;
 	memcpy(tweak + 4, &id->db, ID_LEN);
+
+	/*
+	 * A unit of 16 bytes or more stored as zeros is a hole the layer left
+	 * (a write beyond the end does not fill whole units in between, see
+	 * cmk_tmpfile_pwrite): it reads as zeros, as a hole does.  Ciphertext is
+	 * all zeros with probability 2^-128 at most.
+	 */
+	if (!encrypt && len >= MINUNIT && all_zero(in, len))
+	{
+		memset(out, 0, len);
+		return true;
+	}
 	if (len >= MINUNIT)
 	{
 		put_le32(tweak, (uint32) (start / U));
@@ -600,6 +621,21 @@ cmk_tmpfile_pwrite(int fd, const CmkFileId *id, const uint8 *buf, size_t n,
 
 		unit_of(us, newsize, &us, &ue);
 		ulen = (size_t) (ue - us);
+		if (us >= oldsize && ue <= off)
+		{
+			/*
+			 * A whole unit of the hole between the old end and the write is
+			 * left a hole, as the kernel would: an SLRU segment (pg_notify)
+			 * gets pages written out of order by several processes, and
+			 * filling the gap here could overwrite a page another process
+			 * has just written there.
+			 */
+			if (out_len > 0 && !pwrite_exact(fd, outbuf, out_len, out_start))
+				return -1;
+			out_len = 0;
+			us = ue;
+			continue;
+		}
 		if (us >= off && ue <= end)
 			plain = buf + (us - off);	/* all from the caller */
 		else

@@ -9,8 +9,9 @@
  * shorter than 16 bytes); after every operation the file's size equals the
  * model's, every byte reads back as in the model, and no 16-byte run of the
  * plaintext (which is made of distinct counters) is found on disk.  A
- * second part checks fail-closed behaviour: an unusable identity refuses
- * every access.  Ends with "N passed, M failed".
+ * second part checks that whole units skipped by a write beyond the end
+ * stay holes and read as zeros, that the identity is in the tweak, and
+ * fail-closed behaviour: an unusable identity refuses every access.  Ends with "N passed, M failed".
  *
  * Built and run by t/250_temp_file_encryption.pl: this file is compiled
  * against the server headers with stubs for the few elog entry points that
@@ -162,7 +163,8 @@ check(int fd, const CmkFileId *id)
 			break;
 		}
 	}
-	if (msize > 0 && msize < 16 && memcmp(disk, model, msize) == 0)
+	/* (from 4 bytes on: a 1-byte ciphertext equals its plaintext 1 time in 256) */
+	if (msize >= 4 && msize < 16 && memcmp(disk, model, msize) == 0)
 		fail("tiny file in clear", (long) msize, 0);
 }
 
@@ -263,6 +265,33 @@ main(int argc, char **argv)
 		checks++;
 		if (memcmp(a, b, 8192) == 0)
 			fail("identity in the tweak", 0, 0);
+	}
+
+	/*
+	 * A write beyond the end leaves whole units in between as holes (never
+	 * written: another process may be writing them, as SLRU writers do) and
+	 * they read as zeros.
+	 */
+	{
+		uint8		raw[3 * 8192];
+
+		cmk_tmpfile_ftruncate(fd, &id, 0);
+		fill(model, 100);
+		checks++;
+		if (cmk_tmpfile_pwrite(fd, &id, model, 100, 3 * 8192 + 5) != 100 ||
+			pread(fd, raw, sizeof(raw), 0) != sizeof(raw))
+			fail("write beyond the end", 0, 0);
+		for (int i = 0; i < (int) sizeof(raw); i++)
+			if (raw[i] != 0)
+			{
+				fail("a hole was written", i, 0);
+				break;
+			}
+		checks++;
+		if (cmk_tmpfile_pread(fd, &id, got, 3 * 8192 + 105, 0) != 3 * 8192 + 105 ||
+			!(got[0] == 0 && got[3 * 8192 + 4] == 0 &&
+			  memcmp(got + 3 * 8192 + 5, model, 100) == 0))
+			fail("a hole reads as zeros", 0, 0);
 	}
 
 	/* Fail closed: an identity that could not be computed refuses all. */
