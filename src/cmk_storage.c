@@ -44,6 +44,7 @@ int			cmk_key_check_interval_s = 60;
 int			cmk_key_grace_period_s = 600;
 bool		cmk_auto_rewrap = true;
 bool		cmk_cluster_encryption = false;
+bool		cmk_temp_file_encryption = false;
 int			cmk_debug_rotation_crash = 0;
 
 /* Azure Key Vault provider settings: provider_azure.c reads them by name. */
@@ -155,7 +156,7 @@ define_settings(void)
 							 NULL, NULL, NULL);
 
 	/*
-	 * PostgreSQL lets a library define a PGC_POSTMASTER setting only while
+	 * PostgreSQL lets a library define PGC_POSTMASTER settings (these two) only while
 	 * shared_preload_libraries is processed; later it ends the session with
 	 * FATAL, which would hide the clear error CREATE EXTENSION gives when the
 	 * library is not preloaded (cmk_preload.c).  Loaded late, the I/O layer
@@ -166,6 +167,16 @@ define_settings(void)
 								 "Encrypt every relation page and every WAL page of the cluster on disk.",
 								 "Needs cmk_storage in shared_preload_libraries and the cluster's data encryption key at start-up (docs/io-layer.md).",
 								 &cmk_cluster_encryption,
+								 false,
+								 PGC_POSTMASTER,
+								 0,
+								 NULL, NULL, NULL);
+
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomBoolVariable("cmk_storage.temp_file_encryption",
+								 "Encrypt temporary files, logical decoding spill files and the NOTIFY queue on disk.",
+								 "Needs cmk_storage in shared_preload_libraries; always on when cmk_storage.cluster_encryption is on (docs/io-layer.md).",
+								 &cmk_temp_file_encryption,
 								 false,
 								 PGC_POSTMASTER,
 								 0,

@@ -15,6 +15,7 @@ extern int	cmk_key_check_interval_s;
 extern int	cmk_key_grace_period_s;
 extern bool cmk_auto_rewrap;
 extern bool cmk_cluster_encryption;
+extern bool cmk_temp_file_encryption;
 extern int	cmk_debug_rotation_crash;
 
 extern void cmk_key_worker_register(void);

@@ -33,6 +33,14 @@
 
 static char datadir_prefix[MAXPGPATH];
 static size_t datadir_prefix_len = 0;
+static bool classify_pages = true;	/* relation and WAL kinds */
+
+/* Start-up: off when only temporary files are encrypted (no DEK). */
+void
+cmk_classify_set_pages(bool on)
+{
+	classify_pages = on;
+}
 
 /* Start-up: absolute paths under this directory are classified too. */
 void
@@ -143,7 +151,11 @@ cmk_classify(const char *path, int flags, CmkFileId *id)
 	while (p[0] == '.' && p[1] == '/')
 		p += 2;
 
-	if (match(&p, "global/"))
+	if (cmk_tmpfile_classify(p, id))
+		p = "";					/* temp, spill, pg_notify: io_tmpfile.c */
+	else if (!classify_pages)
+		p = "";
+	else if (match(&p, "global/"))
 	{
 		if (parse_relfile(p, id) && id->temp == 0)
 			id->kind = CMK_FILE_RELATION;

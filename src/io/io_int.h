@@ -27,9 +27,14 @@ typedef enum CmkFileKind
 	CMK_FILE_OTHER = 0,			/* passed through untouched */
 	CMK_FILE_RELATION,			/* a segment of a relation fork */
 	CMK_FILE_WAL,				/* a WAL segment, whatever its name */
+	CMK_FILE_TEMP,				/* temp, spill, pg_notify: io_tmpfile.c */
 } CmkFileKind;
 
-/* A file's identity: 16 bytes, one fd-table entry. */
+/*
+ * A file's identity: 16 bytes, one fd-table entry.  For CMK_FILE_TEMP the
+ * 12 bytes from db on hold the file's tweak identity (io_tmpfile.c) and
+ * fork 0xFF marks an identity that could not be computed.
+ */
 typedef struct CmkFileId
 {
 	uint8		kind;			/* CmkFileKind */
@@ -46,6 +51,7 @@ typedef struct CmkFileId
 
 /* io_classify.c: pure, no I/O.  Start-up: cmk_classify_set_datadir. */
 extern void cmk_classify_set_datadir(const char *datadir);
+extern void cmk_classify_set_pages(bool on);
 extern void cmk_classify(const char *path, int flags, CmkFileId *id);
 
 /* io_rawcopy.c: pure, no I/O.  A base backup's copy reads as stored. */
@@ -67,6 +73,25 @@ extern bool cmk_relpage_decrypt(const CmkFileId *id, uint32 blkno, uint8 *page);
 extern void cmk_walpage_init(const uint8 *key);
 extern bool cmk_walpage_encrypt(const uint8 *plain, uint8 *out);
 extern bool cmk_walpage_decrypt(uint8 *page);
+
+/* io_tmpfile.c.  Start-up: cmk_tmpfile_init, cmk_tmpfile_set_real. */
+typedef struct CmkTmpRealIo
+{
+	ssize_t		(*pread) (int, void *, size_t, off_t);
+	ssize_t		(*pwrite) (int, const void *, size_t, off_t);
+	int			(*ftruncate) (int, off_t);
+} CmkTmpRealIo;
+
+extern void cmk_tmpfile_init(void);
+extern void cmk_tmpfile_check_settings(void);
+extern void cmk_tmpfile_set_real(const CmkTmpRealIo *io);
+extern bool cmk_tmpfile_classify(const char *rel, CmkFileId *id);
+extern int	cmk_tmpfile_open_flags(int flags);
+extern ssize_t cmk_tmpfile_pread(int fd, const CmkFileId *id, uint8 *buf,
+								 size_t n, off_t off);
+extern ssize_t cmk_tmpfile_pwrite(int fd, const CmkFileId *id,
+								  const uint8 *buf, size_t n, off_t off);
+extern int	cmk_tmpfile_ftruncate(int fd, const CmkFileId *id, off_t len);
 
 /* io_got.c.  Start-up only. */
 typedef struct CmkGotSlot

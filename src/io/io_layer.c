@@ -39,6 +39,8 @@
 
 static bool active = false;
 
+static void cmk_io_start_tmpfiles_only(void);
+
 bool
 cmk_io_active(void)
 {
@@ -149,12 +151,15 @@ cmk_io_start(void)
 					 errmsg("cmk_storage: this cluster's WAL is encrypted, but cmk_storage.cluster_encryption is off"),
 					 errdetail("The latest checkpoint record, in WAL segment \"%s\", was written with cluster encryption on.", fname),
 					 errhint("Set cmk_storage.cluster_encryption = on and start the server again.")));
+		if (cmk_temp_file_encryption)
+			cmk_io_start_tmpfiles_only();
 		return;
 	}
 	if (!cmk_rail_check_process())
 		return;
 	cmk_rail_check_build();
 	cmk_wrappers_check();
+	cmk_tmpfile_check_settings();
 
 	/* Encrypted WAL proves a key existed: never make a new one then. */
 	wal_encrypted = checkpoint_wal_encrypted(fname);
@@ -167,6 +172,7 @@ cmk_io_start(void)
 				 err.hint[0] ? errhint("%s", err.hint) : 0));
 	build_ciphers();
 	require_hint_fpis();
+	cmk_tmpfile_init();
 
 	cmk_classify_set_datadir(DataDir);
 	cmk_fdtable_create();
@@ -174,5 +180,30 @@ cmk_io_start(void)
 	cmk_wrappers_install();
 	active = true;
 	ereport(LOG,
-			(errmsg("cmk_storage: cluster encryption is on: relation and WAL pages are encrypted")));
+			(errmsg("cmk_storage: cluster encryption is on: relation and WAL pages are encrypted"),
+			 errdetail("Temporary files, logical decoding spill files and the NOTIFY queue are encrypted too.")));
+}
+
+/*
+ * cmk_storage.temp_file_encryption without cluster encryption: the same
+ * rails and redirection, with only the temporary-file kinds classified.
+ * Their key is made here at random and needs no DEK (docs/io-layer.md).
+ */
+static void
+cmk_io_start_tmpfiles_only(void)
+{
+	if (!cmk_rail_check_process())
+		return;
+	cmk_rail_check_build();
+	cmk_wrappers_check();
+	cmk_tmpfile_check_settings();
+	cmk_tmpfile_init();
+	cmk_classify_set_datadir(DataDir);
+	cmk_classify_set_pages(false);
+	cmk_fdtable_create();
+	cmk_wrappers_create();
+	cmk_wrappers_install();
+	/* not "active": no relation or WAL page is encrypted (no sweep, no gate) */
+	ereport(LOG,
+			(errmsg("cmk_storage: temporary file encryption is on: temporary files, logical decoding spill files and the NOTIFY queue are encrypted")));
 }

@@ -24,7 +24,10 @@
 /* _PG_init, after the key store exists: start the layer if it is on. */
 extern void cmk_io_start(void);
 
-/* Whether this process encrypts (the layer was started). */
+/*
+ * Whether this process encrypts relation and WAL pages (cluster encryption
+ * was started; temp_file_encryption alone does not count).
+ */
 extern bool cmk_io_active(void);
 
 #endif							/* CMK_IO_LAYER_H */

@@ -39,7 +39,7 @@ static const char *const watched[] = {
 	"read", "__read_chk", "readv", "pread", "pread64", "__pread_chk",
 	"__pread64_chk", "preadv", "preadv64", "preadv2", "preadv64v2",
 	"write", "writev", "pwrite", "pwrite64", "pwritev", "pwritev64",
-	"pwritev2", "pwritev64v2",
+	"pwritev2", "pwritev64v2", "ftruncate",
 	"copy_file_range", "sendfile", "sendfile64", "splice", "tee", "vmsplice",
 	"mmap", "mmap64", "dup", "dup2", "dup3", "fdopen",
 	"aio_read", "aio_read64", "aio_write", "aio_write64", "lio_listio",

@@ -53,11 +53,12 @@
 enum
 {
 	W_OPEN, W_CLOSE, W_READ, W_READ_CHK, W_WRITE, W_PREAD, W_PWRITE,
-	W_PWRITEV, W_COUNT
+	W_PWRITEV, W_FTRUNCATE, W_COUNT
 };
 
 static const char *const wrapped_names[W_COUNT] = {
-	"open", "close", "read", "__read_chk", "write", "pread", "pwrite", "pwritev"
+	"open", "close", "read", "__read_chk", "write", "pread", "pwrite", "pwritev",
+	"ftruncate"
 };
 
 typedef int (*open_fn) (const char *, int,...);
@@ -68,6 +69,7 @@ typedef ssize_t (*write_fn) (int, const void *, size_t);
 typedef ssize_t (*pread_fn) (int, void *, size_t, off_t);
 typedef ssize_t (*pwrite_fn) (int, const void *, size_t, off_t);
 typedef ssize_t (*pwritev_fn) (int, const struct iovec *, int, off_t);
+typedef int (*ftruncate_fn) (int, off_t);
 
 static void *originals[W_COUNT];
 
@@ -79,6 +81,7 @@ static void *originals[W_COUNT];
 #define real_pread		((pread_fn) originals[W_PREAD])
 #define real_pwrite		((pwrite_fn) originals[W_PWRITE])
 #define real_pwritev	((pwritev_fn) originals[W_PWRITEV])
+#define real_ftruncate	((ftruncate_fn) originals[W_FTRUNCATE])
 
 extern void __chk_fail(void) pg_attribute_noreturn();
 
@@ -139,6 +142,9 @@ layer_pread(int fd, const CmkFileId *id, uint8 *buf, size_t n, off_t off)
 {
 	size_t		total = 0;
 
+	if (id->kind == CMK_FILE_TEMP)
+		return cmk_tmpfile_pread(fd, id, buf, n, off);
+
 	while (total < n)
 	{
 		off_t		pos = off + (off_t) total;
@@ -198,6 +204,9 @@ static ssize_t
 layer_pwrite(int fd, const CmkFileId *id, const uint8 *buf, size_t n, off_t off)
 {
 	size_t		total = 0;
+
+	if (id->kind == CMK_FILE_TEMP)
+		return cmk_tmpfile_pwrite(fd, id, buf, n, off);
 
 	while (total < n)
 	{
@@ -289,10 +298,11 @@ cmk_open(const char *path, int flags,...)
 		mode = (mode_t) va_arg(ap, int);
 		va_end(ap);
 	}
-	fd = real_open(path, flags, mode);
+	cmk_classify(path, flags, &id);
+	fd = real_open(path, id.kind == CMK_FILE_TEMP ?
+				   cmk_tmpfile_open_flags(flags) : flags, mode);
 	if (fd < 0)
 		return fd;
-	cmk_classify(path, flags, &id);
 	/* a base backup copies relation and WAL files as stored */
 	if (cmk_rawcopy_wanted(&id, flags))
 		id.kind = CMK_FILE_OTHER;
@@ -357,6 +367,17 @@ cmk_pwritev(int fd, const struct iovec *iov, int iovcnt, off_t off)
 			break;
 	}
 	return (ssize_t) done;
+}
+
+/* Relation and WAL files are cut at page boundaries: only temp files care. */
+static int
+cmk_ftruncate(int fd, off_t len)
+{
+	const CmkFileId *id = cmk_fdtable_get(fd);
+
+	if (id == NULL || id->kind != CMK_FILE_TEMP)
+		return real_ftruncate(fd, len);
+	return cmk_tmpfile_ftruncate(fd, id, len);
 }
 
 /* read() at the descriptor's position, which it then advances. */
@@ -445,7 +466,7 @@ cmk_wrappers_install(void)
 	static void *const replacements[W_COUNT] = {
 		(void *) cmk_open, (void *) cmk_close, (void *) cmk_read,
 		(void *) cmk_read_chk, (void *) cmk_write, (void *) cmk_pread,
-		(void *) cmk_pwrite, (void *) cmk_pwritev
+		(void *) cmk_pwrite, (void *) cmk_pwritev, (void *) cmk_ftruncate
 	};
 	CmkGotSlot	slots[W_COUNT];
 	char		why[256];
@@ -458,4 +479,9 @@ cmk_wrappers_install(void)
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("cmk_storage: could not redirect the server's file I/O: %s", why),
 				 errhint("Set cmk_storage.cluster_encryption = off, or use the PostgreSQL 15 server package cmk_storage supports.")));
+	{
+		CmkTmpRealIo io = {real_pread, real_pwrite, real_ftruncate};
+
+		cmk_tmpfile_set_real(&io);
+	}
 }
