@@ -51,8 +51,10 @@ $(CMK_OFF_OBJS) $(CMK_OFF_LIBOBJS): $(wildcard src/*/*.h) $(wildcard $(CMK_OFFLI
 $(CMK_OFFLINE): $(CMK_OFF_OBJS)
 	$(CC) $(CFLAGS) $(CMK_OFF_OBJS) $(LDFLAGS) $(LDFLAGS_EX) $(CMK_OFF_LIBS) -o $@
 
+# -z defs: an unresolved symbol (a server-only function reached from a shared
+# source) fails the build, not the tool's start.
 $(CMK_OFFLINE_LIB): $(CMK_OFF_LIBOBJS)
-	$(CC) $(CFLAGS) -shared -Wl,--exclude-libs,ALL -Wl,-z,now $(CMK_OFF_LIBOBJS) $(LDFLAGS) $(CMK_OFF_LIBLIBS) -o $@
+	$(CC) $(CFLAGS) -shared -Wl,--exclude-libs,ALL -Wl,-z,now -Wl,-z,defs $(CMK_OFF_LIBOBJS) $(LDFLAGS) $(CMK_OFF_LIBLIBS) -o $@
 
 install: install-cmk-offline
 install-cmk-offline: $(CMK_OFFLINE) $(CMK_OFFLINE_LIB)

@@ -34,12 +34,24 @@
 static char datadir_prefix[MAXPGPATH];
 static size_t datadir_prefix_len = 0;
 static bool classify_pages = true;	/* relation and WAL kinds */
+static CmkTmpClassifier tmpfile_classifier = NULL;
 
 /* Start-up: off when only temporary files are encrypted (no DEK). */
 void
 cmk_classify_set_pages(bool on)
 {
 	classify_pages = on;
+}
+
+/*
+ * Start-up: the temporary-file kinds (io_tmpfile.c), when they are on.  A
+ * pointer rather than a call, so that builds without that file kind (the
+ * offline tools' preload library) link this classifier alone.
+ */
+void
+cmk_classify_set_tmpfiles(CmkTmpClassifier classifier)
+{
+	tmpfile_classifier = classifier;
 }
 
 /* Start-up: absolute paths under this directory are classified too. */
@@ -151,7 +163,7 @@ cmk_classify(const char *path, int flags, CmkFileId *id)
 	while (p[0] == '.' && p[1] == '/')
 		p += 2;
 
-	if (cmk_tmpfile_classify(p, id))
+	if (tmpfile_classifier != NULL && tmpfile_classifier(p, id))
 		p = "";					/* temp, spill, pg_notify: io_tmpfile.c */
 	else if (!classify_pages)
 		p = "";

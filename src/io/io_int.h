@@ -52,6 +52,8 @@ typedef struct CmkFileId
 /* io_classify.c: pure, no I/O.  Start-up: cmk_classify_set_datadir. */
 extern void cmk_classify_set_datadir(const char *datadir);
 extern void cmk_classify_set_pages(bool on);
+typedef bool (*CmkTmpClassifier) (const char *rel, CmkFileId *id);
+extern void cmk_classify_set_tmpfiles(CmkTmpClassifier classifier);
 extern void cmk_classify(const char *path, int flags, CmkFileId *id);
 
 /* io_rawcopy.c: pure, no I/O.  A base backup's copy reads as stored. */

@@ -112,6 +112,7 @@ cmk_tmpfile_init(void)
 	newbuf = oldbuf + U + MINUNIT;
 	idbuf = newbuf + U + MINUNIT;
 	tmp_on = true;
+	cmk_classify_set_tmpfiles(cmk_tmpfile_classify);
 }
 
 /*
