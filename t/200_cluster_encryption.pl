@@ -153,25 +153,32 @@ SKIP:
 $node->safe_psql('postgres', 'CREATE TABLE acked (id int PRIMARY KEY, pad text)');
 spew_bytes("$tmp/load.sql",
 	"INSERT INTO t SELECT 100000 + (random() * 1e8)::int, md5(random()::text), repeat('x', 500) ON CONFLICT DO NOTHING;\n");
-my $load = IPC::Run::start(
-	[ 'pgbench', '-n', '-c', '2', '-T', '60', '-f', "$tmp/load.sql", '-h', $node->host, '-p', $node->port, 'postgres' ],
-	'>', \my $lo, '2>', \my $le);
 my $acked = 0;
-for my $i (1 .. 100)
+for my $cycle (1 .. 3)
 {
-	$node->safe_psql('postgres', "INSERT INTO acked VALUES ($i, repeat('y', 300))");
-	$acked = $i;
+	# pgbench runs until the crash ends its sessions (-T only bounds a hang)
+	my $load = IPC::Run::start(
+		[ 'pgbench', '-n', '-c', '2', '-T', '900', '-f', "$tmp/load.sql", '-h', $node->host, '-p', $node->port, 'postgres' ],
+		'>', \my $lo, '2>', \my $le);
+	for my $i (1 .. 50)
+	{
+		$node->safe_psql('postgres', "INSERT INTO acked VALUES ($acked + 1, repeat('y', 300))");
+		$acked++;
+	}
+	my $victim;
+	$node->poll_query_until('postgres',
+		"SELECT count(*) > 0 FROM pg_stat_activity WHERE query LIKE 'INSERT INTO t SELECT 100000%' AND pid <> pg_backend_pid()");
+	$victim = $node->safe_psql('postgres',
+		"SELECT pid FROM pg_stat_activity WHERE query LIKE 'INSERT INTO t SELECT 100000%' AND pid <> pg_backend_pid() LIMIT 1");
+	ok($victim =~ /^\d+$/, "crash $cycle: pgbench is running") or diag($le);
+	kill 'KILL', $victim;
+	$load->finish;
+	ok($node->poll_query_until('postgres', 'SELECT true'), "crash $cycle: the server recovered");
+	is($node->safe_psql('postgres', 'SELECT count(*), max(id) FROM acked'), "$acked|$acked",
+		"crash $cycle: every committed row is there after kill -9 and recovery");
 }
-my $victim = $node->safe_psql('postgres',
-	"SELECT pid FROM pg_stat_activity WHERE query LIKE 'INSERT INTO t SELECT 100000%' AND pid <> pg_backend_pid() LIMIT 1");
-ok($victim =~ /^\d+$/, 'pgbench is running') or diag($le);
-kill 'KILL', $victim;
-$load->finish;
-ok($node->poll_query_until('postgres', 'SELECT true'), 'the server recovered from the crash');
 like(slurp_file($node->logfile), qr/terminated by signal 9: Killed(.|\n)*redo done at/,
 	'crash recovery replayed WAL through the layer');
-is($node->safe_psql('postgres', 'SELECT count(*), max(id) FROM acked'), "$acked|$acked",
-	'every committed row is there after kill -9 and recovery');
 is($node->safe_psql('postgres', "SELECT v FROM t WHERE id = 1"), $m[0], 'data from before the crash reads');
 $node->safe_psql('postgres', 'CHECKPOINT');
 $node->stop;
