@@ -36,7 +36,7 @@ my $repo = $ENV{REPO} // '.';
 	my $bin = "$tmp/model_test";
 	my ($out, $err) = ('', '');
 	IPC::Run::run([ 'cc', '-O1', "-I$inc", "-I$repo/src", '-o', $bin,
-		"$repo/test/io_tmpfile/model_test.c", "$repo/src/io/io_tmpfile.c",
+		"$repo/test/io_tmpfile/model_test.c", "$repo/src/io/io_tmpfile.c", "$repo/src/io/io_classify.c",
 		"$repo/src/crypto/cmk_crypto.c", "-L$lib", '-lpgcommon', '-lpgport',
 		'-lcrypto' ], '>', \$out, '2>', \$err);
 	ok(-x $bin, 'model test builds') or diag $err;

@@ -76,6 +76,7 @@ static void
 gate_client_auth(Port *port, int status)
 {
 	CmkKeyStatus st;
+	char		reason[sizeof(st.reason)];
 
 	if (prev_client_auth_hook)
 		prev_client_auth_hook(port, status);
@@ -84,10 +85,12 @@ gate_client_auth(Port *port, int status)
 	cmk_key_store_status(&st);
 	if (st.state == CMK_KEY_AVAILABLE)
 		return;
+	/* the client learns why, but not where the server keeps its key file */
+	cmk_key_reason_for_client(st.reason, reason, sizeof(reason));
 	ereport(FATAL,
 			(errcode(ERRCODE_CANNOT_CONNECT_NOW),
 			 errmsg("the database system is not accepting connections: the data encryption key is unavailable: %s",
-					st.reason[0] ? st.reason : cmk_key_state_name(st.state)),
+					reason[0] ? reason : cmk_key_state_name(st.state)),
 			 errdetail(GATE_DETAIL),
 			 errhint("%s", gate_hint(&st))));
 }
@@ -141,6 +144,7 @@ static void
 gate_emit_log(ErrorData *edata)
 {
 	CmkKeyStatus st;
+	char		client_reason[sizeof(st.reason)];
 	const char *reason;
 
 	if (edata->elevel == FATAL && edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN &&
@@ -149,7 +153,8 @@ gate_emit_log(ErrorData *edata)
 		cmk_key_store_status(&st);
 		if (st.state != CMK_KEY_AVAILABLE)
 		{
-			reason = st.reason[0] ? st.reason : cmk_key_state_name(st.state);
+			cmk_key_reason_for_client(st.reason, client_reason, sizeof(client_reason));
+			reason = client_reason[0] ? client_reason : cmk_key_state_name(st.state);
 			if (MyBackendType == B_BG_WORKER)
 				edata->message = psprintf("terminating background worker \"%s\" because the data encryption key is unavailable: %s",
 										  MyBgworkerEntry->bgw_type, reason);

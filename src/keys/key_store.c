@@ -354,8 +354,8 @@ cmk_key_state_name(CmkKeyState state)
  * log lines.  Each double-quoted string that starts with '/' is dropped,
  * with the space before it ("could not open key file: No such file ...").
  */
-static void
-reason_for_client(const char *reason, char *out, size_t outsize)
+void
+cmk_key_reason_for_client(const char *reason, char *out, size_t outsize)
 {
 	const char *p = reason;
 	size_t		o = 0;
@@ -390,7 +390,7 @@ cmk_report_key_unavailable(const char *relname)
 	char		reason[sizeof(st.reason)];
 
 	cmk_key_store_status(&st);
-	reason_for_client(st.reason, reason, sizeof(reason));
+	cmk_key_reason_for_client(st.reason, reason, sizeof(reason));
 	if (st.state == CMK_KEY_NOT_CONFIGURED)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

@@ -94,6 +94,10 @@ extern void cmk_key_store_unavailable(CmkKeyState state, const CmkError *err,
 
 /* anyone */
 extern void cmk_key_store_status(CmkKeyStatus *out);
+
+/* A key-state reason with file-system paths left out, for SQL clients. */
+extern void cmk_key_reason_for_client(const char *reason, char *out,
+									  size_t outsize);
 extern bool cmk_key_store_subkey(CmkKeyPurpose purpose, uint8 *subkey, uint8 *dek_id);
 extern bool cmk_key_store_hmac(CmkKeyPurpose purpose, const uint8 *data,
 							   size_t len, uint8 *mac, uint8 *dek_id);
