@@ -312,8 +312,10 @@ diag("the client sees: $err");
 my @krows = map { [ split /\|/, $_, 3 ] } split /\n/,
   $coord->safe_psql('postgres', 'SET ROLE keyadmin; SELECT nodeport, state, reason FROM cmk_storage.cluster_key_status()');
 my ($kr) = grep { $_->[0] == $w2->port } @krows;
+# (run_command_on_all_nodes reports a refused connection as Citus's
+# "failed to connect to host:port"; the reason is in the query error above)
 is($kr->[1], 'error', 'cluster_key_status shows worker2 refusing');
-like($kr->[2], qr/data encryption key is unavailable/, '... with the key reason');
+like($kr->[2], qr/\Q$host\E:@{[$w2->port]}/, '... naming the node');
 unlike($kr->[2], qr/kek-worker2/, '... not its key file');
 is(scalar(grep { $_->[1] eq 'available' } @krows), 3, '... and the other nodes available');
 move("$kek_w2.away", $kek_w2) or die;
