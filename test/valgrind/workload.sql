@@ -273,9 +273,9 @@ INSERT INTO parted SELECT id, a, payload FROM src;
 UPDATE parted SET id = id + 100 WHERE id BETWEEN 100 AND 120;	-- moves rows across partitions
 SELECT mc_check((SELECT count(*) FROM parted_2) = 172, 'partition routing');
 
--- Logical decoding reads cmk_heap WAL records and must skip their changes
--- (cmkam_logical.c), while those of a heap table in the same transactions
--- come through.
+-- Logical decoding decrypts cmk_heap changes inside the server
+-- (cmkam_decode.c): the same changes to a cmk_heap and a heap table decode
+-- to the same text, table name aside.
 SELECT current_setting('wal_level') = 'logical' AS logical \gset
 \if :logical
 CREATE TABLE lh USING heap AS SELECT * FROM l4 WHERE false;
@@ -289,7 +289,13 @@ DELETE FROM lh WHERE x > 5005;
 CREATE TABLE changes USING heap AS
   SELECT data FROM pg_logical_slot_get_changes('memcheck_slot', NULL, NULL);
 SELECT mc_check((SELECT count(*) FROM changes WHERE data LIKE 'table public.lh: %') = 25
-                AND (SELECT count(*) FROM changes WHERE data LIKE 'table public.l4: %') = 0, 'logical decoding');
+                AND NOT EXISTS (SELECT substr(data, 16) FROM changes WHERE data LIKE 'table public.lh: %'
+                                EXCEPT ALL
+                                SELECT substr(data, 16) FROM changes WHERE data LIKE 'table public.l4: %')
+                AND NOT EXISTS (SELECT substr(data, 16) FROM changes WHERE data LIKE 'table public.l4: %'
+                                EXCEPT ALL
+                                SELECT substr(data, 16) FROM changes WHERE data LIKE 'table public.lh: %'),
+                'logical decoding');
 SELECT pg_drop_replication_slot('memcheck_slot');
 \endif
 
