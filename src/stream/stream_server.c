@@ -55,7 +55,7 @@ cmk_stream_register(void)
 	DefineCustomStringVariable("cmk_storage.archive_directory",
 							   "Directory where archive_library = 'cmk_storage' stores encrypted WAL files.",
 							   "An absolute path.  Files keep their WAL file names; restore them with "
-							   "restore_command = 'cmk_restore wal --dek-id ... %f %p'.",
+							   "restore_command = '<bindir>/cmk_restore wal --dek-id ... --archive-directory ... %f %p' (cmk_restore is installed next to the server's programs; see docs/streams-runbook.md).",
 							   &cmk_archive_directory,
 							   "",
 							   PGC_SIGHUP,
