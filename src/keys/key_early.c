@@ -258,5 +258,12 @@ published:
 					  st.hint, "%s", st.reason[0] ? st.reason : "the key could not be published");
 		return false;
 	}
+
+	/*
+	 * This unwrap is the key's last proof of access: the key worker's grace
+	 * period for transient faults (key_worker.c) counts from it, so a vault
+	 * hiccup right after start-up does not revoke the key at once.
+	 */
+	cmk_key_store_note_check(true, &ctl);
 	return true;
 }

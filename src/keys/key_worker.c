@@ -65,6 +65,8 @@ static uint32 seen_epoch = 0;
  */
 static char adopted_uri[CMK_CONTROL_TEXT_MAX + 1];
 
+static bool check_key(const char *actor, char *msg, size_t msgsize);
+
 void
 cmk_key_worker_register(void)
 {
@@ -294,9 +296,30 @@ static bool
 start_key(void)
 {
 	CmkError	err;
+	CmkKeyStatus st;
 	bool		created;
 
 	memset(&err, 0, sizeof(err));
+
+	/*
+	 * With cluster encryption the postmaster unwrapped and published the key
+	 * before recovery (key_early.c).  That key is live: re-validate it as a
+	 * periodic check does, so that a transient vault fault now is absorbed
+	 * by the grace period instead of revoking the key the server just
+	 * started with.
+	 */
+	cmk_key_store_status(&st);
+	if (!key_live && st.state == CMK_KEY_AVAILABLE)
+	{
+		char		msg[CMK_ERR_MSG];
+
+		key_live = true;
+		if (!check_key(NULL, msg, sizeof(msg)))
+			return false;
+		cmk_audit("unwrap", "success", NULL, ctl.kid, "data encryption key unwrapped");
+		return true;
+	}
+
 	seen_epoch = cmk_key_store_control_epoch();
 	if (!load_control(&err, &created) || (!created && !unwrap_dek(&err)))
 	{
