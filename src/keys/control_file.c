@@ -238,9 +238,56 @@ cmk_control_parse(const uint8 *buf, size_t len, CmkControl *ctl, CmkError *err)
 	return true;
 }
 
+#ifdef FRONTEND
+/*
+ * Frontend tools (cmk_restore, cmk_offline): read and check the control file
+ * of the data directory dir.  CMK_CONTROL_ABSENT when the file does not
+ * exist (the caller decides what that means for it), CMK_CONTROL_INVALID
+ * with err set when it cannot be read or does not parse.
+ */
+CmkControlStatus
+cmk_control_read_dir(const char *dir, CmkControl *ctl, CmkError *err)
+{
+	char		path[MAXPGPATH];
+	uint8		buf[CMK_CONTROL_SIZE + 1];
+	ssize_t		len;
+	int			fd;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, CMK_CONTROL_FILE);
+	fd = open(path, O_RDONLY | PG_BINARY, 0);
+	if (fd < 0)
+	{
+		if (errno == ENOENT)
+			return CMK_CONTROL_ABSENT;
+		cmk_error_set(err, CMK_ERR_CONFIG, NULL, NULL,
+					  "could not open \"%s\": %m", path);
+		return CMK_CONTROL_INVALID;
+	}
+	len = read(fd, buf, sizeof(buf));
+	if (len < 0)
+	{
+		cmk_error_set(err, CMK_ERR_CONFIG, NULL, NULL,
+					  "could not read \"%s\": %m", path);
+		close(fd);
+		return CMK_CONTROL_INVALID;
+	}
+	close(fd);
+	if (!cmk_control_parse(buf, (size_t) len, ctl, err))
+	{
+		char		msg[sizeof(err->message)];
+
+		/* name the file: the codec's message does not */
+		snprintf(msg, sizeof(msg), "\"%s\": %s", path, err->message);
+		strlcpy(err->message, msg, sizeof(err->message));
+		return CMK_CONTROL_INVALID;
+	}
+	return CMK_CONTROL_PRESENT;
+}
+#endif							/* FRONTEND */
+
 /*
  * Everything below reads or writes the live file through the server's file
- * layer; frontend tools (cmk_restore) use only the pure codec above.
+ * layer; frontend tools use only the codec and the reader above.
  */
 #ifndef FRONTEND
 

@@ -49,6 +49,10 @@ extern bool cmk_control_parse(const uint8 *buf, size_t len, CmkControl *ctl,
 
 /* Server side, relative to the data directory (the current directory). */
 extern CmkControlStatus cmk_control_read(CmkControl *ctl, CmkError *err);
+#ifdef FRONTEND
+extern CmkControlStatus cmk_control_read_dir(const char *dir, CmkControl *ctl,
+											 CmkError *err);
+#endif
 extern bool cmk_control_create(const CmkControl *ctl, CmkError *err);
 extern bool cmk_control_replace(const CmkControl *ctl, CmkError *err);
 extern bool cmk_control_write_tmp(const CmkControl *ctl, CmkError *err);

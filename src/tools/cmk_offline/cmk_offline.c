@@ -176,36 +176,24 @@ tool_datadir(const ToolSpec *t, int argc, char **argv, const char **source_pgdat
 static bool
 read_cmk_control(const char *dir, CmkControl *ctl)
 {
-	char		path[MAXPGPATH];
-	uint8		buf[CMK_CONTROL_SIZE + 1];
 	CmkError	err;
-	ssize_t		len;
-	int			fd;
 
-	snprintf(path, sizeof(path), "%s/%s", dir, CMK_CONTROL_FILE);
-	fd = open(path, O_RDONLY | PG_BINARY, 0);
-	if (fd < 0)
+	memset(&err, 0, sizeof(err));
+	switch (cmk_control_read_dir(dir, ctl, &err))
 	{
-		if (errno == ENOENT)
-		{
-			pg_log_error("\"%s\" has no cmk_storage key directory (%s is missing)", dir, path);
+		case CMK_CONTROL_PRESENT:
+			return true;
+		case CMK_CONTROL_ABSENT:
+			pg_log_error("\"%s\" has no cmk_storage key directory (%s/%s is missing)",
+						 dir, dir, CMK_CONTROL_FILE);
 			pg_log_error_detail("cmk_offline is for clusters with cmk_storage.cluster_encryption on; their key is recorded there.");
 			pg_log_error_hint("Restore the data directory's cmk_storage directory from a backup, or run the tool directly if this cluster is not encrypted.");
-		}
-		else
-			pg_log_error("could not open \"%s\": %m", path);
-		return false;
+			return false;
+		default:
+			pg_log_error("%s", err.message);
+			pg_log_error_hint("Restore the data directory's cmk_storage directory from a backup.");
+			return false;
 	}
-	len = read(fd, buf, sizeof(buf));
-	close(fd);
-	memset(&err, 0, sizeof(err));
-	if (len < 0 || !cmk_control_parse(buf, (size_t) len, ctl, &err))
-	{
-		pg_log_error("\"%s\": %s", path, len < 0 ? "could not read" : err.message);
-		pg_log_error_hint("Restore the data directory's cmk_storage directory from a backup.");
-		return false;
-	}
-	return true;
 }
 
 /* The DEK, unwrapped and checked as key_early.c does, into dek. */

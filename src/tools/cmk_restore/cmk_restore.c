@@ -717,31 +717,17 @@ decrypt_to_path(CmkStream *s, Job *job, const char *dest, bool do_fsync)
 static bool
 read_cluster_control(const char *dir, CmkControl *ctl, bool *found)
 {
-	char		path[MAXPGPATH];
-	uint8		buf[CMK_CONTROL_SIZE + 1];
 	CmkError	err;
-	ssize_t		len;
-	int			fd;
+	CmkControlStatus cs;
 
-	*found = false;
-	snprintf(path, sizeof(path), "%s/%s", dir, CMK_CONTROL_FILE);
-	fd = open(path, O_RDONLY | PG_BINARY, 0);
-	if (fd < 0)
-	{
-		if (errno == ENOENT)
-			return true;
-		pg_log_error("could not open \"%s\": %m", path);
-		return false;
-	}
-	len = read(fd, buf, sizeof(buf));
-	close(fd);
 	memset(&err, 0, sizeof(err));
-	if (len < 0 || !cmk_control_parse(buf, (size_t) len, ctl, &err))
+	cs = cmk_control_read_dir(dir, ctl, &err);
+	*found = cs == CMK_CONTROL_PRESENT;
+	if (cs == CMK_CONTROL_INVALID)
 	{
-		pg_log_error("\"%s\": %s", path, len < 0 ? "could not read" : err.message);
+		pg_log_error("%s", err.message);
 		return false;
 	}
-	*found = true;
 	return true;
 }
 
