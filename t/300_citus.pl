@@ -8,7 +8,9 @@
 # relation files or WAL hold a written value.  cmk_heap tables: distributed
 # and reference tables, block_writes and logical (default) moves work: the
 # server decrypts cmk_heap changes for Citus's publication
-# (docs/logical-decoding.md).  Item 3:
+# (docs/logical-decoding.md).  Intermediate results (a materialized CTE, a
+# repartition join) hold no value in any node's base/pgsql_job_cache and give
+# the results of the same queries on local tables.  Item 3:
 # cmk_storage.cluster_key_status() reports every node's key; a revoked key on
 # one worker reaches the coordinator's client naming the worker, not the key
 # file.  Skipped when Citus is not installed (scripts/citus.sh installs it;
@@ -47,6 +49,9 @@ max_prepared_transactions = 100
 max_wal_senders = 20
 max_replication_slots = 20
 max_worker_processes = 20
+# a repartition join fetches partitions over new worker-to-worker
+# connections, besides Citus's own (the test default is 10)
+max_connections = 40
 citus.shard_count = 4
 citus.node_conninfo = 'sslmode=disable'
 citus.background_task_queue_interval = '500ms'
@@ -346,26 +351,59 @@ like($down->[2], qr/\S/, '... and its error as reason') or diag($down->[2]);
 $w3->start;
 
 # --- intermediate results: base/pgsql_job_cache -------------------------------------
-# A CTE Citus computes once and ships to the workers as an intermediate
-# result file, held open in a transaction while the directories are read.
+# Citus writes intermediate results with PostgreSQL's file API, sends them to
+# other nodes with COPY ... TO STDOUT (FileRead) and reads them back with COPY
+# FROM a file name (stdio): all through the I/O layer (docs/citus.md).  A
+# materialized CTE (computed once, shipped to the workers) and a repartition
+# join (each worker partitions its shards into files, fetches the other
+# workers' partitions and reads them) run in one transaction held open while
+# every node's job cache is searched: the files are there, none holds a
+# workload value; the results are those of the same queries on local copies.
+$m{$_} = random_marker("CIT$_") for qw(rja rjb);
+$q->(qq{
+CREATE TABLE rj_a (id bigint PRIMARY KEY, k int NOT NULL, v text NOT NULL);
+CREATE TABLE rj_b (id bigint PRIMARY KEY, k int NOT NULL, v text NOT NULL);
+SELECT create_distributed_table('rj_a', 'id');
+SELECT create_distributed_table('rj_b', 'id', colocate_with => 'none');
+INSERT INTO rj_a SELECT g, g % 97, '$m{rja}' || g FROM generate_series(1, 2000) g;
+INSERT INTO rj_b SELECT g, g % 89, '$m{rjb}' || g FROM generate_series(1, 2000) g;
+CREATE TABLE rj_a_l AS SELECT * FROM rj_a;
+CREATE TABLE rj_b_l AS SELECT * FROM rj_b;
+CREATE TABLE events_l AS SELECT * FROM events;
+CREATE TABLE details_l AS SELECT * FROM details;
+});
+my $cte_sql = qq{WITH c AS MATERIALIZED (SELECT id, v FROM %1\$s ORDER BY id LIMIT 500)
+SELECT count(*), min(c.v), max(c.v) FROM %2\$s d JOIN c ON c.v = '$m{ev}' || d.id};
+my $rj_sql = q{SELECT count(*), md5(string_agg(a.v || '/' || b.v, ',' ORDER BY a.id, b.id))
+FROM %1$s a JOIN %2$s b ON a.k = b.k};
 my ($bin, $bout) = ('', '');
-my $bg = IPC::Run::start([ 'psql', '-X', '-A', '-t', '-h', $host, '-p', $coord->port, 'postgres' ],
-	'<', \$bin, '>', \$bout, '2>', \$bout);
-$bin .= qq{BEGIN;
-WITH c AS MATERIALIZED (SELECT id, v FROM events ORDER BY id LIMIT 500)
-SELECT count(*) FROM details d JOIN c ON c.v = '$m{ev}' || d.id;
-SELECT 'ready';
-};
-$bg->pump until $bout =~ /ready/ || $bout =~ /ERROR/;
-my @job_cache = map { files_containing($_->data_dir . '/base/pgsql_job_cache', $m{ev}) } ($coord, @workers);
+my $bg = IPC::Run::start([ 'psql', '-X', '-A', '-t', '-q', '-h', $host, '-p', $coord->port, 'postgres' ],
+	'<', \$bin, '>', \$bout, '2>', \$bout, IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
+$bin .= "BEGIN;\nSET LOCAL citus.enable_repartition_joins TO on;\n"
+  . sprintf($cte_sql, 'events', 'details') . ";\n"
+  . sprintf($rj_sql, 'rj_a', 'rj_b') . ";\nSELECT 'ready';\n";
+$bg->pump until $bout =~ /^ready$/m || $bout =~ /ERROR/;
+my (@jc_files, @job_cache);
+for my $n ($coord, @workers)
+{
+	my $dir = $n->data_dir . '/base/pgsql_job_cache';
+	push @jc_files, grep { -f && -s } split /\0/, `find '$dir' -type f -print0 2>/dev/null`;
+	push @job_cache, files_containing($dir, values %m);
+}
 $bin .= "COMMIT;\n\\q\n";
 $bg->finish;
-TODO:
-{
-	local $TODO = 'issue 19: temporary and intermediate-result files are not encrypted yet';
-	is(scalar(@job_cache), 0, 'no workload value in base/pgsql_job_cache during a query');
-}
-diag("plaintext intermediate results: @job_cache") if @job_cache;
+my @held = grep { $_ ne 'ready' } split /\n/, $bout;
+is(scalar(@held), 2, 'intermediate results: the held transaction ran both queries') or diag($bout);
+is($held[0], $q->(sprintf($cte_sql, 'events_l', 'details_l')),
+	'materialized CTE: the result equals the query on local tables');
+like($held[0], qr/^500\|/, '... 500 rows joined');
+is($held[1], $q->(sprintf($rj_sql, 'rj_a_l', 'rj_b_l')),
+	'repartition join: the result equals the join of local tables');
+cmp_ok(scalar(grep { m{/repartition_[^/]*\.data$} } @jc_files), '>', 0,
+	'repartition join: partition files in the workers\' job caches while held');
+cmp_ok(scalar(@jc_files), '>', 1, 'intermediate result files in the job caches while held (' . scalar(@jc_files) . ')');
+is(scalar(@job_cache), 0, 'no workload value in base/pgsql_job_cache of any node during the transaction')
+  or diag("plaintext intermediate results: @job_cache");
 
 # --- no plaintext in any node's relation files or WAL ----------------------------------
 $_->safe_psql('postgres', 'CHECKPOINT') for ($coord, @workers);
@@ -376,8 +414,7 @@ for my $n ($coord, @workers)
 	opendir(my $dh, $n->data_dir . '/base') or die;
 	for my $e (readdir $dh)
 	{
-		# temporary and intermediate-result files: issue 19, checked above
-		next if $e =~ /^\.|^pgsql_tmp$|^pgsql_job_cache$/;
+		next if $e =~ /^\.$|^\.\.$/;
 		push @hits, files_containing($n->data_dir . "/base/$e", @needles);
 	}
 	closedir $dh;

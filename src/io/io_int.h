@@ -111,10 +111,15 @@ extern bool cmk_got_swap(CmkGotSlot *slots, void *const *replacements,
 extern bool cmk_rail_check_process(void);
 extern void cmk_rail_check_build(void);
 extern void cmk_rail_check_binary(const char *const *wrapped, int nwrapped);
+extern void cmk_rail_check_stdio(const char *const *wrapped, int nwrapped);
 
 /* io_wrappers.c */
 extern void cmk_wrappers_check(void);	/* start-up: the rail */
 extern void cmk_wrappers_create(void);	/* start-up: bounce buffers */
 extern void cmk_wrappers_install(void); /* start-up: GOT swap */
+
+/* io_stdio.c: fopen and fileno on temporary-kind files */
+extern void cmk_stdio_check(void);	/* start-up: the rail */
+extern void cmk_stdio_install(void);	/* start-up, after cmk_wrappers_install */
 
 #endif							/* CMK_IO_INT_H */

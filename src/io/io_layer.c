@@ -159,6 +159,7 @@ cmk_io_start(void)
 		return;
 	cmk_rail_check_build();
 	cmk_wrappers_check();
+	cmk_stdio_check();
 	cmk_tmpfile_check_settings();
 
 	/* Encrypted WAL proves a key existed: never make a new one then. */
@@ -178,6 +179,7 @@ cmk_io_start(void)
 	cmk_fdtable_create();
 	cmk_wrappers_create();
 	cmk_wrappers_install();
+	cmk_stdio_install();
 	active = true;
 	ereport(LOG,
 			(errmsg("cmk_storage: cluster encryption is on: relation and WAL pages are encrypted"),
@@ -196,6 +198,7 @@ cmk_io_start_tmpfiles_only(void)
 		return;
 	cmk_rail_check_build();
 	cmk_wrappers_check();
+	cmk_stdio_check();
 	cmk_tmpfile_check_settings();
 	cmk_tmpfile_init();
 	cmk_classify_set_datadir(DataDir);
@@ -203,6 +206,7 @@ cmk_io_start_tmpfiles_only(void)
 	cmk_fdtable_create();
 	cmk_wrappers_create();
 	cmk_wrappers_install();
+	cmk_stdio_install();
 	/* not "active": no relation or WAL page is encrypted (no sweep, no gate) */
 	ereport(LOG,
 			(errmsg("cmk_storage: temporary file encryption is on: temporary files, logical decoding spill files and the NOTIFY queue are encrypted")));

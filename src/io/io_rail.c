@@ -152,3 +152,55 @@ cmk_rail_check_binary(const char *const *wrapped, int nwrapped)
 					 errhint("Set cmk_storage.cluster_encryption = off, or use the PostgreSQL 15 server package cmk_storage supports.")));
 	}
 }
+
+/*
+ * stdio: every libc entry point through which the executable can get a FILE
+ * on a file by its name, and fileno.  The layer redirects fopen and fileno
+ * (io_stdio.c), so that a stream on an encrypted temporary-kind file reads
+ * and writes through the layer; a stream got any other way would read
+ * ciphertext or write plaintext there.  freopen is tolerated: PostgreSQL 15
+ * uses it only to point stdout and stderr at the -r output file (elog.c).
+ * A FILE on a descriptor (fdopen) is watched above.
+ */
+static const char *const watched_stdio[] = {
+	"fopen", "fopen64", "freopen", "freopen64", "fileno", "fileno_unlocked",
+};
+static const char *const tolerated_stdio[] = {"freopen"};
+
+void
+cmk_rail_check_stdio(const char *const *wrapped, int nwrapped)
+{
+	CmkGotSlot	slots[lengthof(watched_stdio)];
+	char		why[256];
+
+	for (int i = 0; i < (int) lengthof(watched_stdio); i++)
+		slots[i].name = watched_stdio[i];
+	if (!cmk_got_scan(slots, lengthof(watched_stdio), why, sizeof(why)))
+		ereport(FATAL,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cmk_storage: the I/O layer cannot inspect the server executable: %s", why),
+				 errhint("Set cmk_storage.cluster_encryption and cmk_storage.temp_file_encryption to off, or use the PostgreSQL 15 server package cmk_storage supports.")));
+
+	for (int i = 0; i < (int) lengthof(watched_stdio); i++)
+	{
+		bool		imported = slots[i].slot != NULL || slots[i].other_reloc;
+		bool		is_wrapped = in_list(watched_stdio[i], wrapped, nwrapped);
+		bool		is_tolerated = in_list(watched_stdio[i], tolerated_stdio,
+										   lengthof(tolerated_stdio));
+
+		if (is_wrapped && (slots[i].slot == NULL || slots[i].other_reloc))
+			ereport(FATAL,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cmk_storage: the I/O layer cannot redirect \"%s\" in this server executable", watched_stdio[i]),
+					 errdetail(slots[i].slot == NULL ?
+							   "The executable does not call it through a procedure linkage table entry." :
+							   "The executable also takes its address, so some stdio streams would bypass encryption."),
+					 errhint("Set cmk_storage.cluster_encryption and cmk_storage.temp_file_encryption to off, or use the PostgreSQL 15 server package cmk_storage supports.")));
+		if (imported && !is_wrapped && !is_tolerated)
+			ereport(FATAL,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cmk_storage: this server executable opens stdio streams through \"%s\", which the I/O layer does not cover", watched_stdio[i]),
+					 errdetail("Encrypted temporary files read or written that way would be read as ciphertext or written in clear."),
+					 errhint("Set cmk_storage.cluster_encryption and cmk_storage.temp_file_encryption to off, or use the PostgreSQL 15 server package cmk_storage supports.")));
+	}
+}

@@ -185,11 +185,15 @@ has_suffix(const char *s, const char *suffix)
  *	 pg_tblspc/<ts>/PG_15_<cat>/pgsql_tmp/<anything>	the same in a tablespace
  *	 pg_replslot/<slot>/xid-<...>.spill				logical decoding spills
  *	 pg_notify/<4 to 6 hex digits>					the NOTIFY queue
+ *	 base/pgsql_job_cache/<anything>					Citus's intermediate results
  */
 static bool
 is_tmpfile_path(const char *p)
 {
 	if (lit(&p, "base/" PG_TEMP_FILES_DIR "/"))
+		return *p != '\0';
+	/* read back through stdio (COPY FROM a file name): io_stdio.c */
+	if (lit(&p, "base/pgsql_job_cache/"))
 		return *p != '\0';
 	if (lit(&p, "pg_tblspc/"))
 		return skip_u32(&p) && lit(&p, "/") &&

@@ -193,6 +193,12 @@ main(int argc, char **argv)
 		!cmk_tmpfile_classify("pg_tblspc/16385/PG_15_202209061/pgsql_tmp/pgsql_tmp9.0.fileset/o1of2.p0.0", &bad) ||
 		cmk_tmpfile_classify("pg_tblspc/16385/PG_15_202209061/5/16384", &bad))
 		fail("classify kinds", 0, 0);
+	/* Citus's intermediate results: any file under base/pgsql_job_cache */
+	if (!cmk_tmpfile_classify("base/pgsql_job_cache/10_1_5/repartition_7_3_0.data", &bad) ||
+		!cmk_tmpfile_classify("base/pgsql_job_cache/10_4242/jc.data", &bad) ||
+		cmk_tmpfile_classify("base/pgsql_job_cache/", &bad) ||
+		cmk_tmpfile_classify("base/pgsql_job_cachex/1", &bad))
+		fail("classify job cache", 0, 0);
 
 	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
 	if (fd < 0)
