@@ -89,6 +89,7 @@ my ($rout, $rerr) = ('', '');
 my $receiver = IPC::Run::start([ 'pg_receivewal', '-D', $recv, '--no-loop', @conn ],
 	'>', \$rout, '2>', \$rerr);
 ok(wait_for_file("$recv/*.partial"), 'pg_receivewal streams') or diag($rerr);
+my ($first) = map { basename($_, '.partial') } glob("$recv/*.partial");
 
 # --- a write load: every row carries the marker ---------------------------------
 my $mk = random_marker('STREAMED');
@@ -229,6 +230,61 @@ is($guarded->safe_psql('postgres', "SELECT count(*) FROM d WHERE v LIKE '$late%'
 	'with another application_name it follows');
 $guarded->stop;
 
+# --- the nudge, on an idle primary ---------------------------------------------------
+# Single commits, each streamed to pg_receivewal before the next.  A commit
+# whose end (then the flush pointer) lies strictly inside a group must not
+# leave the group unfinished: the WAL sender inserts an XLOG_NOOP ending at
+# a group boundary and flushes it.
+sub lsn_value
+{
+	my ($hi, $lo) = split m{/}, $_[0];
+	return hex($hi) * 2**32 + hex($lo);
+}
+
+sub inside_group
+{
+	my $o = lsn_value($_[0]) % 8192;
+	return $o != 0 && !($o % 16 == 8 && $o <= 8168);
+}
+
+sub wait_streamed
+{
+	$primary->poll_query_until('postgres',
+		q{SELECT sent_lsn >= pg_current_wal_flush_lsn() FROM pg_stat_replication WHERE application_name = 'pg_receivewal'})
+	  or die 'the WAL sender does not catch up';
+}
+wait_streamed();
+my $idle_start = $primary->safe_psql('postgres', 'SELECT pg_current_wal_flush_lsn()');
+# rows of 1 to 24 bytes: the commits end at every alignment
+for my $i (1 .. 24)
+{
+	$primary->safe_psql('postgres', "INSERT INTO d (v) VALUES (repeat('i', $i))");
+	wait_streamed();
+}
+my $idle_end = $primary->safe_psql('postgres', 'SELECT pg_current_wal_flush_lsn()');
+my ($nout, $nerr) = ('', '');
+IPC::Run::run([ "$bindir/cmk_offline", '-D', $primary->data_dir, 'pg_waldump', '-p', $primary->data_dir . '/pg_wal',
+		'-s', $idle_start, '-e', $idle_end ], '>', \$nout, '2>', \$nerr);
+my @recs = map { [ /lsn: ([0-9A-F]+\/[0-9A-F]+).*desc: (\S+)/ ] } grep { /lsn: / } split /\n/, $nout;
+my ($inside, $followed, $noops, $bad) = (0, 0, 0, 0);
+for my $k (0 .. $#recs)
+{
+	my $end = $k < $#recs ? $recs[$k + 1][0] : $idle_end;
+	$noops++ if $recs[$k][1] eq 'NOOP';
+	next unless inside_group($end);
+	if ($recs[$k][1] eq 'COMMIT')
+	{
+		$inside++;
+		$followed++ if $k < $#recs && $recs[$k + 1][1] eq 'NOOP';
+	}
+	$bad++ if $recs[$k][1] eq 'NOOP' && !($k < $#recs && $recs[$k + 1][1] eq 'NOOP');
+}
+ok($inside > 0, "some of the commits end inside a group ($inside of 24)") or diag("$nout\n$nerr");
+is($followed, $inside, 'each of them is followed by a NOOP (the nudge)');
+is($bad, 0, 'every NOOP chain ends at a group boundary');
+ok(!inside_group($idle_end), "the flush pointer is at a group boundary ($idle_end)");
+ok($noops <= 3 * $inside, "few NOOPs ($noops)");
+
 # --- pg_receivewal: the archive, and point-in-time recovery from it ------------------
 my @t = map { random_marker("TARGET$_") } 1 .. 2;
 $primary->safe_psql('postgres', "INSERT INTO d (v) SELECT '$t[0]' || g FROM generate_series(1, 300) g");
@@ -245,6 +301,13 @@ $receiver->finish;
 ok($enc > 0 && $clear == 0, "pg_receivewal archive: every WAL page is stored encrypted ($enc pages, $clear in clear)");
 @hits = files_containing($recv, $mk, $late, @t);
 is(scalar(@hits), 0, 'pg_receivewal archive: no value in it') or diag(join("\n", @hits));
+my ($aout, $aerr) = ('', '');
+IPC::Run::run([ "$bindir/cmk_offline", '-D', $primary->data_dir, 'pg_waldump', '-p', $recv, '-r', 'XLOG', $first, $last ],
+	'>', \$aout, '2>', \$aerr);
+my $archived_noops = () = $aout =~ /desc: NOOP/g;
+like($aout, qr/desc: RESTORE_POINT rs_target/, 'cmk_offline pg_waldump decodes the pg_receivewal archive')
+  or diag($aerr);
+note("NOOP records in the pg_receivewal archive (load and idle): $archived_noops");
 
 my $pitr = node_from_dir('pitr', copy_backup($bk{stream}));
 $pitr->append_conf('postgresql.conf', qq{
