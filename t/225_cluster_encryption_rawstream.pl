@@ -1,6 +1,6 @@
 # Cluster encryption and the clients that store the replication stream
-# (docs/io-layer.md, "Streaming replication to pg_basebackup and
-# pg_receivewal"): a physical WAL sender streams them the WAL pages as
+# (docs/io-layer.md, "Streaming replication to standbys, pg_basebackup
+# and pg_receivewal"): a physical WAL sender streams them the WAL pages as
 # stored (encrypted), holding back a send that ends inside an XTS group
 # until the group is final.  Under a write load: every WAL page of an
 # -X stream backup (plain and -Ft) and of a pg_receivewal archive carries

@@ -10,8 +10,9 @@
  * WAL flush pointer.  A standby writes what it receives through its own
  * layer, which encrypts it, so it gets the stream decrypted.  pg_basebackup
  * and pg_receivewal store the stream as it arrives: they get the stored
- * pages (docs/io-layer.md, "Streaming replication to pg_basebackup and
- * pg_receivewal").  The rule, decided once when a WAL segment is opened:
+ * pages (docs/io-layer.md, "Streaming replication to standbys,
+ * pg_basebackup and pg_receivewal").  The rule, decided once when a WAL
+ * segment is opened:
  *
  *	 a physical WAL sender (am_walsender, not am_db_walsender) that is not
  *	 cascading (its server is not in recovery), executing START_REPLICATION,
@@ -217,8 +218,10 @@ hold_back(CmkRealPread real_pread, int fd, off_t end_off)
 
 	if (group_boundary(o))
 		return;
-	if (real_pread(fd, &h, SizeOfXLogShortPHD, end_off - o) != SizeOfXLogShortPHD ||
-		h.xlp_magic != XLOG_PAGE_MAGIC || (h.xlp_info & CMK_XLP_ENCRYPTED) == 0)
+	if (real_pread(fd, &h, SizeOfXLogShortPHD, end_off - o) !=
+		SizeOfXLogShortPHD ||
+		h.xlp_magic != XLOG_PAGE_MAGIC ||
+		(h.xlp_info & CMK_XLP_ENCRYPTED) == 0)
 		return;
 	group_lsn = h.xlp_pageaddr + group_end(o);
 	if (GetFlushRecPtr(NULL) >= group_lsn)
