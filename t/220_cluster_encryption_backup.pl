@@ -4,10 +4,11 @@
 # backup (-D, -Ft, --target=cmk:) restores to the primary's rows; a standby
 # made with -R streams, follows, holds no value in clear and is promoted;
 # an archive made with plain cp holds ciphertext and a point-in-time
-# recovery from it reaches its target with the right rows.  -X stream
-# writes the streamed WAL into the backup decrypted: the test checks that
-# the documented limit is exactly that (values in the backup's pg_wal,
-# none in its relation files).
+# recovery from it reaches its target with the right rows.  -X stream of
+# a primary stores the streamed WAL as stored (encrypted; t/225 tests it
+# under load); -X stream of a standby (a cascading WAL sender) writes it
+# decrypted: the test checks that the documented limit is exactly that
+# (values in the backup's pg_wal, none in its relation files).
 use strict;
 use warnings;
 use File::Basename;
@@ -17,6 +18,11 @@ use PostgreSQL::Test::RecursiveCopy;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use CmkTest;
+
+# pg_basebackup -X stream must connect under its own application_name (the
+# WAL sender streams stored pages to it): the test framework sets
+# PGAPPNAME, which would override it.
+delete $ENV{PGAPPNAME};
 
 my $tmp = PostgreSQL::Test::Utils::tempdir;
 my $kek = new_kek("$tmp/kek.pem");
@@ -134,16 +140,13 @@ ok(-f "$bk{tar}/base.tar" && !-e "$bk{tar}/pg_wal.tar", '-Ft -X fetch: the WAL i
 @hits = files_containing($bk{cmk}, @all);
 is(scalar(@hits), 0, '--target=cmk: backup: no value in it') or diag(join("\n", @hits));
 
-# -X stream: relation files as stored; the streamed WAL decrypted (the
-# documented limit: pg_basebackup writes what the replication stream
-# carries, which is plaintext).  The backup holds only the WAL written while
-# it ran (it starts in a new segment), so which values that exposes depends
-# on the workload: the test measures the pages instead.
+# -X stream: relation files as stored, and the streamed WAL as stored too
+# (the WAL sender streams stored pages to pg_basebackup).
 @hits = files_containing($bk{stream}, @all);
-is(scalar(@hits), 0, '-X stream backup: no value in it (none was written during the backup)')
+is(scalar(@hits), 0, '-X stream backup: no value in it')
   or diag(join("\n", @hits));
 my ($enc, $clear) = wal_pages("$bk{stream}/pg_wal");
-ok($enc == 0 && $clear > 0, "-X stream backup: its WAL pages are in clear ($clear pages; documented limit)");
+ok($enc > 0 && $clear == 0, "-X stream backup: its WAL pages are encrypted ($enc pages)");
 ($enc, $clear) = wal_pages("$bk{fetch}/pg_wal");
 ok($enc > 0 && $clear == 0, "-X fetch backup: its WAL pages are encrypted ($enc pages)");
 
@@ -243,8 +246,9 @@ ok(all_pages_marked($standby->data_dir . "/$tpath") > 10, 'the standby\'s table 
 
 # A backup of the standby with -X stream.  It starts at the standby's last
 # restartpoint (no segment switch in recovery), before the value below was
-# written, so the WAL it streams holds that value: in clear (the documented
-# limit), while its relation files are copies of the standby's, encrypted.
+# written, so the WAL it streams holds that value: in clear, because a
+# cascading WAL sender streams decrypted (the documented limit), while its
+# relation files are copies of the standby's, encrypted.
 my $v = random_marker('DURING');
 $primary->safe_psql('postgres', "INSERT INTO t VALUES (40000, '$v', NULL)");
 $primary->wait_for_catchup($standby, 'replay');
@@ -254,7 +258,7 @@ $standby->command_ok([ 'pg_basebackup', '-D', $sbk, '-X', 'stream', '-c', 'fast'
 @hits = map { files_containing("$sbk/$_", @all, @u, @a, $v) } qw(base global);
 is(scalar(@hits), 0, 'backup of the standby: no value in its relation files') or diag(join("\n", @hits));
 ok(scalar(files_containing("$sbk/pg_wal", $v)) > 0,
-	'backup of the standby, -X stream: a value written after its start is in clear in its pg_wal (documented limit)');
+	'backup of the standby, -X stream: a value written after its start is in clear in its pg_wal (cascading: documented limit)');
 ($enc, $clear) = wal_pages("$sbk/pg_wal");
 ok($enc == 0 && $clear > 0, "and none of its WAL pages is encrypted ($clear pages)");
 

@@ -28,6 +28,7 @@ typedef enum CmkFileKind
 	CMK_FILE_RELATION,			/* a segment of a relation fork */
 	CMK_FILE_WAL,				/* a WAL segment, whatever its name */
 	CMK_FILE_TEMP,				/* temp, spill, pg_notify: io_tmpfile.c */
+	CMK_FILE_WAL_STORED,		/* WAL read as stored: io_rawstream.c */
 } CmkFileKind;
 
 /*
@@ -58,6 +59,18 @@ extern void cmk_classify(const char *path, int flags, CmkFileId *id);
 
 /* io_rawcopy.c: pure, no I/O.  A base backup's copy reads as stored. */
 extern bool cmk_rawcopy_wanted(const CmkFileId *id, int flags);
+extern bool cmk_replication_command_is(const char *cmd, const char *keyword);
+
+/*
+ * io_rawstream.c: WAL streamed as stored to pg_basebackup and pg_receivewal
+ * (with the hold-back, the written-down exception to the rules above), and
+ * the walreceiver's refusal of such a stream.
+ */
+typedef ssize_t (*CmkRealPread) (int, void *, size_t, off_t);
+extern bool cmk_rawstream_wanted(const CmkFileId *id, int flags);
+extern ssize_t cmk_rawstream_pread(CmkRealPread real_pread, int fd, uint8 *buf,
+								   size_t n, off_t off);
+extern void cmk_rawstream_check_received(const uint8 *buf, size_t n, off_t off);
 
 /* io_fdtable.c.  Start-up: cmk_fdtable_create. */
 extern void cmk_fdtable_create(void);

@@ -30,11 +30,11 @@
  *	 never copies files; it is never raw.
  * - The same WAL sender streams WAL for START_REPLICATION (a standby's
  *	 walreceiver, pg_basebackup -X stream, pg_receivewal), opening segments
- *	 read-only too.  That stream stays decrypted: the receiver writes it
- *	 through its own layer (a standby encrypts it again), and a raw stream
- *	 of the flushed prefix of the tail page would end inside a 16-byte XTS
- *	 block that the next send could not complete.  So WAL is raw only while
- *	 BASE_BACKUP runs.  exec_replication_command() points debug_query_string
+ *	 read-only too.  That stream is decided by io_rawstream.c: decrypted
+ *	 for a standby (its own layer encrypts it again), as stored, with a
+ *	 hold-back at the flush pointer, for pg_basebackup -X stream and
+ *	 pg_receivewal.  So here WAL is raw only while BASE_BACKUP runs.
+ *	 exec_replication_command() points debug_query_string
  *	 at the command for exactly that long; the replication scanner accepts
  *	 the keyword only in upper case, after blanks, and a physical WAL sender
  *	 runs no SQL, so the test below matches what the server executes.
@@ -54,11 +54,14 @@
 
 #include "io/io_int.h"
 
-/* Whether cmd is the replication command BASE_BACKUP (repl_scanner.l). */
-static bool
-is_base_backup_command(const char *cmd)
+/*
+ * Whether cmd is the replication command keyword (repl_scanner.l), e.g.
+ * BASE_BACKUP; io_rawstream.c asks for START_REPLICATION.
+ */
+bool
+cmk_replication_command_is(const char *cmd, const char *keyword)
 {
-	static const char keyword[] = "BASE_BACKUP";
+	size_t		len = strlen(keyword);
 	char		next;
 
 	if (cmd == NULL)
@@ -66,9 +69,9 @@ is_base_backup_command(const char *cmd)
 	while (*cmd == ' ' || *cmd == '\t' || *cmd == '\n' || *cmd == '\r' ||
 		   *cmd == '\f')
 		cmd++;
-	if (strncmp(cmd, keyword, sizeof(keyword) - 1) != 0)
+	if (strncmp(cmd, keyword, len) != 0)
 		return false;
-	next = cmd[sizeof(keyword) - 1];
+	next = cmd[len];
 	/* BASE_BACKUPX would be an identifier, and a syntax error */
 	return !((next >= 'A' && next <= 'Z') || (next >= 'a' && next <= 'z') ||
 			 (next >= '0' && next <= '9') || next == '_' ||
@@ -84,5 +87,5 @@ cmk_rawcopy_wanted(const CmkFileId *id, int flags)
 		return false;
 	if ((flags & O_ACCMODE) != O_RDONLY)
 		return false;
-	return is_base_backup_command(debug_query_string);
+	return cmk_replication_command_is(debug_query_string, "BASE_BACKUP");
 }

@@ -144,6 +144,8 @@ layer_pread(int fd, const CmkFileId *id, uint8 *buf, size_t n, off_t off)
 
 	if (id->kind == CMK_FILE_TEMP)
 		return cmk_tmpfile_pread(fd, id, buf, n, off);
+	if (id->kind == CMK_FILE_WAL_STORED)
+		return cmk_rawstream_pread(real_pread, fd, buf, n, off);
 
 	while (total < n)
 	{
@@ -207,6 +209,10 @@ layer_pwrite(int fd, const CmkFileId *id, const uint8 *buf, size_t n, off_t off)
 
 	if (id->kind == CMK_FILE_TEMP)
 		return cmk_tmpfile_pwrite(fd, id, buf, n, off);
+	if (id->kind == CMK_FILE_WAL_STORED)
+		return real_pwrite(fd, buf, n, off);	/* read-only: EBADF */
+	if (id->kind == CMK_FILE_WAL)
+		cmk_rawstream_check_received(buf, n, off);
 
 	while (total < n)
 	{
@@ -306,6 +312,9 @@ cmk_open(const char *path, int flags,...)
 	/* a base backup copies relation and WAL files as stored */
 	if (cmk_rawcopy_wanted(&id, flags))
 		id.kind = CMK_FILE_OTHER;
+	/* pg_basebackup -X stream and pg_receivewal stream WAL as stored */
+	else if (cmk_rawstream_wanted(&id, flags))
+		id.kind = CMK_FILE_WAL_STORED;
 	if (id.kind == CMK_FILE_OTHER)
 		cmk_fdtable_clear(fd);
 	else if (!cmk_fdtable_set(fd, &id))
