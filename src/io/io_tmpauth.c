@@ -685,6 +685,12 @@ cmk_tmpauth_pwrite(int fd, const CmkFileId *id, const uint8 *buf, size_t n,
 		size_t		nrec = (size_t) (kc - k + 1) + (size_rec ? 1 : 0);
 		uint8		aad[AAD_LEN];
 
+		/* one getrandom() for the chunk's nonces */
+		if (!fresh_nonces(recbuf, nrec))
+		{
+			errno = EIO;
+			goto fail;
+		}
 		for (uint64 u = k; u <= kc; u++)
 		{
 			off_t		us = (off_t) u * U;
@@ -712,8 +718,7 @@ cmk_tmpauth_pwrite(int fd, const CmkFileId *id, const uint8 *buf, size_t n,
 				plain = unitbuf;
 			}
 			make_aad(aad, id, false, u, (uint32) (ue - us));
-			if (!fresh_nonces(recbuf + (u - k) * REC_LEN, 1) ||
-				!seal(aad, plain, chunkbuf + (us - cs), (size_t) (ue - us),
+			if (!seal(aad, plain, chunkbuf + (us - cs), (size_t) (ue - us),
 					  recbuf + (u - k) * REC_LEN))
 			{
 				errno = EIO;
@@ -726,7 +731,7 @@ cmk_tmpauth_pwrite(int fd, const CmkFileId *id, const uint8 *buf, size_t n,
 			uint8	   *rec = recbuf + (kc - k + 1) * REC_LEN;
 
 			make_aad(aad, id, true, (uint64) newsize, 0);
-			if (!fresh_nonces(rec, 1) || !seal(aad, NULL, NULL, 0, rec))
+			if (!seal(aad, NULL, NULL, 0, rec))
 			{
 				errno = EIO;
 				goto fail;
