@@ -673,8 +673,9 @@ cmk_tmpauth_pwrite(int fd, const CmkFileId *id, const uint8 *buf, size_t n,
 		return -1;
 	}
 	newsize = Max(oldsize, end);
+	/* from the old end if the write leaves a gap, to the write's last unit */
 	k = (uint64) Min(off, oldsize) / U;
-	klast = (uint64) (newsize - 1) / U;
+	klast = (uint64) (end - 1) / U;
 
 	while (k <= klast)
 	{

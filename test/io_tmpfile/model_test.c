@@ -502,6 +502,29 @@ main(int argc, char **argv)
 		checks++;
 		if (memcmp(a, b, 8192) == 0)
 			fail("a rewrite reused its keystream", 0, 0);
+		/*
+		 * A write rewrites only the units it touches: units after it keep
+		 * their ciphertext and records (BufFile and logtape rewrite blocks in
+		 * the middle of large files).
+		 */
+		{
+			static uint8 before[4 * 8192 + 200],
+						after[4 * 8192 + 200];
+			int			sd;
+
+			fill(model, 4 * 8192);
+			cmk_tmpfile_pwrite(fd, &id, model, 4 * 8192, 0);
+			sd = open(side, O_RDONLY);
+			pread(fd, before, 3 * 8192, 8192);
+			pread(sd, before + 3 * 8192, 3 * 28, 32 + 28);
+			cmk_tmpfile_pwrite(fd, &id, model, 100, 50);
+			pread(fd, after, 3 * 8192, 8192);
+			pread(sd, after + 3 * 8192, 3 * 28, 32 + 28);
+			close(sd);
+			checks++;
+			if (memcmp(before, after, 3 * 8192 + 3 * 28) != 0)
+				fail("a write rewrote units it does not touch", 0, 0);
+		}
 		/* tiny files are ordinary: two versions of 5 bytes share no keystream */
 		cmk_tmpfile_ftruncate(fd, &id, 0);
 		cmk_tmpfile_pwrite(fd, &id, (const uint8 *) "AAAAA", 5, 0);
