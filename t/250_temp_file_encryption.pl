@@ -13,8 +13,10 @@
 #   value in any temporary, spill or NOTIFY file, held and after, and nowhere
 #   else but the places the README lists (indexes, WAL of indexes);
 # * results equal those of a cluster without either setting;
-# * a temporary file damaged under a held query fails that query, never
-#   returns rows.
+# * authenticated temporary files (io_tmpauth.c): a sort's data file or a
+#   hash join's side-file tags damaged under a held query fail that query
+#   with the I/O error, no crash; a spill file whose side file was deleted
+#   fails decoding; dropping the slot removes spill and side files quietly.
 use strict;
 use warnings;
 use File::Find;
@@ -36,7 +38,8 @@ my $repo = $ENV{REPO} // '.';
 	my $bin = "$tmp/model_test";
 	my ($out, $err) = ('', '');
 	IPC::Run::run([ 'cc', '-O1', "-I$inc", "-I$repo/src", '-o', $bin,
-		"$repo/test/io_tmpfile/model_test.c", "$repo/src/io/io_tmpfile.c", "$repo/src/io/io_classify.c",
+		"$repo/test/io_tmpfile/model_test.c", "$repo/src/io/io_tmpfile.c", "$repo/src/io/io_tmpauth.c",
+		"$repo/src/io/io_classify.c",
 		"$repo/src/crypto/cmk_crypto.c", "-L$lib", '-lpgcommon', '-lpgport',
 		'-lcrypto' ], '>', \$out, '2>', \$err);
 	ok(-x $bin, 'model test builds') or diag $err;
@@ -292,39 +295,87 @@ for my $k (grep { $_ ne 'decoded' } sort keys %want)
 }
 
 # --- a damaged temporary file fails the query ------------------------------
-{
+# Every unit is authenticated (io_tmpauth.c): a query reading a damaged unit
+# fails with the I/O error naming the file, and the backend does not crash
+# (the control session, connected throughout, still answers).
+my $held_damage = sub {
+	my ($query, $name, $damage) = @_;
+	my $log_offset = -s $tf->logfile;
 	my $ctl = $tf->background_psql('postgres');
 	$ctl->query_safe('SELECT pg_advisory_lock(4242)');
 	my $s = $tf->background_psql('postgres', on_error_stop => 0);
-	$s->{stdin} .= "$q{sort};\n\\echo DONE-damaged\n";
+	$s->{stdin} .= "$query;\n\\echo DONE-damaged\n";
 	$s->{run}->pump_nb;
 	$tf->poll_query_until('postgres',
 		q{SELECT count(*) = 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted})
 	  or die 'held query did not arrive';
 	my @files = grep { m{pgsql_tmp/pgsql_tmp\d+\.\d+$} } tempish($tf->data_dir, "$tmp/ts_tf");
-	ok(@files >= 1, 'the held sort has temporary files');
-	for my $f (@files)
-	{
-		my $data = slurp_bytes($f);
-		# one byte in every 16-byte block of every unit
-		for (my $i = 5; $i < length($data); $i += 16)
-		{
-			substr($data, $i, 1) = chr(ord(substr($data, $i, 1)) ^ 0x20);
-		}
-		spew_bytes($f, $data);
-	}
+	ok(@files >= 1, "$name: the held query has temporary files");
+	ok(!(grep { !-f "$_.cmkauth" } @files), "$name: each has its side file");
+	$damage->($_) for @files;
 	$ctl->query_safe('SELECT pg_advisory_unlock(4242)');
 	my $out = eval { $s->query_until(qr/DONE-damaged\n/, '') } // '';
-	# The format has no integrity tag (docs/io-layer.md): the damaged units
-	# decrypt to noise, which PostgreSQL's tuplesort either rejects
-	# ("unexpected end of data") or, trusting its own temp file, crashes on;
-	# the postmaster then restarts.  Either way no row comes back.
-	like($s->{stderr}, qr/ERROR:|server closed the connection unexpectedly/,
-		'a damaged temporary file fails the query');
-	unlike($out, qr/^\d+\|/m, 'and returns no rows');
+	like($s->{stderr}, qr/ERROR:  could not read [^\n]*pgsql_tmp[^\n]*: Input\/output error/,
+		"$name: the query fails with the I/O error naming the file");
+	unlike($out, qr/^\d+\|/m, "$name: and returns no rows");
+	is($ctl->query_safe('SELECT 1'), '1', "$name: no crash, other sessions carry on");
+	unlike(substr(slurp_file($tf->logfile), $log_offset), qr/terminated by signal|server process .* was terminated/,
+		"$name: the backend did not crash");
 	eval { $s->quit };
 	eval { $ctl->quit };
-	$tf->poll_query_until('postgres', 'SELECT true') or die 'the server did not come back';
+};
+
+# one byte in every 16-byte block of every unit of the data files
+$held_damage->($q{sort}, 'sort, data damaged', sub {
+	my ($f) = @_;
+	my $data = slurp_bytes($f);
+	for (my $i = 5; $i < length($data); $i += 16)
+	{
+		substr($data, $i, 1) = chr(ord(substr($data, $i, 1)) ^ 0x20);
+	}
+	spew_bytes($f, $data);
+});
+
+# a bit of every tag in the side files of a hash join's batch files
+$held_damage->($q{hashjoin}, 'hash join, tags damaged', sub {
+	my ($f) = @_;
+	my $side = slurp_bytes("$f.cmkauth");
+	for (my $i = 32 + 20; $i < length($side); $i += 28)
+	{
+		substr($side, $i, 1) = chr(ord(substr($side, $i, 1)) ^ 0x01);
+	}
+	spew_bytes("$f.cmkauth", $side);
+});
+
+# --- a spill file without its side file fails decoding ---------------------
+{
+	my $log_offset = -s $tf->logfile;
+	$tf->safe_psql('postgres', qq{SELECT pg_create_logical_replication_slot('s2', 'test_decoding');
+CREATE TABLE ld2 (v text)});
+	my $txn = $tf->background_psql('postgres');
+	$txn->query_safe(qq{BEGIN; INSERT INTO ld2 SELECT '$L' || g FROM generate_series(1, 20000) g});
+	my ($out, $err) = ('', '');
+	my $rx = IPC::Run::start([ 'pg_recvlogical', '-d', $tf->connstr('postgres'), '-S', 's2', '--no-loop',
+		'--start', '-f', "$tmp/decoded_side.txt", '-F', '1', '-s', '1' ], '>', \$out, '2>', \$err);
+	$tf->poll_query_until('postgres', q{SELECT count(*) > 0 FROM pg_ls_dir('pg_replslot/s2') f WHERE f LIKE 'xid-%.spill'})
+	  or die 'no spill file';
+	my @spills = grep { m{/pg_replslot/s2/xid-[^/]*\.spill$} } all_files($tf->data_dir . '/pg_replslot');
+	ok(@spills >= 1 && !(grep { !-f "$_.cmkauth" } @spills), 'spill files have side files');
+	unlink "$_.cmkauth" for @spills;
+	$txn->query_safe('COMMIT');
+	$txn->quit;
+	ok($tf->wait_for_log(qr{ERROR:  could not open file "pg_replslot/s2/xid-[^"]*\.spill": Input/output error}, $log_offset),
+		'a spill file whose side file is gone fails decoding with the I/O error');
+	eval { $rx->signal('TERM') };
+	$rx->finish;
+	my $dec = -f "$tmp/decoded_side.txt" ? slurp_file("$tmp/decoded_side.txt") : '';
+	unlike($dec, qr/\Q$L\E/, 'and nothing of the transaction is decoded');
+	$tf->poll_query_until('postgres', q{SELECT NOT active FROM pg_replication_slots WHERE slot_name = 's2'})
+	  or die 'the slot stays active';
+	$tf->safe_psql('postgres', q{SELECT pg_drop_replication_slot('s2')});
+	unlike(substr(slurp_file($tf->logfile), $log_offset), qr/could not remove|terminated by signal/,
+		'dropping the slot removes spill and side files without complaint');
+	ok(!-d $tf->data_dir . '/pg_replslot/s2', 'the slot directory is gone');
 }
 $tf->stop;
 

@@ -33,8 +33,9 @@ typedef enum CmkFileKind
 
 /*
  * A file's identity: 16 bytes, one fd-table entry.  For CMK_FILE_TEMP the
- * 12 bytes from db on hold the file's tweak identity (io_tmpfile.c) and
- * fork 0xFF marks an identity that could not be computed.
+ * 12 bytes from db on hold the file's tweak identity (io_tmpfile.c), fork
+ * 0xFF marks an identity that could not be computed, and temp = 1 marks the
+ * authenticated format (io_tmpauth.c; 0: pg_notify's XTS format).
  */
 typedef struct CmkFileId
 {
@@ -107,6 +108,26 @@ extern ssize_t cmk_tmpfile_pread(int fd, const CmkFileId *id, uint8 *buf,
 extern ssize_t cmk_tmpfile_pwrite(int fd, const CmkFileId *id,
 								  const uint8 *buf, size_t n, off_t off);
 extern int	cmk_tmpfile_ftruncate(int fd, const CmkFileId *id, off_t len);
+
+/*
+ * io_tmpauth.c: the authenticated format of temporary and spill files
+ * (CMK_FILE_TEMP with temp = 1), nonces and tags in "<name>.cmkauth".
+ * Start-up: cmk_tmpauth_init.  cmk_tmpauth_open must follow every open()
+ * of such a file (the wrapper does it); the I/O functions refuse a
+ * descriptor without its side file.
+ */
+#define CMK_TMPAUTH_SUFFIX	".cmkauth"
+
+extern void cmk_tmpauth_init(void);
+extern bool cmk_tmpauth_open(int fd, const CmkFileId *id, const char *path,
+							 int flags, mode_t mode);
+extern void cmk_tmpauth_close(int fd);
+extern int	cmk_tmpauth_unlink(const char *path, int (*unlink_fn) (const char *));
+extern ssize_t cmk_tmpauth_pread(int fd, const CmkFileId *id, uint8 *buf,
+								 size_t n, off_t off);
+extern ssize_t cmk_tmpauth_pwrite(int fd, const CmkFileId *id,
+								  const uint8 *buf, size_t n, off_t off);
+extern int	cmk_tmpauth_ftruncate(int fd, const CmkFileId *id, off_t len);
 
 /* io_got.c.  Start-up only. */
 typedef struct CmkGotSlot

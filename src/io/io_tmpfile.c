@@ -17,8 +17,11 @@
  * A last unit shorter than 8 kB is one data unit of its own length (XTS
  * with ciphertext stealing), and is re-encrypted whole when the file grows
  * or shrinks; a remainder shorter than 16 bytes (the smallest XTS unit)
- * joins the unit before it.  A file shorter than 16 bytes is XORed with one
- * XTS block of zeros under a tweak that carries its length.
+ * joins the unit before it.  A file shorter than 16 bytes is refused.
+ *
+ * That XTS format now serves pg_notify segments only.  Temporary and spill
+ * files are classified here but read and written by io_tmpauth.c, which
+ * authenticates every unit (AES-256-GCM, tags in a side file).
  *
  * The key is random, made by the postmaster at each start and never
  * written anywhere: PostgreSQL removes these files at every start (and the
@@ -111,6 +114,7 @@ cmk_tmpfile_init(void)
 	oldbuf = outbuf + (BOUNCE_UNITS + 1) * U + MINUNIT;
 	newbuf = oldbuf + U + MINUNIT;
 	idbuf = newbuf + U + MINUNIT;
+	cmk_tmpauth_init();
 	tmp_on = true;
 	cmk_classify_set_tmpfiles(cmk_tmpfile_classify);
 }
@@ -262,6 +266,20 @@ cmk_tmpfile_classify(const char *rel, CmkFileId *id)
 	if (!tmp_on || !is_tmpfile_path(rel))
 		return false;
 	id->kind = CMK_FILE_TEMP;
+
+	/*
+	 * Temporary and spill files are authenticated (io_tmpauth.c); pg_notify
+	 * segments, written page by page by several processes, stay in the XTS
+	 * format below (docs/io-layer.md).  A side file opened by name as a
+	 * data file is refused.
+	 */
+	id->temp = strncmp(rel, "pg_notify/", 10) != 0;
+	if (has_suffix(rel, CMK_TMPAUTH_SUFFIX))
+	{
+		id->temp = 0;
+		id->fork = 0xFF;
+		return true;
+	}
 	if (file_identity(rel, ident))
 		memcpy(&id->db, ident, ID_LEN);
 	else
@@ -357,25 +375,13 @@ crypt_unit(const CmkFileId *id, bool encrypt, off_t start, size_t len,
 		put_le32(tweak, (uint32) (start / U));
 		return cmk_xts_crypt(&tmp_xts, encrypt, tweak, in, out, len);
 	}
-	else
-	{
-		/*
-		 * A whole file shorter than an AES block: XOR with one XTS block of
-		 * zeros under a tweak of its own, which includes the length.  See
-		 * docs/io-layer.md for what this reveals (two versions of the same
-		 * tiny file of the same length).
-		 */
-		uint8		ks[MINUNIT];
-		static const uint8 zeros[MINUNIT] = {0};
 
-		put_le32(tweak, TINY_UNIT | (uint32) len);
-		if (!cmk_xts_crypt(&tmp_xts, true, tweak, zeros, ks, MINUNIT))
-			return false;
-		for (size_t i = 0; i < len; i++)
-			out[i] = in[i] ^ ks[i];
-		OPENSSL_cleanse(ks, sizeof(ks));
-		return true;
-	}
+	/*
+	 * A whole file shorter than an AES block is refused: XTS cannot encrypt
+	 * it, and a fixed keystream would reveal the XOR of two versions.  Only
+	 * pg_notify segments (whole 8 kB pages) use this format.
+	 */
+	return false;
 }
 
 static off_t
@@ -439,9 +445,12 @@ pwrite_exact(int fd, const uint8 *buf, size_t len, off_t pos)
 ssize_t
 cmk_tmpfile_pread(int fd, const CmkFileId *id, uint8 *buf, size_t n, off_t off)
 {
-	off_t		size = file_size(fd);
+	off_t		size;
 	size_t		total = 0;
 
+	if (id->temp)
+		return cmk_tmpauth_pread(fd, id, buf, n, off);
+	size = file_size(fd);
 	if (size < 0)
 		return -1;
 	if (off >= size)
@@ -603,7 +612,7 @@ ssize_t
 cmk_tmpfile_pwrite(int fd, const CmkFileId *id, const uint8 *buf, size_t n,
 				   off_t off)
 {
-	off_t		oldsize = file_size(fd);
+	off_t		oldsize;
 	off_t		end = off + (off_t) n;
 	off_t		newsize;
 	off_t		us,
@@ -613,6 +622,9 @@ cmk_tmpfile_pwrite(int fd, const CmkFileId *id, const uint8 *buf, size_t n,
 	size_t		out_len = 0;
 	OldCache	cache = {0, 0};
 
+	if (id->temp)
+		return cmk_tmpauth_pwrite(fd, id, buf, n, off);
+	oldsize = file_size(fd);
 	if (oldsize < 0)
 		return -1;
 	newsize = Max(oldsize, end);
@@ -694,13 +706,16 @@ cmk_tmpfile_pwrite(int fd, const CmkFileId *id, const uint8 *buf, size_t n,
 int
 cmk_tmpfile_ftruncate(int fd, const CmkFileId *id, off_t len)
 {
-	off_t		oldsize = file_size(fd);
+	off_t		oldsize;
 	off_t		ts,
 				te,
 				os,
 				oe;
 	OldCache	cache = {0, 0};
 
+	if (id->temp)
+		return cmk_tmpauth_ftruncate(fd, id, len);
+	oldsize = file_size(fd);
 	if (oldsize < 0 || len < 0)
 	{
 		if (len < 0)

@@ -53,12 +53,12 @@
 enum
 {
 	W_OPEN, W_CLOSE, W_READ, W_READ_CHK, W_WRITE, W_PREAD, W_PWRITE,
-	W_PWRITEV, W_FTRUNCATE, W_COUNT
+	W_PWRITEV, W_FTRUNCATE, W_UNLINK, W_COUNT
 };
 
 static const char *const wrapped_names[W_COUNT] = {
 	"open", "close", "read", "__read_chk", "write", "pread", "pwrite", "pwritev",
-	"ftruncate"
+	"ftruncate", "unlink"
 };
 
 typedef int (*open_fn) (const char *, int,...);
@@ -70,6 +70,7 @@ typedef ssize_t (*pread_fn) (int, void *, size_t, off_t);
 typedef ssize_t (*pwrite_fn) (int, const void *, size_t, off_t);
 typedef ssize_t (*pwritev_fn) (int, const struct iovec *, int, off_t);
 typedef int (*ftruncate_fn) (int, off_t);
+typedef int (*unlink_fn) (const char *);
 
 static void *originals[W_COUNT];
 
@@ -82,6 +83,7 @@ static void *originals[W_COUNT];
 #define real_pwrite		((pwrite_fn) originals[W_PWRITE])
 #define real_pwritev	((pwritev_fn) originals[W_PWRITEV])
 #define real_ftruncate	((ftruncate_fn) originals[W_FTRUNCATE])
+#define real_unlink		((unlink_fn) originals[W_UNLINK])
 
 extern void __chk_fail(void) pg_attribute_noreturn();
 
@@ -324,14 +326,33 @@ cmk_open(const char *path, int flags,...)
 		errno = EMFILE;
 		return -1;
 	}
+	else if (id.kind == CMK_FILE_TEMP && id.temp &&
+			 !cmk_tmpauth_open(fd, &id, path, flags, mode))
+	{
+		/* an authenticated file is never used without its side file */
+		int			save_errno = errno;
+
+		cmk_fdtable_clear(fd);
+		real_close(fd);
+		errno = save_errno;
+		return -1;
+	}
 	return fd;
 }
 
 static int
 cmk_close(int fd)
 {
+	cmk_tmpauth_close(fd);
 	cmk_fdtable_clear(fd);
 	return real_close(fd);
+}
+
+/* A temporary file's side file goes with it (io_tmpauth.c). */
+static int
+cmk_unlink(const char *path)
+{
+	return cmk_tmpauth_unlink(path, real_unlink);
 }
 
 static ssize_t
@@ -475,7 +496,8 @@ cmk_wrappers_install(void)
 	static void *const replacements[W_COUNT] = {
 		(void *) cmk_open, (void *) cmk_close, (void *) cmk_read,
 		(void *) cmk_read_chk, (void *) cmk_write, (void *) cmk_pread,
-		(void *) cmk_pwrite, (void *) cmk_pwritev, (void *) cmk_ftruncate
+		(void *) cmk_pwrite, (void *) cmk_pwritev, (void *) cmk_ftruncate,
+		(void *) cmk_unlink
 	};
 	CmkGotSlot	slots[W_COUNT];
 	char		why[256];

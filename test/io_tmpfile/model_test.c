@@ -8,10 +8,22 @@
  * kept around the layout's edges (16 bytes, unit boundaries, a remainder
  * shorter than 16 bytes); after every operation the file's size equals the
  * model's, every byte reads back as in the model, and no 16-byte run of the
- * plaintext (which is made of distinct counters) is found on disk.  A
- * second part checks that whole units skipped by a write beyond the end
- * stay holes and read as zeros, that the identity is in the tweak, and
- * fail-closed behaviour: an unusable identity refuses every access.  Ends with "N passed, M failed".
+ * plaintext (which is made of distinct counters) is found on disk.  This
+ * runs for both formats: the authenticated one of temporary and spill files
+ * (io_tmpauth.c, with its side file) and the XTS one of pg_notify (files of
+ * 16 bytes or more; shorter ones are refused).
+ *
+ * Then the authenticated format is attacked: every byte of the data file
+ * and of the side file's header and records is flipped in turn (one at a
+ * time, then flipped back), a unit is moved onto another with its record,
+ * the file is cut at a unit boundary or extended behind the layer's back,
+ * the side file is deleted: each time the read (or the reopen) must fail
+ * with EIO, and succeed again once the damage is undone.  The same bytes
+ * under another identity are different on disk; two writes of the same
+ * bytes are different on disk (fresh nonces); the XTS format leaves holes
+ * and refuses tiny files; an unusable identity refuses every access; and no
+ * operation on an open file allocates memory in OpenSSL (counted through
+ * CRYPTO_set_mem_functions).  Ends with "N passed, M failed".
  *
  * Built and run by t/250_temp_file_encryption.pl: this file is compiled
  * against the server headers with stubs for the few elog entry points that
@@ -26,7 +38,47 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "io/io_int.h"
+
+/* fd.c's descriptor accounting, called by io_tmpauth.c */
+static int	external_fds = 0;
+
+void
+ReserveExternalFD(void)
+{
+	external_fds++;
+}
+
+void
+ReleaseExternalFD(void)
+{
+	external_fds--;
+}
+
+/* OpenSSL's allocations, counted */
+static long allocations = 0;
+
+static void *
+count_malloc(size_t n, const char *file, int line)
+{
+	allocations++;
+	return malloc(n);
+}
+
+static void *
+count_realloc(void *p, size_t n, const char *file, int line)
+{
+	allocations++;
+	return realloc(p, n);
+}
+
+static void
+count_free(void *p, const char *file, int line)
+{
+	free(p);
+}
 
 /* elog stubs: start-up failures abort the test. */
 bool
@@ -168,44 +220,13 @@ check(int fd, const CmkFileId *id)
 		fail("tiny file in clear", (long) msize, 0);
 }
 
-int
-main(int argc, char **argv)
+/*
+ * Random writes, rewrites and truncations against the model.  The XTS
+ * format (xts) refuses files of 1 to 15 bytes: such operations are skipped.
+ */
+static void
+run_model(int fd, const CmkFileId *id, int iters, bool xts)
 {
-	const char *path = argc > 1 ? argv[1] : "/tmp/cmk_tmpfile_model";
-	int			iters = argc > 2 ? atoi(argv[2]) : 20000;
-	CmkTmpRealIo io = {pread, pwrite, ftruncate};
-	CmkFileId	id;
-	CmkFileId	bad;
-	int			fd;
-
-	srandom(argc > 3 ? atoi(argv[3]) : 1);
-	cmk_tmpfile_init();
-	cmk_tmpfile_set_real(&io);
-	memset(&id, 0, sizeof(id));
-	if (!cmk_tmpfile_classify("base/pgsql_tmp/pgsql_tmp42.0", &id) ||
-		id.kind != CMK_FILE_TEMP)
-		fail("classify", 0, 0);
-	memset(&bad, 0, sizeof(bad));
-	if (cmk_tmpfile_classify("base/5/16384", &bad) ||
-		cmk_tmpfile_classify("pg_replslot/s/state", &bad) ||
-		!cmk_tmpfile_classify("pg_replslot/s/xid-767-lsn-0-1000000.spill", &bad) ||
-		!cmk_tmpfile_classify("pg_notify/0000", &bad) ||
-		!cmk_tmpfile_classify("pg_tblspc/16385/PG_15_202209061/pgsql_tmp/pgsql_tmp9.0.fileset/o1of2.p0.0", &bad) ||
-		cmk_tmpfile_classify("pg_tblspc/16385/PG_15_202209061/5/16384", &bad))
-		fail("classify kinds", 0, 0);
-	/* Citus's intermediate results: any file under base/pgsql_job_cache */
-	if (!cmk_tmpfile_classify("base/pgsql_job_cache/10_1_5/repartition_7_3_0.data", &bad) ||
-		!cmk_tmpfile_classify("base/pgsql_job_cache/10_4242/jc.data", &bad) ||
-		cmk_tmpfile_classify("base/pgsql_job_cache/", &bad) ||
-		cmk_tmpfile_classify("base/pgsql_job_cachex/1", &bad))
-		fail("classify job cache", 0, 0);
-
-	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
-	if (fd < 0)
-	{
-		perror(path);
-		return 1;
-	}
 	for (int it = 0; it < iters; it++)
 	{
 		int			op = random() % 10;
@@ -221,12 +242,13 @@ main(int argc, char **argv)
 			else
 				off = msize > 0 ? random() % (msize + 20) : random() % 20;
 			n = random() % 4 == 0 ? 1 + random() % 20 : 1 + random() % (3 * 8192);
-			if (off + (off_t) n > MAXSIZE)
+			if (off + (off_t) n > MAXSIZE ||
+				(xts && Max(msize, off + (off_t) n) < 16))
 				continue;
 			fill(model + off, n);
 			if (off > msize)
 				memset(model + msize, 0, off - msize);
-			if (cmk_tmpfile_pwrite(fd, &id, model + off, n, off) != (ssize_t) n)
+			if (cmk_tmpfile_pwrite(fd, id, model + off, n, off) != (ssize_t) n)
 				fail("write", (long) off, (long) n);
 			msize = Max(msize, off + (off_t) n);
 		}
@@ -234,9 +256,11 @@ main(int argc, char **argv)
 		{
 			off_t		len = pick_size();
 
+			if (xts && len > 0 && len < 16)
+				continue;
 			if (len > msize)
 				memset(model + msize, 0, len - msize);
-			if (cmk_tmpfile_ftruncate(fd, &id, len) != 0)
+			if (cmk_tmpfile_ftruncate(fd, id, len) != 0)
 				fail("truncate", (long) len, 0);
 			msize = len;
 		}
@@ -247,11 +271,295 @@ main(int argc, char **argv)
 			size_t		n = 1 + random() % (msize - off);
 
 			fill(model + off, n);
-			if (cmk_tmpfile_pwrite(fd, &id, model + off, n, off) != (ssize_t) n)
+			if (cmk_tmpfile_pwrite(fd, id, model + off, n, off) != (ssize_t) n)
 				fail("rewrite", (long) off, (long) n);
 		}
-		check(fd, &id);
+		check(fd, id);
 	}
+}
+
+static void
+flip(const char *file, off_t pos)
+{
+	int			f = open(file, O_RDWR);
+	uint8		b;
+
+	if (f < 0 || pread(f, &b, 1, pos) != 1)
+		fail("flip: read", (long) pos, 0);
+	b ^= 0x01;
+	if (pwrite(f, &b, 1, pos) != 1)
+		fail("flip: write", (long) pos, 0);
+	close(f);
+}
+
+/* Open the authenticated file as a reader would (no O_CREAT). */
+static int
+reopen(const char *path, const CmkFileId *id)
+{
+	int			fd = open(path, O_RDWR);
+
+	if (fd < 0)
+		return -1;
+	if (!cmk_tmpauth_open(fd, id, path, O_RDWR, 0))
+	{
+		int			e = errno;
+
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	return fd;
+}
+
+static void
+close_auth(int fd)
+{
+	cmk_tmpauth_close(fd);
+	close(fd);
+}
+
+/* A full read of the file must fail with EIO (or the reopen must). */
+static void
+expect_damage(const char *path, const CmkFileId *id, const char *what, long a)
+{
+	int			fd;
+
+	errno = 0;
+	fd = reopen(path, id);
+	checks++;
+	if (fd < 0)
+	{
+		if (errno != EIO)
+			fail(what, a, errno);
+		return;
+	}
+	if (cmk_tmpfile_pread(fd, id, got, (size_t) msize + 100, 0) != -1 ||
+		errno != EIO)
+		fail(what, a, 0);
+	close_auth(fd);
+}
+
+static void
+expect_intact(const char *path, const CmkFileId *id, const char *what, long a)
+{
+	int			fd = reopen(path, id);
+
+	checks++;
+	if (fd < 0 ||
+		cmk_tmpfile_pread(fd, id, got, (size_t) msize + 100, 0) != msize ||
+		memcmp(got, model, msize) != 0)
+		fail(what, a, 0);
+	if (fd >= 0)
+		close_auth(fd);
+}
+
+
+int
+main(int argc, char **argv)
+{
+	const char *path = argc > 1 ? argv[1] : "/tmp/cmk_tmpfile_model";
+	int			iters = argc > 2 ? atoi(argv[2]) : 20000;
+	CmkTmpRealIo io = {pread, pwrite, ftruncate};
+	CmkFileId	id;
+	CmkFileId	nid;
+	CmkFileId	bad;
+	char		side[1100];
+	int			fd;
+	long		allocs_before;
+
+	if (!CRYPTO_set_mem_functions(count_malloc, count_realloc, count_free))
+		fail("counting allocator", 0, 0);
+	srandom(argc > 3 ? atoi(argv[3]) : 1);
+	cmk_tmpfile_init();
+	cmk_tmpfile_set_real(&io);
+	memset(&id, 0, sizeof(id));
+	if (!cmk_tmpfile_classify("base/pgsql_tmp/pgsql_tmp42.0", &id) ||
+		id.kind != CMK_FILE_TEMP || id.temp != 1)
+		fail("classify", 0, 0);
+	memset(&nid, 0, sizeof(nid));
+	if (!cmk_tmpfile_classify("pg_notify/0000", &nid) || nid.temp != 0)
+		fail("classify pg_notify", 0, 0);
+	memset(&bad, 0, sizeof(bad));
+	if (cmk_tmpfile_classify("base/5/16384", &bad) ||
+		cmk_tmpfile_classify("pg_replslot/s/state", &bad) ||
+		!cmk_tmpfile_classify("pg_replslot/s/xid-767-lsn-0-1000000.spill", &bad) ||
+		!cmk_tmpfile_classify("pg_notify/0000", &bad) ||
+		!cmk_tmpfile_classify("pg_tblspc/16385/PG_15_202209061/pgsql_tmp/pgsql_tmp9.0.fileset/o1of2.p0.0", &bad) ||
+		cmk_tmpfile_classify("pg_tblspc/16385/PG_15_202209061/5/16384", &bad))
+		fail("classify kinds", 0, 0);
+	/* Citus's intermediate results: any file under base/pgsql_job_cache */
+	if (!cmk_tmpfile_classify("base/pgsql_job_cache/10_1_5/repartition_7_3_0.data", &bad) ||
+		!cmk_tmpfile_classify("base/pgsql_job_cache/10_4242/jc.data", &bad) ||
+		cmk_tmpfile_classify("base/pgsql_job_cache/", &bad) ||
+		cmk_tmpfile_classify("base/pgsql_job_cachex/1", &bad))
+		fail("classify job cache", 0, 0);
+	memset(&bad, 0, sizeof(bad));
+	if (!cmk_tmpfile_classify("base/pgsql_tmp/pgsql_tmp42.0.cmkauth", &bad) ||
+		bad.fork != 0xFF || bad.temp != 0)
+		fail("a side file is no data file", 0, 0);
+	snprintf(side, sizeof(side), "%s%s", path, CMK_TMPAUTH_SUFFIX);
+
+	/* The authenticated format: no operation allocates in OpenSSL. */
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	if (fd < 0 || !cmk_tmpauth_open(fd, &id, path, O_RDWR | O_CREAT | O_TRUNC, 0600))
+	{
+		perror(path);
+		return 1;
+	}
+	allocs_before = allocations;
+	run_model(fd, &id, iters, false);
+	checks++;
+	if (allocations != allocs_before)
+		fail("OpenSSL allocated below fd.c", allocations - allocs_before, 0);
+
+	/*
+	 * Every damaged byte is noticed; undone, the file reads again.  (Opening
+	 * and failing may allocate in OpenSSL — the first error of a thread —
+	 * which is reported, not failed: the rule is about the I/O path.)
+	 */
+	allocs_before = allocations;
+	cmk_tmpfile_ftruncate(fd, &id, 0);
+	msize = 3 * 8192 + 100;
+	fill(model, msize);
+	if (cmk_tmpfile_pwrite(fd, &id, model, msize, 0) != msize)
+		fail("write for damage", 0, 0);
+	close_auth(fd);
+	expect_intact(path, &id, "intact before damage", 0);
+	for (off_t pos = 0; pos < msize; pos += (pos % 8192 < 40 || pos % 8192 > 8150) ? 1 : 61)
+	{
+		flip(path, pos);
+		expect_damage(path, &id, "data byte flipped", (long) pos);
+		flip(path, pos);
+	}
+	{
+		off_t		sidelen = 32 + (4 + 1) * 28;	/* header, 4 units, size */
+
+		for (off_t pos = 0; pos < sidelen; pos++)
+		{
+			flip(side, pos);
+			expect_damage(path, &id, "side byte flipped", (long) pos);
+			flip(side, pos);
+		}
+	}
+	expect_intact(path, &id, "intact after flips", 0);
+	{
+		/* unit 0 moved onto unit 1, with its record */
+		uint8		u0[8192],
+					u1[8192],
+					r0[28],
+					r1[28];
+		int			d = open(path, O_RDWR),
+					sd = open(side, O_RDWR);
+
+		pread(d, u0, 8192, 0);
+		pread(d, u1, 8192, 8192);
+		pread(sd, r0, 28, 32);
+		pread(sd, r1, 28, 32 + 28);
+		pwrite(d, u0, 8192, 8192);
+		pwrite(sd, r0, 28, 32 + 28);
+		expect_damage(path, &id, "unit moved", 0);
+		pwrite(d, u1, 8192, 8192);
+		pwrite(sd, r1, 28, 32 + 28);
+		expect_intact(path, &id, "unit moved back", 0);
+
+		/* cut at a unit boundary, and extended, behind the layer's back */
+		if (ftruncate(d, 3 * 8192) != 0)
+			fail("raw truncate", 0, 0);
+		{
+			off_t		save = msize;
+
+			msize = 3 * 8192;
+			expect_damage(path, &id, "cut at a unit boundary", 0);
+			msize = save;
+		}
+		pwrite(d, model + 3 * 8192, 100, 3 * 8192);	/* wrong bytes, right size */
+		expect_damage(path, &id, "tail replaced", 0);
+		close(d);
+		close(sd);
+	}
+	{
+		/* the side file deleted */
+		checks++;
+		unlink(side);
+		errno = 0;
+		fd = reopen(path, &id);
+		if (fd >= 0 || errno != EIO)
+			fail("side file deleted", fd, errno);
+		if (fd >= 0)
+			close_auth(fd);
+	}
+
+	fprintf(stderr, "OpenSSL allocations in the damage paths: %ld\n",
+			allocations - allocs_before);
+
+	/* Fresh nonces: the same bytes written twice differ on disk. */
+	{
+		uint8		a[8192],
+					b[8192];
+
+		fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+		if (fd < 0 || !cmk_tmpauth_open(fd, &id, path, O_RDWR | O_CREAT | O_TRUNC, 0600))
+			fail("recreate", 0, 0);
+		fill(model, 8192);
+		cmk_tmpfile_pwrite(fd, &id, model, 8192, 0);
+		pread(fd, a, 8192, 0);
+		cmk_tmpfile_pwrite(fd, &id, model, 8192, 0);
+		pread(fd, b, 8192, 0);
+		checks++;
+		if (memcmp(a, b, 8192) == 0)
+			fail("a rewrite reused its keystream", 0, 0);
+		/*
+		 * A write rewrites only the units it touches: units after it keep
+		 * their ciphertext and records (BufFile and logtape rewrite blocks in
+		 * the middle of large files).
+		 */
+		{
+			static uint8 before[4 * 8192 + 200],
+						after[4 * 8192 + 200];
+			int			sd;
+
+			fill(model, 4 * 8192);
+			cmk_tmpfile_pwrite(fd, &id, model, 4 * 8192, 0);
+			sd = open(side, O_RDONLY);
+			pread(fd, before, 3 * 8192, 8192);
+			pread(sd, before + 3 * 8192, 3 * 28, 32 + 28);
+			cmk_tmpfile_pwrite(fd, &id, model, 100, 50);
+			pread(fd, after, 3 * 8192, 8192);
+			pread(sd, after + 3 * 8192, 3 * 28, 32 + 28);
+			close(sd);
+			checks++;
+			if (memcmp(before, after, 3 * 8192 + 3 * 28) != 0)
+				fail("a write rewrote units it does not touch", 0, 0);
+		}
+		/* tiny files are ordinary: two versions of 5 bytes share no keystream */
+		cmk_tmpfile_ftruncate(fd, &id, 0);
+		cmk_tmpfile_pwrite(fd, &id, (const uint8 *) "AAAAA", 5, 0);
+		pread(fd, a, 5, 0);
+		cmk_tmpfile_pwrite(fd, &id, (const uint8 *) "BBBBB", 5, 0);
+		pread(fd, b, 5, 0);
+		checks++;
+		for (int i = 0; i < 5; i++)
+			a[i] ^= b[i] ^ 'A' ^ 'B';
+		if (memcmp(a, "\0\0\0\0\0", 5) == 0)
+			fail("two tiny versions leak their XOR", 0, 0);
+		close_auth(fd);
+	}
+	checks++;
+	if (external_fds != 0)
+		fail("side descriptors not released", external_fds, 0);
+	unlink(path);
+	unlink(side);
+
+	/* The XTS format of pg_notify, against the model too. */
+	msize = 0;
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	if (fd < 0)
+	{
+		perror(path);
+		return 1;
+	}
+	run_model(fd, &nid, iters / 2, true);
+	id = nid;
 
 	/* The same bytes under another identity are different on disk. */
 	{
@@ -260,7 +568,7 @@ main(int argc, char **argv)
 					b[8192];
 
 		memset(&other, 0, sizeof(other));
-		cmk_tmpfile_classify("base/pgsql_tmp/pgsql_tmp42.1", &other);
+		cmk_tmpfile_classify("pg_notify/0001", &other);
 		fill(model, 8192);
 		cmk_tmpfile_ftruncate(fd, &id, 0);
 		cmk_tmpfile_pwrite(fd, &id, model, 8192, 0);
@@ -308,6 +616,13 @@ main(int argc, char **argv)
 	if (cmk_tmpfile_pwrite(fd, &bad, model, 100, 0) != -1 || errno != EIO ||
 		cmk_tmpfile_pread(fd, &bad, got, 100, 0) != -1 || errno != EIO)
 		fail("unusable identity", 0, 0);
+
+	/* XTS refuses a file shorter than 16 bytes (no fixed keystream). */
+	cmk_tmpfile_ftruncate(fd, &id, 0);
+	checks++;
+	errno = 0;
+	if (cmk_tmpfile_pwrite(fd, &id, model, 5, 0) != -1 || errno != EIO)
+		fail("tiny XTS file refused", 0, 0);
 
 	close(fd);
 	unlink(path);
