@@ -499,17 +499,11 @@ two_descriptors(const char *path, const CmkFileId *id)
 		fail("two: b reads", 0, 0);
 	memcpy(old, model, msize);
 
-	/* a rewrites unit 1: b, with unit 1's old record cached, must not pass */
-	fill(model + 8192, 8192);
-	cmk_tmpfile_pwrite(a, id, model + 8192, 8192, 8192);
-	errno = 0;
-	r = cmk_tmpfile_pread(b, id, got, 8192, 8192);
-	checks++;
-	if (!(r == -1 && errno == EIO) &&
-		!(r == 8192 && memcmp(got, model + 8192, 8192) == 0))
-		fail("two: b after a rewrote a unit", (long) r, errno);
-
-	/* a grows the file: b's read to the end must not stop at the old end */
+	/*
+	 * a grows the file: b's read to the end must not stop at the old end
+	 * (b's cached records, the old size record among them, are all still
+	 * authentic: only fstat at the end tells)
+	 */
 	fill(model + msize, 5000);
 	cmk_tmpfile_pwrite(a, id, model + msize, 5000, msize);
 	msize += 5000;
@@ -519,6 +513,16 @@ two_descriptors(const char *path, const CmkFileId *id)
 	if (!(r == -1 && errno == EIO) &&
 		!(r == msize && memcmp(got, model, msize) == 0))
 		fail("two: b after a grew the file", (long) r, errno);
+
+	/* a rewrites unit 1: b, with unit 1's old record cached, must not pass */
+	fill(model + 8192, 8192);
+	cmk_tmpfile_pwrite(a, id, model + 8192, 8192, 8192);
+	errno = 0;
+	r = cmk_tmpfile_pread(b, id, got, 8192, 8192);
+	checks++;
+	if (!(r == -1 && errno == EIO) &&
+		!(r == 8192 && memcmp(got, model + 8192, 8192) == 0))
+		fail("two: b after a rewrote a unit", (long) r, errno);
 
 	/* a shrinks it: b fails or reads the new bytes */
 	cmk_tmpfile_ftruncate(a, id, 8192 + 10);
@@ -545,8 +549,8 @@ two_descriptors(const char *path, const CmkFileId *id)
 
 /*
  * Nonces after fork(): the parent has drawn nonces (the pool is filled),
- * then forks; the first unit the child writes and the first unit the parent
- * writes after the fork must have different nonces.
+ * then forks; the child and the parent then make the same write, each to
+ * its own file: the two units must have different nonces.
  */
 static void
 fork_nonces(const char *path, const CmkFileId *id)
@@ -556,7 +560,8 @@ fork_nonces(const char *path, const CmkFileId *id)
 				side[1100];
 	uint8		np[12],
 				nc[12];
-	int			fd;
+	int			fd,
+				c;
 	pid_t		pid;
 	int			status = 0;
 
@@ -565,27 +570,24 @@ fork_nonces(const char *path, const CmkFileId *id)
 	fd = open(pp, O_RDWR | O_CREAT | O_TRUNC, 0600);
 	if (fd < 0 || !cmk_tmpauth_open(fd, id, pp, O_RDWR | O_CREAT | O_TRUNC, 0600))
 		fail("fork: open", 0, errno);
+	c = open(cp, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	if (c < 0 || !cmk_tmpauth_open(c, id, cp, O_RDWR | O_CREAT | O_TRUNC, 0600))
+		fail("fork: open", 1, errno);
+	/* both files opened (the pool in use); the same write in both processes */
 	fill(model, 8192);
-	cmk_tmpfile_pwrite(fd, id, model, 8192, 0);	/* the pool in use */
 	fflush(NULL);
 	pid = fork();
 	if (pid == 0)
-	{
-		int			c = open(cp, O_RDWR | O_CREAT | O_TRUNC, 0600);
-
-		if (c < 0 || !cmk_tmpauth_open(c, id, cp, O_RDWR | O_CREAT | O_TRUNC, 0600) ||
-			cmk_tmpfile_pwrite(c, id, model, 8192, 0) != 8192)
-			_exit(1);
-		_exit(0);
-	}
+		_exit(cmk_tmpfile_pwrite(c, id, model, 8192, 0) == 8192 ? 0 : 1);
 	waitpid(pid, &status, 0);
-	if (cmk_tmpfile_pwrite(fd, id, model, 8192, 8192) != 8192)
+	if (cmk_tmpfile_pwrite(fd, id, model, 8192, 0) != 8192)
 		fail("fork: parent write", 0, 0);
 	close_auth(fd);
+	close_auth(c);
 	snprintf(side, sizeof(side), "%s%s", pp, CMK_TMPAUTH_SUFFIX);
 	fd = open(side, O_RDONLY);
-	/* the parent's unit 1 (its first record after the fork) */
-	if (fd < 0 || pread(fd, np, 12, 32 + 28) != 12)
+	/* the parent's unit 0 (its first record after the fork) */
+	if (fd < 0 || pread(fd, np, 12, 32) != 12)
 		fail("fork: parent side", 0, 0);
 	close(fd);
 	unlink(pp);
