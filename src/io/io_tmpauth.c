@@ -15,7 +15,11 @@
  * the read that touches it fail with EIO, and a read that reaches the end
  * of the file proves that the end is where the writer left it.  Every
  * write of a unit draws a fresh random nonce: rewrites never reuse a
- * keystream, and files of any length are handled alike.
+ * keystream, and files of any length are handled alike.  The nonces come
+ * from a per-process pool of getrandom() output, emptied in forked
+ * children; per descriptor the file's size and windows of side-file
+ * records are cached ("Caches" below), so that a block costs about the
+ * plain file's system calls plus one pwrite of records.
  *
  * Keys: a random per-start key (never written) gives, through AES as a
  * pseudo-random function (RFC 8452, section 4), one AES-256-GCM key per
