@@ -15,7 +15,11 @@
  * the read that touches it fail with EIO, and a read that reaches the end
  * of the file proves that the end is where the writer left it.  Every
  * write of a unit draws a fresh random nonce: rewrites never reuse a
- * keystream, and files of any length are handled alike.
+ * keystream, and files of any length are handled alike.  The nonces come
+ * from a per-process pool of getrandom() output, emptied in forked
+ * children; per descriptor the file's size and windows of side-file
+ * records are cached ("Caches" below), so that a block costs about the
+ * plain file's system calls plus one pwrite of records.
  *
  * Keys: a random per-start key (never written) gives, through AES as a
  * pseudo-random function (RFC 8452, section 4), one AES-256-GCM key per
@@ -41,6 +45,7 @@
 #include "postgres.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/resource.h>
@@ -66,15 +71,35 @@
 #define CHUNK_UNITS		16		/* units per data system call */
 #define SIDE_SUFFIX_LEN (sizeof(CMK_TMPAUTH_SUFFIX) - 1)
 #define TABLE_MAX		(1 << 20)
+#define POOL_LEN		4096	/* random bytes drawn at once for nonces */
+#define WIN_RECS		64		/* records per cached side-file window */
+#define WIN_SLOTS		32		/* cached windows, all descriptors together */
 
 static const char side_magic[8] = {'C', 'M', 'K', 'T', 'A', 'U', 'T', 'H'};
 
-/* Per data descriptor: its side file and salt.  side is fd + 1; 0 is none. */
+/*
+ * Per data descriptor: its side file and salt.  side is fd + 1; 0 is none.
+ * size is the data file's size as this descriptor left it (-1: unknown, ask
+ * fstat), see "Caches" below.
+ */
 typedef struct SideEntry
 {
 	int32		side;
 	uint8		salt[SALT_LEN];
+	off_t		size;
 } SideEntry;
+
+/*
+ * A window of side-file records cached for reads: records base ..
+ * base + nvalid - 1 of the data descriptor fd - 1 (0: slot free).
+ */
+typedef struct RecWindow
+{
+	int32		fd;
+	uint32		nvalid;
+	uint64		base;
+	uint64		used;			/* LRU clock */
+} RecWindow;
 
 /* Set at start-up in the postmaster, inherited by every child. */
 static bool auth_on = false;
@@ -87,6 +112,17 @@ static int	nsides = 0;
 static uint8 *chunkbuf = NULL;	/* CHUNK_UNITS units of ciphertext */
 static uint8 *unitbuf = NULL;	/* one unit of plaintext being rebuilt */
 static uint8 *recbuf = NULL;	/* CHUNK_UNITS + 1 records */
+
+/* Nonce pool: POOL_LEN bytes of getrandom() output, pool_left still unused. */
+static uint8 *pool = NULL;
+static size_t pool_left = 0;
+
+/* Record windows (their records in winrecs, WIN_RECS * REC_LEN each). */
+static RecWindow wins[WIN_SLOTS];
+static uint8 *winrecs = NULL;
+static uint64 win_clock = 0;
+
+static void pool_forget(void);
 
 /* The file key the GCM context holds now (consecutive calls reuse it). */
 static bool keyed = false;
@@ -108,7 +144,8 @@ cmk_tmpauth_init(void)
 	EVP_CIPHER *gcm = NULL;
 	struct rlimit rl;
 	size_t		n = 65536;
-	size_t		buflen = CHUNK_UNITS * U + U + (CHUNK_UNITS + 1) * REC_LEN;
+	size_t		buflen = CHUNK_UNITS * U + U + (CHUNK_UNITS + 1) * REC_LEN +
+		POOL_LEN + WIN_SLOTS * WIN_RECS * REC_LEN;
 	bool		ok;
 	void	   *p;
 
@@ -130,6 +167,12 @@ cmk_tmpauth_init(void)
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("cmk_storage: could not set up the temporary file authentication cipher")));
 
+	/* a forked child never continues its parent's nonces (fresh_nonces) */
+	if (pthread_atfork(NULL, NULL, pool_forget) != 0)
+		ereport(FATAL,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("cmk_storage: could not register the temporary file nonce pool's fork handler")));
+
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
 		n = (size_t) rl.rlim_cur;
 	if (n > TABLE_MAX)
@@ -143,7 +186,9 @@ cmk_tmpauth_init(void)
 	chunkbuf = (uint8 *) p;
 	unitbuf = chunkbuf + CHUNK_UNITS * U;
 	recbuf = unitbuf + U;
-	sides = (SideEntry *) (recbuf + (CHUNK_UNITS + 1) * REC_LEN);
+	pool = recbuf + (CHUNK_UNITS + 1) * REC_LEN;
+	winrecs = pool + POOL_LEN;
+	sides = (SideEntry *) (winrecs + WIN_SLOTS * WIN_RECS * REC_LEN);
 	nsides = (int) n;
 	auth_on = true;
 }
@@ -233,19 +278,50 @@ write_exact(int fd, const uint8 *buf, size_t len, off_t pos)
 	return true;
 }
 
-/* Fresh random nonces into the first NONCE_LEN bytes of count records. */
+/*
+ * The child's side of fork(): drop what is left of the parent's pool, so
+ * that parent and child never hand out the same bytes as nonces.  (Only a
+ * counter is reset: the bytes are not secret, and wiping them would copy a
+ * page in every forked child.)
+ */
+static void
+pool_forget(void)
+{
+	pool_left = 0;
+}
+
+/*
+ * Fresh random nonces into the first NONCE_LEN bytes of count records.
+ * They are drawn from the kernel's generator POOL_LEN bytes at a time (one
+ * getrandom() for about 170 writes instead of one per write); every byte of
+ * the pool is used once, in this process only, so the nonces are exactly
+ * as random and as unique as before.
+ */
 static bool
 fresh_nonces(uint8 *recs, size_t count)
 {
-	uint8		raw[(CHUNK_UNITS + 1) * NONCE_LEN];
-	size_t		len = count * NONCE_LEN;
-
 	Assert(count <= CHUNK_UNITS + 1);
-	/* up to 256 bytes never come back short once the pool is initialised */
-	if (getrandom(raw, len, 0) != (ssize_t) len)
-		return false;
 	for (size_t i = 0; i < count; i++)
-		memcpy(recs + i * REC_LEN, raw + i * NONCE_LEN, NONCE_LEN);
+	{
+		if (pool_left < NONCE_LEN)
+		{
+			size_t		got = 0;
+
+			while (got < POOL_LEN)
+			{
+				ssize_t		r = getrandom(pool + got, POOL_LEN - got, 0);
+
+				if (r < 0 && errno == EINTR)
+					continue;
+				if (r <= 0)
+					return false;
+				got += (size_t) r;
+			}
+			pool_left = POOL_LEN;
+		}
+		memcpy(recs + i * REC_LEN, pool + POOL_LEN - pool_left, NONCE_LEN);
+		pool_left -= NONCE_LEN;
+	}
 	return true;
 }
 
@@ -363,14 +439,173 @@ entry_of(int fd)
 	return &sides[fd];
 }
 
+/* ---------------------------------------------------------------------- */
+/* Caches                                                                 */
+
+/*
+ * Two things are cached per descriptor so that the steady state of a sort
+ * or a hash join costs the system calls of the plain file plus one pwrite of
+ * records per write: the data file's size (SideEntry.size) and windows of
+ * side-file records (RecWindow).  Both are filled from the files and
+ * updated by this descriptor's own writes and truncations, and dropped when
+ * the descriptor is opened or closed (fd.c closes and reopens virtual file
+ * descriptors freely: a reopen always starts from the files).
+ *
+ * Why they stay coherent: PostgreSQL's users of temporary files (buffile.c
+ * over fd.c: tuplestore, tuplesort's logtape.c, nodeHash's batch files,
+ * sharedtuplestore.c, reorderbuffer.c's spill files, worker.c's stream and
+ * subxact files) have one writer per file at a time, writing through the
+ * one descriptor it has open; a file of a shared file set is written by one
+ * participant, closed, and only then opened read-only by others
+ * (BufFileExportFileSet, sts_end_write, the barriers around them), and
+ * worker.c reopens its own files one at a time in the one apply worker.
+ *
+ * Why they are safe even where that fails (another descriptor changed the
+ * file behind this one's back): a cached record or size is only ever used
+ * as an input to GCM's check, so a stale one makes the read fail with EIO,
+ * never hand out bytes nobody wrote here: a stale record does not match the
+ * unit now on disk, a stale size gives a unit length or size-record
+ * position that the file's records do not vouch for, a file cut short
+ * gives a short read.  A read that reaches the end of the file still asks
+ * fstat, so a file extended behind this descriptor's back fails there as
+ * before.  Tampering with a record this process has cached is not noticed
+ * (the cached, authentic record is used): the bytes handed out are still
+ * exactly the ones written.
+ */
+
+/* The data file's size: the cached one, or fstat's (then cached). */
+static off_t
+cur_size(SideEntry *e, int fd)
+{
+	if (e->size < 0)
+		e->size = file_size(fd);
+	return e->size;
+}
+
+/* Drop every cached window of a descriptor. */
+static void
+recs_forget(int fd)
+{
+	for (int i = 0; i < WIN_SLOTS; i++)
+		if (wins[i].fd == fd + 1)
+			wins[i].fd = 0;
+}
+
+/* (Re)load the window of records base .. base + WIN_RECS - 1 into slot w. */
+static bool
+recs_load(RecWindow *w, int fd, int side, uint64 base)
+{
+	uint8	   *dst = winrecs + (size_t) (w - wins) * WIN_RECS * REC_LEN;
+	size_t		want = WIN_RECS * REC_LEN;
+	size_t		got = 0;
+
+	w->fd = 0;
+	while (got < want)
+	{
+		ssize_t		r = pread(side, dst + got, want - got,
+							  rec_off(base) + (off_t) got);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return false;
+		if (r == 0)
+			break;
+		got += (size_t) r;
+	}
+	w->fd = fd + 1;
+	w->base = base;
+	w->nvalid = (uint32) (got / REC_LEN);
+	return true;
+}
+
+/*
+ * Records k .. k + nrec - 1 of a descriptor's side file into dst, from the
+ * cached windows, loading a window that is missing or too short (the side
+ * file may have grown since) in place of the least recently used one.
+ * Records the side file does not have: false with EIO.
+ */
+static bool
+recs_get(int fd, int side, uint64 k, size_t nrec, uint8 *dst)
+{
+	while (nrec > 0)
+	{
+		uint64		base = k - k % WIN_RECS;
+		RecWindow  *w = NULL;
+		size_t		n;
+
+		for (int i = 0; i < WIN_SLOTS; i++)
+		{
+			if (wins[i].fd == fd + 1 && wins[i].base == base)
+			{
+				w = &wins[i];
+				break;
+			}
+			if (w == NULL || wins[i].fd == 0 ||
+				(w->fd != 0 && wins[i].used < w->used))
+				w = &wins[i];
+		}
+		if (w->fd != fd + 1 || w->base != base || k - base >= w->nvalid)
+		{
+			if (!recs_load(w, fd, side, base))
+				return false;
+			if (k - base >= w->nvalid)
+			{
+				errno = EIO;
+				return false;
+			}
+		}
+		w->used = ++win_clock;
+		n = Min(nrec, (size_t) (w->nvalid - (k - base)));
+		memcpy(dst, winrecs + (size_t) (w - wins) * WIN_RECS * REC_LEN +
+			   (size_t) (k - base) * REC_LEN, n * REC_LEN);
+		dst += n * REC_LEN;
+		k += n;
+		nrec -= n;
+	}
+	return true;
+}
+
+/*
+ * Records k .. k + nrec - 1 were just written to the side file: update the
+ * windows that hold or directly follow them; one they would leave with a
+ * hole is dropped.
+ */
+static void
+recs_put(int fd, uint64 k, size_t nrec, const uint8 *src)
+{
+	for (int i = 0; i < WIN_SLOTS; i++)
+	{
+		RecWindow  *w = &wins[i];
+		uint64		lo,
+					hi;
+
+		if (w->fd != fd + 1)
+			continue;
+		lo = Max(k, w->base);
+		hi = Min(k + nrec, w->base + WIN_RECS);
+		if (lo >= hi)
+			continue;
+		if (lo - w->base > w->nvalid)
+		{
+			w->fd = 0;
+			continue;
+		}
+		memcpy(winrecs + (size_t) i * WIN_RECS * REC_LEN +
+			   (size_t) (lo - w->base) * REC_LEN,
+			   src + (size_t) (lo - k) * REC_LEN, (size_t) (hi - lo) * REC_LEN);
+		w->nvalid = (uint32) Max((uint64) w->nvalid, hi - w->base);
+	}
+}
+
 /* The size record of a file of size bytes, as the side file holds it. */
 static bool
-check_size(int side, const CmkFileId *id, off_t size)
+check_size(int fd, int side, const CmkFileId *id, off_t size)
 {
 	uint8		aad[AAD_LEN];
 	uint8		rec[REC_LEN];
 
-	if (!read_exact(side, rec, REC_LEN, rec_off(nunits(size))))
+	if (!recs_get(fd, side, nunits(size), 1, rec))
 		return false;
 	make_aad(aad, id, true, (uint64) size, 0);
 	return unseal(aad, NULL, 0, rec);
@@ -454,6 +689,8 @@ cmk_tmpauth_open(int fd, const CmkFileId *id, const char *path, int flags,
 	}
 	sides[fd].side = sfd + 1;
 	memcpy(sides[fd].salt, hdr + 16, SALT_LEN);
+	sides[fd].size = size;
+	recs_forget(fd);
 	return true;
 
 fail:
@@ -473,6 +710,8 @@ cmk_tmpauth_close(int fd)
 		return;
 	close(e->side - 1);
 	e->side = 0;
+	e->size = -1;
+	recs_forget(fd);
 	ReleaseExternalFD();
 }
 
@@ -529,7 +768,7 @@ read_unit(int fd, int side, const CmkFileId *id, off_t size, uint64 k)
 	uint8		aad[AAD_LEN];
 	uint8		rec[REC_LEN];
 
-	if (!read_exact(side, rec, REC_LEN, rec_off(k)) ||
+	if (!recs_get(fd, side, k, 1, rec) ||
 		!read_exact(fd, unitbuf, ulen, us))
 		return false;
 	make_aad(aad, id, false, k, (uint32) ulen);
@@ -558,7 +797,7 @@ cmk_tmpauth_pread(int fd, const CmkFileId *id, uint8 *buf, size_t n, off_t off)
 		errno = EIO;
 		return -1;
 	}
-	size = file_size(fd);
+	size = cur_size(e, fd);
 	if (size < 0)
 		return -1;
 	if (!use_file_key(e->salt))
@@ -566,9 +805,15 @@ cmk_tmpauth_pread(int fd, const CmkFileId *id, uint8 *buf, size_t n, off_t off)
 		errno = EIO;
 		return -1;
 	}
+	/* at the end, the file's real size must be the one we know */
+	if (off + (off_t) n >= size && file_size(fd) != size)
+	{
+		errno = EIO;
+		return -1;
+	}
 	if (off >= size)
 	{
-		if (!check_size(e->side - 1, id, size))
+		if (!check_size(fd, e->side - 1, id, size))
 		{
 			errno = EIO;
 			return -1;
@@ -592,7 +837,7 @@ cmk_tmpauth_pread(int fd, const CmkFileId *id, uint8 *buf, size_t n, off_t off)
 		uint8	   *data = direct ? buf + (cs - off) : chunkbuf;
 		uint8		aad[AAD_LEN];
 
-		if (!read_exact(e->side - 1, recbuf, nrec * REC_LEN, rec_off(k0)) ||
+		if (!recs_get(fd, e->side - 1, k0, nrec, recbuf) ||
 			!read_exact(fd, data, (size_t) (ce - cs), cs))
 			goto fail;
 		if (at_end)
@@ -662,7 +907,7 @@ cmk_tmpauth_pwrite(int fd, const CmkFileId *id, const uint8 *buf, size_t n,
 		errno = EIO;
 		return -1;
 	}
-	oldsize = file_size(fd);
+	oldsize = cur_size(e, fd);
 	if (oldsize < 0)
 		return -1;
 	if (n == 0)
@@ -741,7 +986,14 @@ cmk_tmpauth_pwrite(int fd, const CmkFileId *id, const uint8 *buf, size_t n,
 		/* data first: a record never vouches for bytes not yet written */
 		if (!write_exact(fd, chunkbuf, (size_t) (ce - cs), cs) ||
 			!write_exact(e->side - 1, recbuf, nrec * REC_LEN, rec_off(k)))
+		{
+			/* what reached the files is unknown: start again from them */
+			e->size = -1;
+			recs_forget(fd);
 			return -1;
+		}
+		recs_put(fd, k, nrec, recbuf);
+		e->size = Max(e->size, ce);
 		k = kc + 1;
 	}
 	return (ssize_t) n;
@@ -778,7 +1030,7 @@ cmk_tmpauth_ftruncate(int fd, const CmkFileId *id, off_t len)
 		errno = EINVAL;
 		return -1;
 	}
-	oldsize = file_size(fd);
+	oldsize = cur_size(e, fd);
 	if (oldsize < 0)
 		return -1;
 	if (len == oldsize)
@@ -805,6 +1057,9 @@ cmk_tmpauth_ftruncate(int fd, const CmkFileId *id, off_t len)
 	cut = (size_t) (len % U);
 	if (cut > 0 && !read_unit(fd, e->side - 1, id, oldsize, k))
 		goto fail;
+	/* from here on the files change: the caches start again from them */
+	e->size = -1;
+	recs_forget(fd);
 	if (ftruncate(fd, len) != 0)
 		goto fail;
 	if (cut > 0)
@@ -836,6 +1091,7 @@ cmk_tmpauth_ftruncate(int fd, const CmkFileId *id, off_t len)
 					 rec_off(cut > 0 ? k : nunits(len))) ||
 		ftruncate(e->side - 1, rec_off(nunits(len) + 1)) != 0)
 		goto fail;
+	e->size = len;
 	return 0;
 
 fail:

@@ -20,7 +20,12 @@
  * the side file is deleted: each time the read (or the reopen) must fail
  * with EIO, and succeed again once the damage is undone.  The same bytes
  * under another identity are different on disk; two writes of the same
- * bytes are different on disk (fresh nonces); the XTS format leaves holes
+ * bytes are different on disk (fresh nonces), also in a forked child and
+ * its parent after the fork; the caches of the size and of the side file's
+ * records (io_tmpauth.c, "Caches") follow writes and truncations through
+ * many files at once, large ones crossing their windows, and a second
+ * descriptor on a file changed through the first never reads stale or
+ * wrong bytes (EIO, or the new ones); the XTS format leaves holes
  * and refuses tiny files; an unusable identity refuses every access; and no
  * operation on an open file allocates memory in OpenSSL (counted through
  * CRYPTO_set_mem_functions).  Ends with "N passed, M failed".
@@ -36,6 +41,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -353,6 +359,254 @@ expect_intact(const char *path, const CmkFileId *id, const char *what, long a)
 		close_auth(fd);
 }
 
+/*
+ * The caches: NF files open at once (more record windows than the layer
+ * caches), one of them large (its records span several windows), random
+ * writes, rewrites, truncations and reads across them, each against its own
+ * model, through the same descriptors all along.
+ */
+#define NF 40
+#define BIGSIZE (300 * 8192 + 77)
+
+static void
+run_caches(const char *path, const CmkFileId *id, int iters)
+{
+	int			fds[NF];
+	uint8	   *models[NF];
+	off_t		sizes[NF];
+	off_t		caps[NF];
+	uint8	   *buf = malloc(BIGSIZE + 100);
+	char		name[1100];
+
+	for (int i = 0; i < NF; i++)
+	{
+		snprintf(name, sizeof(name), "%s.c%d", path, i);
+		caps[i] = i == 0 ? BIGSIZE : 3 * 8192 + 50;
+		models[i] = calloc(1, caps[i]);
+		sizes[i] = 0;
+		fds[i] = open(name, O_RDWR | O_CREAT | O_TRUNC, 0600);
+		if (fds[i] < 0 || models[i] == NULL ||
+			!cmk_tmpauth_open(fds[i], id, name, O_RDWR | O_CREAT | O_TRUNC, 0600))
+			fail("caches: open", i, errno);
+	}
+	/* the large file written sequentially in 8 kB blocks, as BufFile does */
+	for (off_t off = 0; off < BIGSIZE; off += 8192)
+	{
+		size_t		n = (size_t) Min((off_t) 8192, BIGSIZE - off);
+
+		fill(models[0] + off, n);
+		if (cmk_tmpfile_pwrite(fds[0], id, models[0] + off, n, off) != (ssize_t) n)
+			fail("caches: sequential write", (long) off, 0);
+	}
+	sizes[0] = BIGSIZE;
+	for (int it = 0; it < iters; it++)
+	{
+		int			i = random() % 4 == 0 ? 0 : random() % NF;
+		int			op = random() % 10;
+		off_t		cap = caps[i];
+		off_t		off;
+		size_t		n;
+		ssize_t		r;
+
+		if (op < 4)
+		{
+			off = random() % (Min(sizes[i] + 9000, cap - 1) + 1);
+			n = 1 + random() % (3 * 8192);
+			if (off + (off_t) n > cap)
+				n = (size_t) (cap - off);
+			if (n == 0)
+				continue;
+			fill(models[i] + off, n);
+			if (off > sizes[i])
+				memset(models[i] + sizes[i], 0, off - sizes[i]);
+			if (cmk_tmpfile_pwrite(fds[i], id, models[i] + off, n, off) != (ssize_t) n)
+				fail("caches: write", i, (long) off);
+			sizes[i] = Max(sizes[i], off + (off_t) n);
+		}
+		else if (op == 4)
+		{
+			off_t		len = random() % (sizes[i] + 20000);
+
+			if (len > cap)
+				len = cap;
+			if (len > sizes[i])
+				memset(models[i] + sizes[i], 0, len - sizes[i]);
+			if (cmk_tmpfile_ftruncate(fds[i], id, len) != 0)
+				fail("caches: truncate", i, (long) len);
+			sizes[i] = len;
+		}
+		else
+		{
+			off = sizes[i] > 0 ? random() % (sizes[i] + 10) : 0;
+			n = 1 + random() % (i == 0 && random() % 8 == 0 ? BIGSIZE : 40000);
+			r = cmk_tmpfile_pread(fds[i], id, buf, n, off);
+			checks++;
+			if (r != Max(0, Min((off_t) n, sizes[i] - off)) ||
+				(r > 0 && memcmp(buf, models[i] + off, r) != 0))
+				fail("caches: read", i, (long) off);
+		}
+	}
+	for (int i = 0; i < NF; i++)
+	{
+		/* the real size, and all of the file through a fresh descriptor */
+		snprintf(name, sizeof(name), "%s.c%d", path, i);
+		checks++;
+		if (lseek(fds[i], 0, SEEK_END) != sizes[i])
+			fail("caches: size on disk", i, (long) sizes[i]);
+		close_auth(fds[i]);
+		fds[i] = reopen(name, id);
+		checks++;
+		if (fds[i] < 0 ||
+			cmk_tmpfile_pread(fds[i], id, buf, BIGSIZE + 100, 0) != sizes[i] ||
+			memcmp(buf, models[i], sizes[i]) != 0)
+			fail("caches: reread", i, 0);
+		if (fds[i] >= 0)
+			close_auth(fds[i]);
+		unlink(name);
+		strcat(name, CMK_TMPAUTH_SUFFIX);
+		unlink(name);
+		free(models[i]);
+	}
+	free(buf);
+}
+
+/*
+ * Two descriptors on one file (PostgreSQL does not do this, io_tmpauth.c's
+ * "Caches"; a stale cache must still fail closed): b has read the file, a
+ * rewrites a unit and then grows the file; b's reads give EIO or the new
+ * bytes, never the old ones nor anything else, and b reopened reads all.
+ */
+static void
+two_descriptors(const char *path, const CmkFileId *id)
+{
+	char		side[1100];
+	int			a,
+				b;
+	ssize_t		r;
+	static uint8 old[4 * 8192];
+
+	snprintf(side, sizeof(side), "%s%s", path, CMK_TMPAUTH_SUFFIX);
+	a = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	if (a < 0 || !cmk_tmpauth_open(a, id, path, O_RDWR | O_CREAT | O_TRUNC, 0600))
+		fail("two: open a", 0, errno);
+	fill(model, 3 * 8192);
+	msize = 3 * 8192;
+	cmk_tmpfile_pwrite(a, id, model, msize, 0);
+	b = reopen(path, id);
+	checks++;
+	if (b < 0 || cmk_tmpfile_pread(b, id, got, msize + 100, 0) != msize ||
+		memcmp(got, model, msize) != 0)
+		fail("two: b reads", 0, 0);
+	memcpy(old, model, msize);
+
+	/*
+	 * a grows the file: b's read to the end must not stop at the old end
+	 * (b's cached records, the old size record among them, are all still
+	 * authentic: only fstat at the end tells)
+	 */
+	fill(model + msize, 5000);
+	cmk_tmpfile_pwrite(a, id, model + msize, 5000, msize);
+	msize += 5000;
+	errno = 0;
+	r = cmk_tmpfile_pread(b, id, got, msize + 100, 0);
+	checks++;
+	if (!(r == -1 && errno == EIO) &&
+		!(r == msize && memcmp(got, model, msize) == 0))
+		fail("two: b after a grew the file", (long) r, errno);
+
+	/* a rewrites unit 1: b, with unit 1's old record cached, must not pass */
+	fill(model + 8192, 8192);
+	cmk_tmpfile_pwrite(a, id, model + 8192, 8192, 8192);
+	errno = 0;
+	r = cmk_tmpfile_pread(b, id, got, 8192, 8192);
+	checks++;
+	if (!(r == -1 && errno == EIO) &&
+		!(r == 8192 && memcmp(got, model + 8192, 8192) == 0))
+		fail("two: b after a rewrote a unit", (long) r, errno);
+
+	/* a shrinks it: b fails or reads the new bytes */
+	cmk_tmpfile_ftruncate(a, id, 8192 + 10);
+	msize = 8192 + 10;
+	errno = 0;
+	r = cmk_tmpfile_pread(b, id, got, 3 * 8192, 0);
+	checks++;
+	if (!(r == -1 && errno == EIO) &&
+		!(r == msize && memcmp(got, model, msize) == 0))
+		fail("two: b after a shrank the file", (long) r, errno);
+
+	close_auth(b);
+	b = reopen(path, id);
+	checks++;
+	if (b < 0 || cmk_tmpfile_pread(b, id, got, 3 * 8192, 0) != msize ||
+		memcmp(got, model, msize) != 0)
+		fail("two: b reopened", 0, 0);
+	if (b >= 0)
+		close_auth(b);
+	close_auth(a);
+	unlink(path);
+	unlink(side);
+}
+
+/*
+ * Nonces after fork(): the parent has drawn nonces (the pool is filled),
+ * then forks; the child and the parent then make the same write, each to
+ * its own file: the two units must have different nonces.
+ */
+static void
+fork_nonces(const char *path, const CmkFileId *id)
+{
+	char		pp[1100],
+				cp[1100],
+				side[1100];
+	uint8		np[12],
+				nc[12];
+	int			fd,
+				c;
+	pid_t		pid;
+	int			status = 0;
+
+	snprintf(pp, sizeof(pp), "%s.parent", path);
+	snprintf(cp, sizeof(cp), "%s.child", path);
+	fd = open(pp, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	if (fd < 0 || !cmk_tmpauth_open(fd, id, pp, O_RDWR | O_CREAT | O_TRUNC, 0600))
+		fail("fork: open", 0, errno);
+	c = open(cp, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	if (c < 0 || !cmk_tmpauth_open(c, id, cp, O_RDWR | O_CREAT | O_TRUNC, 0600))
+		fail("fork: open", 1, errno);
+	/* both files opened (the pool in use); the same write in both processes */
+	fill(model, 8192);
+	fflush(NULL);
+	pid = fork();
+	if (pid == 0)
+		_exit(cmk_tmpfile_pwrite(c, id, model, 8192, 0) == 8192 ? 0 : 1);
+	waitpid(pid, &status, 0);
+	if (cmk_tmpfile_pwrite(fd, id, model, 8192, 0) != 8192)
+		fail("fork: parent write", 0, 0);
+	close_auth(fd);
+	close_auth(c);
+	snprintf(side, sizeof(side), "%s%s", pp, CMK_TMPAUTH_SUFFIX);
+	fd = open(side, O_RDONLY);
+	/* the parent's unit 0 (its first record after the fork) */
+	if (fd < 0 || pread(fd, np, 12, 32) != 12)
+		fail("fork: parent side", 0, 0);
+	close(fd);
+	unlink(pp);
+	unlink(side);
+	snprintf(side, sizeof(side), "%s%s", cp, CMK_TMPAUTH_SUFFIX);
+	fd = open(side, O_RDONLY);
+	/* the child's unit 0 */
+	checks++;
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || fd < 0 ||
+		pread(fd, nc, 12, 32) != 12)
+		fail("fork: child write", status, 0);
+	else if (memcmp(np, nc, 12) == 0)
+		fail("a forked child reused its parent's nonces", 0, 0);
+	if (fd >= 0)
+		close(fd);
+	unlink(cp);
+	unlink(side);
+}
+
 
 int
 main(int argc, char **argv)
@@ -544,11 +798,15 @@ main(int argc, char **argv)
 			fail("two tiny versions leak their XOR", 0, 0);
 		close_auth(fd);
 	}
+	unlink(path);
+	unlink(side);
+
+	run_caches(path, &id, iters / 4);
+	two_descriptors(path, &id);
+	fork_nonces(path, &id);
 	checks++;
 	if (external_fds != 0)
 		fail("side descriptors not released", external_fds, 0);
-	unlink(path);
-	unlink(side);
 
 	/* The XTS format of pg_notify, against the model too. */
 	msize = 0;
