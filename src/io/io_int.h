@@ -101,6 +101,11 @@ typedef struct CmkTmpRealIo
 extern void cmk_tmpfile_init(void);
 extern void cmk_tmpfile_check_settings(void);
 extern void cmk_tmpfile_set_real(const CmkTmpRealIo *io);
+/* Whole-range I/O with the real calls (EIO for a short read, ENOSPC for a
+ * write of nothing), and the size by fstat: io_tmpfile.c and io_tmpauth.c. */
+extern off_t cmk_tmp_file_size(int fd);
+extern bool cmk_tmp_pread_exact(int fd, uint8 *buf, size_t len, off_t pos);
+extern bool cmk_tmp_pwrite_exact(int fd, const uint8 *buf, size_t len, off_t pos);
 extern bool cmk_tmpfile_classify(const char *rel, CmkFileId *id);
 extern int	cmk_tmpfile_open_flags(int flags);
 extern ssize_t cmk_tmpfile_pread(int fd, const CmkFileId *id, uint8 *buf,

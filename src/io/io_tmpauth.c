@@ -223,61 +223,6 @@ rec_off(uint64 k)
 	return HDR_LEN + (off_t) (k * REC_LEN);
 }
 
-static off_t
-file_size(int fd)
-{
-	struct stat st;
-
-	if (fstat(fd, &st) != 0)
-		return -1;
-	return st.st_size;
-}
-
-/* Exactly len bytes at pos, or false (EIO for a file shorter than that). */
-static bool
-read_exact(int fd, uint8 *buf, size_t len, off_t pos)
-{
-	size_t		done = 0;
-
-	while (done < len)
-	{
-		ssize_t		r = pread(fd, buf + done, len - done, pos + (off_t) done);
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-		{
-			if (r == 0)
-				errno = EIO;
-			return false;
-		}
-		done += (size_t) r;
-	}
-	return true;
-}
-
-static bool
-write_exact(int fd, const uint8 *buf, size_t len, off_t pos)
-{
-	size_t		done = 0;
-
-	while (done < len)
-	{
-		ssize_t		w = pwrite(fd, buf + done, len - done, pos + (off_t) done);
-
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-		{
-			if (w == 0)
-				errno = ENOSPC;
-			return false;
-		}
-		done += (size_t) w;
-	}
-	return true;
-}
-
 /*
  * The child's side of fork(): drop what is left of the parent's pool, so
  * that parent and child never hand out the same bytes as nonces.  (Only a
@@ -478,7 +423,7 @@ static off_t
 cur_size(SideEntry *e, int fd)
 {
 	if (e->size < 0)
-		e->size = file_size(fd);
+		e->size = cmk_tmp_file_size(fd);
 	return e->size;
 }
 
@@ -642,7 +587,7 @@ cmk_tmpauth_open(int fd, const CmkFileId *id, const char *path, int flags,
 	}
 	memcpy(sidepath, path, len);
 	memcpy(sidepath + len, CMK_TMPAUTH_SUFFIX, SIDE_SUFFIX_LEN + 1);
-	size = file_size(fd);
+	size = cmk_tmp_file_size(fd);
 	if (size < 0)
 		return false;
 	fresh = size == 0 && (flags & (O_CREAT | O_TRUNC)) != 0;
@@ -673,7 +618,7 @@ cmk_tmpauth_open(int fd, const CmkFileId *id, const char *path, int flags,
 			!use_file_key(hdr + 16) ||
 			!fresh_nonces(hdr + HDR_LEN, 1) ||
 			!seal(aad, NULL, NULL, 0, hdr + HDR_LEN) ||
-			!write_exact(sfd, hdr, sizeof(hdr), 0))
+			!cmk_tmp_pwrite_exact(sfd, hdr, sizeof(hdr), 0))
 			goto fail;
 	}
 	else
@@ -683,7 +628,7 @@ cmk_tmpauth_open(int fd, const CmkFileId *id, const char *path, int flags,
 		memcpy(want, side_magic, sizeof(side_magic));
 		put_le32(want + 8, 1);
 		put_le32(want + 12, U);
-		if (!read_exact(sfd, hdr, HDR_LEN, 0) || memcmp(hdr, want, 16) != 0 ||
+		if (!cmk_tmp_pread_exact(sfd, hdr, HDR_LEN, 0) || memcmp(hdr, want, 16) != 0 ||
 			(hdr[28] | hdr[29] | hdr[30] | hdr[31]) != 0)
 			goto fail;
 	}
@@ -769,7 +714,7 @@ read_unit(int fd, int side, const CmkFileId *id, off_t size, uint64 k)
 	uint8		rec[REC_LEN];
 
 	if (!recs_get(fd, side, k, 1, rec) ||
-		!read_exact(fd, unitbuf, ulen, us))
+		!cmk_tmp_pread_exact(fd, unitbuf, ulen, us))
 		return false;
 	make_aad(aad, id, false, k, (uint32) ulen);
 	if (!unseal(aad, unitbuf, ulen, rec))
@@ -806,7 +751,7 @@ cmk_tmpauth_pread(int fd, const CmkFileId *id, uint8 *buf, size_t n, off_t off)
 		return -1;
 	}
 	/* at the end, the file's real size must be the one we know */
-	if (off + (off_t) n >= size && file_size(fd) != size)
+	if (off + (off_t) n >= size && cmk_tmp_file_size(fd) != size)
 	{
 		errno = EIO;
 		return -1;
@@ -838,7 +783,7 @@ cmk_tmpauth_pread(int fd, const CmkFileId *id, uint8 *buf, size_t n, off_t off)
 		uint8		aad[AAD_LEN];
 
 		if (!recs_get(fd, e->side - 1, k0, nrec, recbuf) ||
-			!read_exact(fd, data, (size_t) (ce - cs), cs))
+			!cmk_tmp_pread_exact(fd, data, (size_t) (ce - cs), cs))
 			goto fail;
 		if (at_end)
 		{
@@ -984,8 +929,8 @@ cmk_tmpauth_pwrite(int fd, const CmkFileId *id, const uint8 *buf, size_t n,
 			}
 		}
 		/* data first: a record never vouches for bytes not yet written */
-		if (!write_exact(fd, chunkbuf, (size_t) (ce - cs), cs) ||
-			!write_exact(e->side - 1, recbuf, nrec * REC_LEN, rec_off(k)))
+		if (!cmk_tmp_pwrite_exact(fd, chunkbuf, (size_t) (ce - cs), cs) ||
+			!cmk_tmp_pwrite_exact(e->side - 1, recbuf, nrec * REC_LEN, rec_off(k)))
 		{
 			/* what reached the files is unknown: start again from them */
 			e->size = -1;
@@ -1072,7 +1017,7 @@ cmk_tmpauth_ftruncate(int fd, const CmkFileId *id, off_t len)
 			goto fail;
 		}
 		explicit_bzero(unitbuf, U);
-		if (!write_exact(fd, chunkbuf, cut, (off_t) k * U))
+		if (!cmk_tmp_pwrite_exact(fd, chunkbuf, cut, (off_t) k * U))
 			goto fail;
 	}
 	else if (!fresh_nonces(recbuf + REC_LEN, 1))
@@ -1086,7 +1031,7 @@ cmk_tmpauth_ftruncate(int fd, const CmkFileId *id, off_t len)
 		errno = EIO;
 		goto fail;
 	}
-	if (!write_exact(e->side - 1, cut > 0 ? recbuf : recbuf + REC_LEN,
+	if (!cmk_tmp_pwrite_exact(e->side - 1, cut > 0 ? recbuf : recbuf + REC_LEN,
 					 cut > 0 ? 2 * REC_LEN : REC_LEN,
 					 rec_off(cut > 0 ? k : nunits(len))) ||
 		ftruncate(e->side - 1, rec_off(nunits(len) + 1)) != 0)

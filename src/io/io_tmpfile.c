@@ -384,8 +384,8 @@ crypt_unit(const CmkFileId *id, bool encrypt, off_t start, size_t len,
 	return false;
 }
 
-static off_t
-file_size(int fd)
+off_t
+cmk_tmp_file_size(int fd)
 {
 	struct stat st;
 
@@ -394,9 +394,12 @@ file_size(int fd)
 	return st.st_size;
 }
 
-/* Exactly len bytes at pos, or false (errno EIO for a short read). */
-static bool
-pread_exact(int fd, uint8 *buf, size_t len, off_t pos)
+/*
+ * Exactly len bytes at pos with the real calls, or false (errno EIO for a
+ * short read); io_tmpauth.c uses these too.
+ */
+bool
+cmk_tmp_pread_exact(int fd, uint8 *buf, size_t len, off_t pos)
 {
 	size_t		done = 0;
 
@@ -417,8 +420,8 @@ pread_exact(int fd, uint8 *buf, size_t len, off_t pos)
 	return true;
 }
 
-static bool
-pwrite_exact(int fd, const uint8 *buf, size_t len, off_t pos)
+bool
+cmk_tmp_pwrite_exact(int fd, const uint8 *buf, size_t len, off_t pos)
 {
 	size_t		done = 0;
 
@@ -450,7 +453,7 @@ cmk_tmpfile_pread(int fd, const CmkFileId *id, uint8 *buf, size_t n, off_t off)
 
 	if (id->temp)
 		return cmk_tmpauth_pread(fd, id, buf, n, off);
-	size = file_size(fd);
+	size = cmk_tmp_file_size(fd);
 	if (size < 0)
 		return -1;
 	if (off >= size)
@@ -482,7 +485,7 @@ cmk_tmpfile_pread(int fd, const CmkFileId *id, uint8 *buf, size_t n, off_t off)
 					break;
 				m += U;
 			}
-			if (!pread_exact(fd, buf + total, m, us))
+			if (!cmk_tmp_pread_exact(fd, buf + total, m, us))
 				return -1;
 			for (size_t k = 0; k < m; k += ulen)
 				if (!crypt_unit(id, false, us + (off_t) k, ulen,
@@ -497,7 +500,7 @@ cmk_tmpfile_pread(int fd, const CmkFileId *id, uint8 *buf, size_t n, off_t off)
 		{
 			size_t		part = Min((size_t) (ue - pos), n - total);
 
-			if (!pread_exact(fd, oldbuf, ulen, us))
+			if (!cmk_tmp_pread_exact(fd, oldbuf, ulen, us))
 				return -1;
 			if (!crypt_unit(id, false, us, ulen, oldbuf, oldbuf))
 			{
@@ -536,7 +539,7 @@ old_plain(int fd, const CmkFileId *id, off_t oldsize, OldCache *c,
 						oe;
 
 			unit_of(from, oldsize, &os, &oe);
-			if (!pread_exact(fd, oldbuf, (size_t) (oe - os), os))
+			if (!cmk_tmp_pread_exact(fd, oldbuf, (size_t) (oe - os), os))
 				return false;
 			if (!crypt_unit(id, false, os, (size_t) (oe - os), oldbuf, oldbuf))
 			{
@@ -624,7 +627,7 @@ cmk_tmpfile_pwrite(int fd, const CmkFileId *id, const uint8 *buf, size_t n,
 
 	if (id->temp)
 		return cmk_tmpauth_pwrite(fd, id, buf, n, off);
-	oldsize = file_size(fd);
+	oldsize = cmk_tmp_file_size(fd);
 	if (oldsize < 0)
 		return -1;
 	newsize = Max(oldsize, end);
@@ -647,7 +650,7 @@ cmk_tmpfile_pwrite(int fd, const CmkFileId *id, const uint8 *buf, size_t n,
 			 * filling the gap here could overwrite a page another process
 			 * has just written there.
 			 */
-			if (out_len > 0 && !pwrite_exact(fd, outbuf, out_len, out_start))
+			if (out_len > 0 && !cmk_tmp_pwrite_exact(fd, outbuf, out_len, out_start))
 				return -1;
 			out_len = 0;
 			us = ue;
@@ -673,7 +676,7 @@ cmk_tmpfile_pwrite(int fd, const CmkFileId *id, const uint8 *buf, size_t n,
 
 		if (out_len > 0 && out_len + ulen > BOUNCE_UNITS * U)
 		{
-			if (!pwrite_exact(fd, outbuf, out_len, out_start))
+			if (!cmk_tmp_pwrite_exact(fd, outbuf, out_len, out_start))
 				return -1;
 			out_len = 0;
 		}
@@ -687,7 +690,7 @@ cmk_tmpfile_pwrite(int fd, const CmkFileId *id, const uint8 *buf, size_t n,
 		out_len += ulen;
 		us = ue;
 	}
-	if (out_len > 0 && !pwrite_exact(fd, outbuf, out_len, out_start))
+	if (out_len > 0 && !cmk_tmp_pwrite_exact(fd, outbuf, out_len, out_start))
 		return -1;
 
 	/*
@@ -715,7 +718,7 @@ cmk_tmpfile_ftruncate(int fd, const CmkFileId *id, off_t len)
 
 	if (id->temp)
 		return cmk_tmpauth_ftruncate(fd, id, len);
-	oldsize = file_size(fd);
+	oldsize = cmk_tmp_file_size(fd);
 	if (oldsize < 0 || len < 0)
 	{
 		if (len < 0)
@@ -755,5 +758,5 @@ cmk_tmpfile_ftruncate(int fd, const CmkFileId *id, off_t len)
 		errno = EIO;
 		return -1;
 	}
-	return pwrite_exact(fd, outbuf, (size_t) (te - ts), ts) ? 0 : -1;
+	return cmk_tmp_pwrite_exact(fd, outbuf, (size_t) (te - ts), ts) ? 0 : -1;
 }
