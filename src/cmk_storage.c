@@ -45,6 +45,7 @@ int			cmk_key_grace_period_s = 600;
 bool		cmk_auto_rewrap = true;
 bool		cmk_cluster_encryption = false;
 bool		cmk_temp_file_encryption = false;
+bool		cmk_cluster_encryption_read_ahead = true;
 int			cmk_debug_rotation_crash = 0;
 
 /* Azure Key Vault provider settings: provider_azure.c reads them by name. */
@@ -181,6 +182,15 @@ define_settings(void)
 								 PGC_POSTMASTER,
 								 0,
 								 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("cmk_storage.cluster_encryption_read_ahead",
+							 "Read consecutive relation pages up to 16 at a time with cluster encryption on.",
+							 "Saves a system call per page of sequential scans; it only changes speed (docs/io-layer.md, \"Read-ahead\").",
+							 &cmk_cluster_encryption_read_ahead,
+							 true,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
 
 	DefineCustomIntVariable("cmk_storage.debug_rotation_crash",
 							"Testing only: kill the key worker at a step of a re-wrap (1-3).",

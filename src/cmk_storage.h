@@ -16,6 +16,7 @@ extern int	cmk_key_grace_period_s;
 extern bool cmk_auto_rewrap;
 extern bool cmk_cluster_encryption;
 extern bool cmk_temp_file_encryption;
+extern bool cmk_cluster_encryption_read_ahead;
 extern int	cmk_debug_rotation_crash;
 
 extern void cmk_key_worker_register(void);

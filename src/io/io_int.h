@@ -51,6 +51,9 @@ typedef struct CmkFileId
 /* The page both formats work on: BLCKSZ == XLOG_BLCKSZ is checked. */
 #define CMK_IO_PAGE			8192
 
+/* libc's own pread, for the files that call it on the wrappers' behalf */
+typedef ssize_t (*CmkRealPread) (int, void *, size_t, off_t);
+
 /* io_classify.c: pure, no I/O.  Start-up: cmk_classify_set_datadir. */
 extern void cmk_classify_set_datadir(const char *datadir);
 extern void cmk_classify_set_pages(bool on);
@@ -67,7 +70,6 @@ extern bool cmk_replication_command_is(const char *cmd, const char *keyword);
  * (with the hold-back, the written-down exception to the rules above), and
  * the walreceiver's refusal of such a stream.
  */
-typedef ssize_t (*CmkRealPread) (int, void *, size_t, off_t);
 extern bool cmk_rawstream_wanted(const CmkFileId *id, int flags);
 extern ssize_t cmk_rawstream_pread(CmkRealPread real_pread, int fd, uint8 *buf,
 								   size_t n, off_t off);
@@ -84,6 +86,30 @@ extern void cmk_relpage_init(const uint8 *key, bool checksums);
 extern bool cmk_relpage_encrypt(const CmkFileId *id, uint32 blkno,
 								const uint8 *plain, uint8 *out);
 extern bool cmk_relpage_decrypt(const CmkFileId *id, uint32 blkno, uint8 *page);
+extern bool cmk_relpage_decrypt_copy(const CmkFileId *id, uint32 blkno,
+									 uint8 *stored, uint8 *out);
+
+/* A relation page's block number in its relation, from the file offset. */
+static inline uint32
+cmk_rel_blkno(const CmkFileId *id, off_t pos)
+{
+	return (uint32) ((uint64) id->segno * RELSEG_SIZE + (uint64) pos / CMK_IO_PAGE);
+}
+
+/*
+ * io_readahead.c: consecutive page reads of a relation file served from a
+ * per-process window, kept coherent by per-region write counters shared by
+ * all processes (the written-down exception in that file).  Start-up:
+ * cmk_readahead_create.
+ */
+extern void cmk_readahead_create(void);
+extern void cmk_readahead_note_write(const CmkFileId *id, off_t off, size_t n);
+extern void cmk_readahead_note_truncate(const CmkFileId *id, off_t len,
+										off_t old_size);
+extern void cmk_readahead_forget(int fd);
+extern bool cmk_readahead_pread(CmkRealPread real_pread, int fd,
+								const CmkFileId *id, uint8 *buf, off_t off,
+								ssize_t *result);
 
 /* io_walpage.c.  Start-up: cmk_walpage_init. */
 extern void cmk_walpage_init(const uint8 *key);

@@ -178,6 +178,7 @@ cmk_io_start(void)
 	cmk_classify_set_datadir(DataDir);
 	cmk_fdtable_create();
 	cmk_wrappers_create();
+	cmk_readahead_create();
 	cmk_wrappers_install();
 	cmk_stdio_install();
 	active = true;

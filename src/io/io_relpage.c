@@ -113,30 +113,50 @@ cmk_relpage_encrypt(const CmkFileId *id, uint32 blkno, const uint8 *plain,
 	return true;
 }
 
-/* In place.  Pages without the marker are left as they are. */
+/*
+ * stored (a page as read from disk) -> out (CMK_IO_PAGE bytes; may be
+ * stored itself).  A page without the marker is copied as it is.  stored is
+ * left as it was unless it is out (pg_checksum_page zeroes its pd_checksum
+ * while it sums, and puts it back).
+ */
 bool
-cmk_relpage_decrypt(const CmkFileId *id, uint32 blkno, uint8 *page)
+cmk_relpage_decrypt_copy(const CmkFileId *id, uint32 blkno,
+						 uint8 *stored, uint8 *out)
 {
-	PageHeader	ph = (PageHeader) page;
+	PageHeader	ph = (PageHeader) out;
 	uint8		tweak[CMK_XTS_TWEAK_LEN];
 	bool		intact = true;
 
-	if ((ph->pd_flags & CMK_PD_ENCRYPTED) == 0)
+	if ((((PageHeader) stored)->pd_flags & CMK_PD_ENCRYPTED) == 0)
+	{
+		if (out != stored)
+			memcpy(out, stored, CMK_IO_PAGE);
 		return true;
+	}
 	if (rel_checksums)
-		intact = pg_checksum_page((char *) page, blkno) == ph->pd_checksum;
+		intact = pg_checksum_page((char *) stored, blkno) ==
+			((PageHeader) stored)->pd_checksum;
 	make_tweak(id, blkno, tweak);
-	if (!cmk_xts_crypt(&rel_xts, false, tweak, page + SizeOfPageHeaderData,
-					   page + SizeOfPageHeaderData,
+	if (!cmk_xts_crypt(&rel_xts, false, tweak, stored + SizeOfPageHeaderData,
+					   out + SizeOfPageHeaderData,
 					   CMK_IO_PAGE - SizeOfPageHeaderData))
 		return false;
+	if (out != stored)
+		memcpy(out, stored, SizeOfPageHeaderData);
 	ph->pd_flags &= ~CMK_PD_ENCRYPTED;
 	if (rel_checksums)
 	{
-		uint16		plain = pg_checksum_page((char *) page, blkno);
+		uint16		plain = pg_checksum_page((char *) out, blkno);
 
 		/* A damaged page keeps failing PostgreSQL's checksum test. */
 		ph->pd_checksum = intact ? plain : (uint16) (plain ^ 1);
 	}
 	return true;
+}
+
+/* In place.  Pages without the marker are left as they are. */
+bool
+cmk_relpage_decrypt(const CmkFileId *id, uint32 blkno, uint8 *page)
+{
+	return cmk_relpage_decrypt_copy(id, blkno, page, page);
 }

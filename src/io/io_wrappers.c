@@ -42,6 +42,7 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "io/io_int.h"
@@ -94,18 +95,11 @@ static uint8 *rmw = NULL;		/* one page: read-modify-write */
 /* ---------------------------------------------------------------------- */
 /* One page                                                               */
 
-/* A relation page's block number in its relation, from the file offset. */
-static inline uint32
-rel_blkno(const CmkFileId *id, off_t pos)
-{
-	return (uint32) ((uint64) id->segno * RELSEG_SIZE + (uint64) pos / P);
-}
-
 static inline bool
 decrypt_page(const CmkFileId *id, off_t pos, uint8 *page)
 {
 	if (id->kind == CMK_FILE_RELATION)
-		return cmk_relpage_decrypt(id, rel_blkno(id, pos), page);
+		return cmk_relpage_decrypt(id, cmk_rel_blkno(id, pos), page);
 	return cmk_walpage_decrypt(page);
 }
 
@@ -113,7 +107,7 @@ static inline bool
 encrypt_page(const CmkFileId *id, off_t pos, const uint8 *plain, uint8 *out)
 {
 	if (id->kind == CMK_FILE_RELATION)
-		return cmk_relpage_encrypt(id, rel_blkno(id, pos), plain, out);
+		return cmk_relpage_encrypt(id, cmk_rel_blkno(id, pos), plain, out);
 	return cmk_walpage_encrypt(plain, out);
 }
 
@@ -148,6 +142,14 @@ layer_pread(int fd, const CmkFileId *id, uint8 *buf, size_t n, off_t off)
 		return cmk_tmpfile_pread(fd, id, buf, n, off);
 	if (id->kind == CMK_FILE_WAL_STORED)
 		return cmk_rawstream_pread(real_pread, fd, buf, n, off);
+	if (id->kind == CMK_FILE_RELATION && n == P && off % P == 0)
+	{
+		/* mdread's one block: maybe from a read-ahead window */
+		ssize_t		r;
+
+		if (cmk_readahead_pread(real_pread, fd, id, buf, off, &r))
+			return r;
+	}
 
 	while (total < n)
 	{
@@ -205,16 +207,10 @@ layer_pread(int fd, const CmkFileId *id, uint8 *buf, size_t n, off_t off)
 }
 
 static ssize_t
-layer_pwrite(int fd, const CmkFileId *id, const uint8 *buf, size_t n, off_t off)
+layer_pwrite_pages(int fd, const CmkFileId *id, const uint8 *buf, size_t n,
+				   off_t off)
 {
 	size_t		total = 0;
-
-	if (id->kind == CMK_FILE_TEMP)
-		return cmk_tmpfile_pwrite(fd, id, buf, n, off);
-	if (id->kind == CMK_FILE_WAL_STORED)
-		return real_pwrite(fd, buf, n, off);	/* read-only: EBADF */
-	if (id->kind == CMK_FILE_WAL)
-		cmk_rawstream_check_received(buf, n, off);
 
 	while (total < n)
 	{
@@ -287,6 +283,28 @@ layer_pwrite(int fd, const CmkFileId *id, const uint8 *buf, size_t n, off_t off)
 	return (ssize_t) total;
 }
 
+static ssize_t
+layer_pwrite(int fd, const CmkFileId *id, const uint8 *buf, size_t n, off_t off)
+{
+	ssize_t		w;
+
+	if (id->kind == CMK_FILE_TEMP)
+		return cmk_tmpfile_pwrite(fd, id, buf, n, off);
+	if (id->kind == CMK_FILE_WAL_STORED)
+		return real_pwrite(fd, buf, n, off);	/* read-only: EBADF */
+	if (id->kind == CMK_FILE_WAL)
+		cmk_rawstream_check_received(buf, n, off);
+	w = layer_pwrite_pages(fd, id, buf, n, off);
+
+	/*
+	 * Other processes' read-ahead windows over these pages are stale now
+	 * (io_readahead.c); also after a failure, which may have written part.
+	 */
+	if (id->kind == CMK_FILE_RELATION)
+		cmk_readahead_note_write(id, off, n);
+	return w;
+}
+
 /* ---------------------------------------------------------------------- */
 /* The replacements                                                       */
 
@@ -344,6 +362,7 @@ static int
 cmk_close(int fd)
 {
 	cmk_tmpauth_close(fd);
+	cmk_readahead_forget(fd);
 	cmk_fdtable_clear(fd);
 	return real_close(fd);
 }
@@ -399,15 +418,26 @@ cmk_pwritev(int fd, const struct iovec *iov, int iovcnt, off_t off)
 	return (ssize_t) done;
 }
 
-/* Relation and WAL files are cut at page boundaries: only temp files care. */
+/*
+ * Relation and WAL files are cut at page boundaries: only temp files change
+ * format.  A relation file's cut-off pages leave read-ahead windows too.
+ */
 static int
 cmk_ftruncate(int fd, off_t len)
 {
 	const CmkFileId *id = cmk_fdtable_get(fd);
+	struct stat st;
+	off_t		old_size;
+	int			r;
 
-	if (id == NULL || id->kind != CMK_FILE_TEMP)
+	if (id == NULL || (id->kind != CMK_FILE_TEMP && id->kind != CMK_FILE_RELATION))
 		return real_ftruncate(fd, len);
-	return cmk_tmpfile_ftruncate(fd, id, len);
+	if (id->kind == CMK_FILE_TEMP)
+		return cmk_tmpfile_ftruncate(fd, id, len);
+	old_size = fstat(fd, &st) == 0 ? st.st_size : -1;
+	r = real_ftruncate(fd, len);
+	cmk_readahead_note_truncate(id, len, old_size);
+	return r;
 }
 
 /* read() at the descriptor's position, which it then advances. */
