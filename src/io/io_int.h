@@ -7,9 +7,11 @@
  * functions (marked) runs inside the libc calls of PostgreSQL's fd.c, md.c,
  * xlog.c and copydir.c, sometimes inside a critical section, never in a
  * signal handler on an encrypted file.  It must not palloc, ereport or elog,
- * take locks, allocate memory or touch shared memory; a failure is reported
- * to the caller as -1 with errno set, and the caller's own ereport names the
- * file, the block and the error.  See docs/io-layer.md.
+ * take locks, allocate memory or touch shared memory (the written-down
+ * exceptions: io_rawstream.c, io_tmpauth.c, and io_readahead.c's lock-free
+ * counters); a failure is reported to the caller as -1 with errno set, and
+ * the caller's own ereport names the file, the block and the error.  See
+ * docs/io-layer.md.
  *
  *-------------------------------------------------------------------------
  */
