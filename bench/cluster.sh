@@ -331,14 +331,7 @@ ELAPSED=$(( $(date +%s) - START_TS ))
 med() { median ${S[$1:$2]:-}; }
 # Paired ratios: in round r the k-th "on" sample with the k-th "off" one
 # (the two were taken back to back).
-paired() {
-    local -a a b; local i out=""
-    read -r -a a <<< "${S[$1:off]:-}"; read -r -a b <<< "${S[$1:on]:-}"
-    for i in "${!a[@]}"; do
-        [ -n "${b[$i]:-}" ] && out+=" $(awk -v x="${a[$i]}" -v y="${b[$i]}" 'BEGIN{ if (x > 0) printf "%.4f", y/x }')"
-    done
-    echo "$out"
-}
+paired() { paired_ratios "${S[$1:off]:-}" "${S[$1:on]:-}"; }
 fmt() { [ -n "$1" ] || { echo "—"; return; }; awk -v v="$1" -v k="$2" 'BEGIN{ printf (k == "tps" ? "%.0f" : "%.1f"), v }'; }
 ROWS=""; VERDICTS=""; MISSED=0
 row() {   # metric label kind op target

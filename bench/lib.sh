@@ -228,6 +228,35 @@ spread_pct() {
     m=$(median "$@")
     printf '%s\n' "$@" | sort -g | awk -v m="$m" 'NR==1 {lo=$1} {hi=$1} END {printf "%.0f\n", (m > 0) ? 100*(hi-lo)/m : 0}'
 }
+# the P-th percentile (0..100) of the numbers after P, interpolated between
+# ranks (R's type 7): percentile 25 ... and percentile 75 ... give the
+# interquartile range
+percentile() {
+    local p=$1; shift
+    [ $# -gt 0 ] || { echo ""; return; }
+    printf '%s\n' "$@" | sort -g | awk -v p="$p" '{a[NR]=$1} END {
+        h = (NR - 1) * p / 100 + 1; l = int(h); v = a[l]
+        if (l < NR) v += (h - l) * (a[l + 1] - a[l])
+        printf "%.12g\n", v }'
+}
+# "LO HI": a distribution-free 95 % confidence interval of the median of the
+# numbers given (the k-th smallest and k-th largest, k from the normal
+# approximation of the sign test; the whole range below 6 numbers)
+median_ci() {
+    [ $# -gt 0 ] || { echo ""; return; }
+    printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {
+        k = int((NR - 1.96 * sqrt(NR)) / 2); if (k < 1) k = 1
+        printf "%.12g %.12g\n", a[k], a[NR + 1 - k] }'
+}
+# Ratios NEW / BASE of two sample lists taken in pairs, the k-th of each list
+# measured right after one another: paired_ratios "BASE..." "NEW...".  The
+# median of these, not the ratio of two medians, is what the bench scripts
+# report: a drift of a shared VM's speed hits both samples of a pair alike.
+paired_ratios() {
+    printf '%s\n%s\n' "$1" "$2" | awk 'NR == 1 {n = split($0, a)} NR == 2 {
+        m = split($0, b); for (i = 1; i <= n && i <= m; i++) if (a[i] > 0) printf " %.4f", b[i] / a[i]
+        print "" }'
+}
 min_of() { printf '%s\n' "$@" | sort -g | head -1; }
 max_of() { printf '%s\n' "$@" | sort -g | tail -1; }
 

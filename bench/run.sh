@@ -365,12 +365,7 @@ ratio() { [ -n "$1" ] && [ -n "$2" ] && awk -v a="$1" -v b="$2" 'BEGIN{ if (a > 
 
 # paired ratios: cmk sample / heap sample of the same round and repetition
 paired() {   # key [reference key, default the same] -> cmk / heap per sample
-    local -a h c; local i out=""
-    read -r -a h <<< "${S[${2:-$1}:heap]:-}"; read -r -a c <<< "${S[$1:cmk]:-}"
-    for i in "${!h[@]}"; do
-        [ -n "${c[$i]:-}" ] && out+=" $(awk -v a="${h[$i]}" -v b="${c[$i]}" 'BEGIN{ if (a > 0) printf "%.3f", b/a }')"
-    done
-    echo "$out"
+    paired_ratios "${S[${2:-$1}:heap]:-}" "${S[$1:cmk]:-}"
 }
 ROWS=""; VERDICTS=""; NOT_MET=0
 row() {   # key label kind op target
