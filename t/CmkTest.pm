@@ -246,6 +246,89 @@ sub epochs_image
 	return $f . pack('N', crc32c($f));
 }
 
+# --- backups and copies of a cluster (t/220, t/225) --------------------------------
+
+use PostgreSQL::Test::RecursiveCopy;
+
+push @EXPORT, qw(no_value_in wal_pages node_from_dir copy_backup pitr_node);
+
+# Test that no regular file under $dirs (a directory or a list of them) holds
+# any of the values in @$needles; on failure the hits are listed.
+sub no_value_in
+{
+	my ($dirs, $needles, $name) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	my @hits = map { files_containing($_, @$needles) } ref $dirs ? @$dirs : ($dirs);
+	my $ok = is(scalar(@hits), 0, $name);
+	diag(join("\n", @hits)) unless $ok;
+	return $ok;
+}
+
+# WAL pages (magic 0xD110) of the segment files in $dir, complete or
+# .partial (pg_receivewal writes those; pg_basebackup never does): how many
+# carry the encryption marker (0x4000 in xlp_info) and how many do not.
+sub wal_pages
+{
+	my ($dir) = @_;
+	my ($enc, $clear) = (0, 0);
+	for my $f (grep { basename($_) =~ /^[0-9A-F]{24}(\.partial)?$/ } glob("$dir/*"))
+	{
+		my $data = slurp_bytes($f);
+		for (my $off = 0; $off < length($data); $off += 8192)
+		{
+			my ($magic, $info) = unpack('vv', substr($data, $off, 4));
+			next unless $magic == 0xD110;
+			if ($info & 0x4000) { $enc++ } else { $clear++ }
+		}
+	}
+	return ($enc, $clear);
+}
+
+# A node on a data directory that $fill->($data_dir) makes (a copy of a
+# backup, an extracted tar, a restore), with this node's own port, socket
+# directory and cluster_name.  archive_mode off: a copy must never archive
+# into the archive of the cluster it came from.
+sub node_from_dir
+{
+	my ($name, $fill) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	my $data = $node->data_dir;
+	$fill->($data);
+	chmod 0700, $data;
+	$node->append_conf('postgresql.conf', qq{
+port = @{[ $node->port ]}
+unix_socket_directories = '@{[ $node->host ]}'
+archive_mode = off
+cluster_name = '$name'
+});
+	return $node;
+}
+
+# The $fill of node_from_dir for a plain-format backup directory.
+sub copy_backup
+{
+	my ($from) = @_;
+	return sub { PostgreSQL::Test::RecursiveCopy::copypath($from, $_[0]); };
+}
+
+# A node made from the plain-format backup $backup that recovers with the
+# WAL of $archive (restore_command cp) up to the restore point $target and
+# is promoted there; returned running, out of recovery.
+sub pitr_node
+{
+	my ($name, $backup, $archive, $target) = @_;
+	my $node = node_from_dir($name, copy_backup($backup));
+	$node->append_conf('postgresql.conf', qq{
+restore_command = 'cp $archive/%f %p'
+recovery_target_name = '$target'
+recovery_target_action = 'promote'
+});
+	spew_bytes($node->data_dir . '/recovery.signal', '');
+	$node->start;
+	$node->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()') or die 'recovery did not finish';
+	return $node;
+}
+
 # --- Azure Key Vault emulator (emulator/README.md) ---------------------------------
 
 use File::Spec;
