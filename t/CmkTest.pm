@@ -329,6 +329,49 @@ recovery_target_action = 'promote'
 	return $node;
 }
 
+# --- Citus intermediate results (t/300, t/305) -------------------------------------
+
+use File::Find ();
+use IPC::Run;
+
+push @EXPORT, qw(held_transaction job_cache_search);
+
+# Run $sql (statements, each ended by a semicolon) on $node in a transaction
+# that psql holds open while $during->() runs, then commit.  Citus keeps the
+# intermediate results of a query in files only until its transaction ends:
+# $during searches them.  Returns psql's output lines (-A -t), errors too.
+sub held_transaction
+{
+	my ($node, $sql, $during) = @_;
+	my ($in, $out) = ('', '');
+	my $h = IPC::Run::start([ 'psql', '-X', '-A', '-t', '-q', '-h', $node->host, '-p', $node->port, 'postgres' ],
+		'<', \$in, '>', \$out, '2>', \$out, IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
+	$in .= "BEGIN;\n$sql\nSELECT 'ready';\n";
+	$h->pump until $out =~ /^ready$/m || $out =~ /ERROR/;
+	$during->();
+	$in .= "COMMIT;\n\\q\n";
+	$h->finish;
+	return grep { $_ ne 'ready' } split /\n/, $out;
+}
+
+# Search the Citus job cache (base/pgsql_job_cache) of every node in @$nodes:
+# returns its non-empty files and, as files_containing does, those that hold
+# one of @needles.
+sub job_cache_search
+{
+	my ($nodes, @needles) = @_;
+	my (@files, @hits);
+	for my $n (@$nodes)
+	{
+		my $dir = $n->data_dir . '/base/pgsql_job_cache';
+		next unless -d $dir;
+		File::Find::find({ wanted => sub { push @files, $File::Find::name if -f $_ && -s $_ }, no_chdir => 1 },
+			$dir);
+		push @hits, files_containing($dir, @needles);
+	}
+	return (\@files, \@hits);
+}
+
 # --- Azure Key Vault emulator (emulator/README.md) ---------------------------------
 
 use File::Spec;
