@@ -246,6 +246,32 @@ sub epochs_image
 	return $f . pack('N', crc32c($f));
 }
 
+# --- heap against cmk_heap in logical decoding (t/080, t/081) ----------------------
+
+push @EXPORT, qw(heap_and_cmk_heap_dbs with_big_values);
+
+# Databases dh (tables heap) and de (tables cmk_heap, its default access
+# method) on $node, the extension in both and in postgres; returns once the
+# key worker has settled.  The same workload run in each must give the same
+# changes.
+sub heap_and_cmk_heap_dbs
+{
+	my ($node) = @_;
+	$node->safe_psql('postgres', q{CREATE DATABASE dh; CREATE DATABASE de;});
+	$node->safe_psql($_, 'CREATE EXTENSION cmk_storage') for qw(postgres dh de);
+	$node->safe_psql('de', 'ALTER DATABASE de SET default_table_access_method = cmk_heap');
+	return wait_key_settled($node);
+}
+
+# $sql with each BIG('x') (x one letter or digit) replaced by a value of
+# TOAST size that pglz cannot shrink below the threshold, one for each x.
+sub with_big_values
+{
+	my ($sql) = @_;
+	my $big = q{(SELECT string_agg(md5(g::text || s), '') FROM generate_series(1, 150) g)};
+	return $sql =~ s/BIG\('(\w)'\)/my $s = $1; $big =~ s{ s\)}{ '$s')}r/ger;
+}
+
 # --- backups and copies of a cluster (t/220, t/225) --------------------------------
 
 use PostgreSQL::Test::RecursiveCopy;
