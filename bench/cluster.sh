@@ -93,52 +93,24 @@ if is_root; then export BENCH_NICE=$NICE; else NICE=0; fi
 
 START_TS=$(date +%s)
 LOADS=""
-note_load() { LOADS+="${LOADS:+, }$1 $(cut -d' ' -f1 /proc/loadavg)"; }
 note_load start
 RESULTS_DIR="$BENCH_DIR/results"
 DB=bench
 CLUSTERS="off on"
 declare -A S=()      # samples: S[metric:cluster]="v1 v2 ..." in measurement order
 declare -A ERR=()
-add_sample() { S[$1:$2]="${S[$1:$2]:-} $3"; }
-fail_metric() { ERR[$1]="${ERR[$1]:-$2}"; warn "$1 ($2)"; }
 
 # --- setup -------------------------------------------------------------------
-if [ "$DEPS" = 1 ]; then ensure_packages; fi
-[ -x "$PG_BINDIR/postgres" ] || die "no PostgreSQL $PG_MAJOR at $PG_BINDIR"
-[ -x "$PG_BINDIR/pgbench" ] || die "no pgbench at $PG_BINDIR (install postgresql-contrib)"
+bench_check_server
 command -v cc >/dev/null || die "no C compiler (cc) for bench/xts_page_speed.c"
-if [ "$BUILD" = 1 ]; then build_and_install; fi
-SO="$(pg_config_dir pkglibdir)/cmk_storage.so"
-[ -f "$SO" ] || die "$SO is not installed (drop --no-build)"
-SO_SHA=$(sha256sum "$SO" | cut -c1-12)
-
-WORK=$(make_workdir "$WORKBASE") || die "cannot create a work directory under $WORKBASE"
-export WORK
-RAW="$WORK/raw.txt"
-: > "$RAW"
-raw() { printf '%s\n' "$*" >> "$RAW"; }
-cleanup() {
-    local c
-    for c in $CLUSTERS; do cl_stop "$c"; done
-    if [ "$KEEP" = 1 ]; then say "clusters kept (stopped) in $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_install_module
+clusters_workdir
 
 # Both clusters: lib.sh's benchmark settings (synchronous_commit, no
 # autovacuum, no JIT, no parallel workers, no checkpoint inside a
 # measurement) with the same shared_buffers; only "on" encrypts, from its
 # first start (the postmaster creates the DEK before anything is written).
-port=$(free_port 55432)
-for c in $CLUSTERS; do
-    extra=""
-    [ "$c" = on ] && extra="cmk_storage.cluster_encryption = on"
-    say "creating cluster '$c' (port $port, shared_buffers ${SB_MB}MB${extra:+, $extra})"
-    cl_create "$c" "$port" "${SB_MB}MB" "$SYNC" "$extra"
-    cl_start "$c"
-    port=$(free_port $((port + 1)))
-done
+cl_create_all "${SB_MB}MB" "$SYNC" "on=cmk_storage.cluster_encryption = on"
 for c in $CLUSTERS; do
     cl_setup_db "$c" "$DB" heap
     got=$(cl_query "$c" "$DB" "SHOW cmk_storage.cluster_encryption")
@@ -232,13 +204,7 @@ time_script() {   # metric cluster script
 
 run_pgbench() {   # metric cluster [pgbench args]; PGB_PGOPTIONS: the sessions' settings
     local m=$1 c=$2; shift 2
-    local log="$WORK/$c/$m.log" tps
-    if as_pg env PGOPTIONS="${PGB_PGOPTIONS:-}" pgbench -h "$WORK/sock" -p "$(cl_port "$c")" -c "$CLIENTS" -j "$CLIENTS" \
-            -T "$DUR" "$@" "$DB" >"$log" 2>&1; then
-        tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$log" | head -1)
-        if [ -n "$tps" ]; then add_sample "$m" "$c" "$tps"; raw "$m $c $tps"; return; fi
-    fi
-    fail_metric "$m" "pgbench failed in '$c': $(grep -m3 -iE 'error|fatal|abort' "$log" | tr '\n' ' ' | head -c 300)"
+    PGB_PGOPTIONS=${PGB_PGOPTIONS:-} pgbench_sample "$m" "$c" "$WORK/$c/$m.log" "$DUR" "$@"
 }
 
 measure() {   # metric cluster
@@ -328,7 +294,6 @@ raw "openssl speed -evp aes-256-xts -bytes 8192: ${OPENSSL_SPEED:-n/a}"
 # --- report ------------------------------------------------------------------------------
 note_load end
 ELAPSED=$(( $(date +%s) - START_TS ))
-med() { median ${S[$1:$2]:-}; }
 # Paired ratios: in round r the k-th "on" sample with the k-th "off" one
 # (the two were taken back to back).
 paired() { paired_ratios "${S[$1:off]:-}" "${S[$1:on]:-}"; }

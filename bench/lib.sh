@@ -1,5 +1,5 @@
-# Helpers shared by the bench scripts (run.sh, instructions.sh, profile.sh,
-# pgbench_profile.sh).  Sourced, not executed.
+# Helpers shared by the bench scripts (run.sh, cluster.sh, instructions.sh,
+# profile.sh, pgbench_profile.sh).  Sourced, not executed.
 #
 # Deliberately self-contained (it does not source scripts/lib.sh) so that the
 # benchmark keeps working while the test scripts change.
@@ -318,4 +318,98 @@ single_cluster_workdir() {
 single_cluster_cleanup() {
     cl_stop "$SINGLE_CLUSTER"
     if [ "$KEEP" = 1 ]; then say "cluster kept (stopped) in $WORK/$SINGLE_CLUSTER"; else rm -rf "$WORK"; fi
+}
+
+# --- two clusters measured alternately (run.sh, cluster.sh) -------------------
+# The script sets CLUSTERS (the clusters' names, in measurement order), DB,
+# CLIENTS and the common options, and declares the associative arrays S and
+# ERR.
+
+# Samples: S[metric:cluster]="v1 v2 ..." in measurement order; ERR[metric]
+# keeps the first failure of a metric for the report.
+add_sample() { S[$1:$2]="${S[$1:$2]:-} $3"; }
+fail_metric() { ERR[$1]="${ERR[$1]:-$2}"; warn "$1 ($2)"; }
+# the median of the samples of metric $1 in cluster $2
+# shellcheck disable=SC2086
+med() { median ${S[$1:$2]:-}; }
+# LOADS: the 1-minute load average when each phase starts, for the report.
+note_load() { LOADS+="${LOADS:+, }$1 $(cut -d' ' -f1 /proc/loadavg)"; }
+
+# The server and pgbench at PG_BINDIR, after installing the missing packages
+# (DEPS=1).
+bench_check_server() {
+    if [ "$DEPS" = 1 ]; then ensure_packages; fi
+    [ -x "$PG_BINDIR/postgres" ] || die "no PostgreSQL $PG_MAJOR at $PG_BINDIR"
+    [ -x "$PG_BINDIR/pgbench" ] || die "no pgbench at $PG_BINDIR (install postgresql-contrib)"
+}
+
+# Build and install the module (BUILD=1); SO_SHA: the first 12 hex digits of
+# the installed cmk_storage.so's SHA-256, for the report.
+bench_install_module() {
+    if [ "$BUILD" = 1 ]; then build_and_install; fi
+    local so
+    so="$(pg_config_dir pkglibdir)/cmk_storage.so"
+    [ -f "$so" ] || die "$so is not installed (drop --no-build)"
+    SO_SHA=$(sha256sum "$so" | cut -c1-12)
+}
+
+# A scratch directory (WORK) for the clusters and RAW, the file of raw
+# samples that raw appends to.  When the script exits the clusters stop and
+# WORK is removed, unless KEEP=1 (then KEEP_START, when set, names the
+# cluster whose start command is printed).
+clusters_workdir() {
+    WORK=$(make_workdir "$WORKBASE") || die "cannot create a work directory under $WORKBASE"
+    export WORK
+    RAW="$WORK/raw.txt"
+    : > "$RAW"
+    trap clusters_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+raw() { printf '%s\n' "$*" >> "$RAW"; }
+clusters_cleanup() {
+    local c
+    for c in $CLUSTERS; do cl_stop "$c"; done
+    if [ "$KEEP" = 1 ]; then
+        say "clusters kept (stopped) in $WORK${KEEP_START:+; start one with:}"
+        if [ -n "${KEEP_START:-}" ]; then
+            say "  runuser -u postgres -- $PG_BINDIR/pg_ctl -D $WORK/$KEEP_START/data -l $WORK/$KEEP_START/server.log start"
+        fi
+    else
+        rm -rf "$WORK"
+    fi
+}
+
+# Create and start the clusters, on free ports from 55432, each with
+# shared_buffers SB and synchronous_commit SYNC (lib.sh's settings,
+# cl_create); an argument NAME=LINE adds LINE to cluster NAME's settings.
+#   cl_create_all SB SYNC [NAME=LINE]...
+cl_create_all() {
+    local sb=$1 sync=$2 port c a extra
+    shift 2
+    port=$(free_port 55432)
+    for c in $CLUSTERS; do
+        extra=""
+        for a in "$@"; do [ "${a%%=*}" = "$c" ] && extra=${a#*=}; done
+        say "creating cluster '$c' (port $port, shared_buffers $sb${extra:+, $extra})"
+        cl_create "$c" "$port" "$sb" "$sync" "$extra"
+        cl_start "$c"
+        port=$(free_port $((port + 1)))
+    done
+}
+
+# One pgbench run of DUR seconds on database DB of cluster C, CLIENTS
+# clients and threads, its output in LOG: its tps is a sample of metric M,
+# or M fails.  PGB_PGOPTIONS, when set, is the sessions' PGOPTIONS.
+#   pgbench_sample M C LOG DUR [pgbench args]
+pgbench_sample() {
+    local m=$1 c=$2 log=$3 dur=$4 tps
+    shift 4
+    local pgoptions=()
+    [ -n "${PGB_PGOPTIONS+set}" ] && pgoptions=(PGOPTIONS="$PGB_PGOPTIONS")
+    if as_pg env "${pgoptions[@]}" pgbench -h "$WORK/sock" -p "$(cl_port "$c")" -c "$CLIENTS" -j "$CLIENTS" \
+            -T "$dur" "$@" "$DB" >"$log" 2>&1; then
+        tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$log" | head -1)
+        if [ -n "$tps" ]; then add_sample "$m" "$c" "$tps"; raw "$m $c $tps"; return; fi
+    fi
+    fail_metric "$m" "pgbench failed in '$c': $(grep -m3 -iE 'error|fatal|abort' "$log" | tr '\n' ' ' | head -c 300)"
 }

@@ -91,7 +91,6 @@ if is_root; then export BENCH_NICE=$NICE; else NICE=0; fi
 
 START_TS=$(date +%s)
 LOADS=""                     # 1-min load average when each phase starts
-note_load() { LOADS+="${LOADS:+, }$1 $(cut -d' ' -f1 /proc/loadavg)"; }
 note_load start
 RESULTS_DIR="$BENCH_DIR/results"
 DB=bench
@@ -100,37 +99,12 @@ declare -A AM=([heap]=heap [cmk]=cmk_heap)
 declare -A S=()              # samples: S[metric:cluster]="v1 v2 ..."
 declare -A ERR=()             # ERR[metric]="message" when a measurement failed
 
-add_sample() { S[$1:$2]="${S[$1:$2]:-} $3"; }
-fail_metric() { ERR[$1]="${ERR[$1]:-$2}"; warn "$1 ($2)"; }
-
 # --- setup -------------------------------------------------------------------
-if [ "$DEPS" = 1 ]; then ensure_packages; fi
-[ -x "$PG_BINDIR/postgres" ] || die "no PostgreSQL $PG_MAJOR at $PG_BINDIR"
-[ -x "$PG_BINDIR/pgbench" ] || die "no pgbench at $PG_BINDIR (install postgresql-contrib)"
+bench_check_server
 if is_root; then getent passwd postgres >/dev/null || die "no 'postgres' user to run the servers as"; fi
-if [ "$BUILD" = 1 ]; then build_and_install; fi
-SO="$(pg_config_dir pkglibdir)/cmk_storage.so"
-[ -f "$SO" ] || die "$SO is not installed (drop --no-build)"
-SO_SHA=$(sha256sum "$SO" | cut -c1-12)
-
-WORK=$(make_workdir "$WORKBASE") || die "cannot create a work directory under $WORKBASE"
-export WORK
-RAW="$WORK/raw.txt"
-: > "$RAW"
-raw() { printf '%s\n' "$*" >> "$RAW"; }
-
-cleanup() {
-    local c
-    for c in $CLUSTERS; do cl_stop "$c"; done
-    if [ "$KEEP" = 1 ]; then
-        say "clusters kept (stopped) in $WORK; start one with:"
-        say "  runuser -u postgres -- $PG_BINDIR/pg_ctl -D $WORK/cmk/data -l $WORK/cmk/server.log start"
-    else
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_install_module
+KEEP_START=cmk    # with --keep: how to start the cmk_heap cluster
+clusters_workdir
 
 # shared_buffers: several times the data (pgbench tables + COPY target), so a
 # sequential scan of pgbench_accounts stays below the NBuffers/4 ring-buffer
@@ -139,13 +113,7 @@ trap 'exit 130' INT TERM
 SB_MB=$((SCALE * 400)); [ "$SB_MB" -lt 1024 ] && SB_MB=1024
 if [ "$SB_MB" -gt 8192 ]; then SB_MB=8192; warn "scale $SCALE: data may not fit in shared_buffers (8GB)"; fi
 
-port=$(free_port 55432)
-for c in $CLUSTERS; do
-    say "creating cluster '$c' (port $port, shared_buffers ${SB_MB}MB)"
-    cl_create "$c" "$port" "${SB_MB}MB" "$SYNC"
-    cl_start "$c"
-    port=$(free_port $((port + 1)))
-done
+cl_create_all "${SB_MB}MB" "$SYNC"
 for c in $CLUSTERS; do
     cl_setup_db "$c" "$DB" "${AM[$c]}"
 done
@@ -284,14 +252,8 @@ for c in $CLUSTERS; do cl_psql "$c" "$DB" -c "DROP TABLE IF EXISTS bench_copy" -
 # --- phases 3 and 4: pgbench -------------------------------------------------------
 run_pgbench() {   # metric cluster round duration [pgbench args]
     local m=$1 c=$2 r=$3 dur=$4; shift 4
-    local log="$WORK/$c/$m.$r.log" tps
     cl_psql "$c" "$DB" -c "CHECKPOINT" >/dev/null
-    if as_pg pgbench -h "$WORK/sock" -p "$(cl_port "$c")" -c "$CLIENTS" -j "$CLIENTS" \
-            -T "$dur" "$@" "$DB" >"$log" 2>&1; then
-        tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$log" | head -1)
-        if [ -n "$tps" ]; then add_sample "$m" "$c" "$tps"; raw "$m $c $tps"; return; fi
-    fi
-    fail_metric "$m" "pgbench failed in '$c': $(grep -m3 -iE 'error|fatal|abort' "$log" | tr '\n' ' ' | head -c 300)"
+    pgbench_sample "$m" "$c" "$WORK/$c/$m.$r.log" "$dur" "$@"
 }
 
 note_load select
@@ -350,7 +312,6 @@ fi
 note_load end
 END_TS=$(date +%s)
 ELAPSED=$((END_TS - START_TS))
-med() { median ${S[$1:$2]:-}; }
 fmt() {   # value kind
     [ -n "$1" ] || { echo "—"; return; }
     case "$2" in

@@ -26,13 +26,7 @@ cmk_storage.key_check_interval = 1
 cmk_storage.key_grace_period = 2
 });
 $node->start;
-$node->safe_psql('postgres', q{CREATE DATABASE dh; CREATE DATABASE de;});
-$node->safe_psql($_, 'CREATE EXTENSION cmk_storage') for qw(postgres dh de);
-$node->safe_psql('de', 'ALTER DATABASE de SET default_table_access_method = cmk_heap');
-wait_key_settled($node);
-
-# A value of TOAST size that pglz cannot shrink below the threshold.
-my $big = q{(SELECT string_agg(md5(g::text || s), '') FROM generate_series(1, 150) g)};
+heap_and_cmk_heap_dbs($node);
 
 my $schema = q{
 CREATE TABLE r_def (id int PRIMARY KEY, v text, n numeric, big text);
@@ -48,7 +42,7 @@ ALTER TABLE r_ext ALTER COLUMN big SET STORAGE EXTERNAL;
 CREATE TABLE r_tk (k text PRIMARY KEY, v int);
 };
 
-(my $workload = q{
+my $workload = with_big_values(q{
 INSERT INTO r_def SELECT g, 'v' || g, g * 1.5, NULL FROM generate_series(1, 5) g;
 INSERT INTO r_def VALUES (6, 'six', 6, BIG('a'));
 UPDATE r_def SET v = 'vv' WHERE id = 6;
@@ -111,7 +105,7 @@ BEGIN;
 INSERT INTO r_def VALUES (21, 'rolled back', 21, NULL);
 PREPARE TRANSACTION 'GID_p2';
 ROLLBACK PREPARED 'GID_p2';
-}) =~ s/BIG\('(\w)'\)/my $s = $1; $big =~ s{ s\)}{ '$s')}r/ge;
+});
 
 my %out;
 for my $db (qw(dh de))

@@ -26,15 +26,8 @@ max_logical_replication_workers = 8
 max_worker_processes = 16
 });
 $_->start for ($pub, $sub);
-for my $n ($pub, $sub)
-{
-	$n->safe_psql('postgres', q{CREATE DATABASE dh; CREATE DATABASE de;});
-	$n->safe_psql($_, 'CREATE EXTENSION cmk_storage') for qw(postgres dh de);
-	$n->safe_psql('de', 'ALTER DATABASE de SET default_table_access_method = cmk_heap');
-	wait_key_settled($n);
-}
+heap_and_cmk_heap_dbs($_) for ($pub, $sub);
 
-my $big = q{(SELECT string_agg(md5(g::text || s), '') FROM generate_series(1, 150) g)};
 my $schema = q{
 CREATE TABLE r_def (id int PRIMARY KEY, v text, n numeric, big text);
 CREATE TABLE r_full (id int, v text, big text, j jsonb);
@@ -48,14 +41,14 @@ CREATE TABLE r_tk (k text PRIMARY KEY, v int);
 };
 my @tables = qw(r_def r_full r_idx r_ext r_tk);
 
-(my $initial = q{
+my $initial = with_big_values(q{
 INSERT INTO r_def SELECT g, 'initial ' || g, g, CASE WHEN g % 10 = 0 THEN BIG('z') END FROM generate_series(1, 200) g;
 INSERT INTO r_full VALUES (100, 'initial', BIG('y'), '{"secret": 0}');
 INSERT INTO r_idx VALUES (100, 'k100', 'initial');
 INSERT INTO r_ext VALUES (100, repeat('x', 7000));
-}) =~ s/BIG\('(\w)'\)/my $s = $1; $big =~ s{ s\)}{ '$s')}r/ge;
+});
 
-(my $workload = q{
+my $workload = with_big_values(q{
 INSERT INTO r_def VALUES (1006, 'six', 6, BIG('a'));
 UPDATE r_def SET v = 'vv' WHERE id = 1006;
 UPDATE r_def SET big = BIG('b') WHERE id = 1006;
@@ -103,7 +96,7 @@ INSERT INTO r_def SELECT g, repeat('streamprep', 20), g, NULL FROM generate_seri
 DELETE FROM r_full WHERE id = 20;
 PREPARE TRANSACTION 'GID_p3';
 COMMIT PREPARED 'GID_p3';
-}) =~ s/BIG\('(\w)'\)/my $s = $1; $big =~ s{ s\)}{ '$s')}r/ge;
+});
 
 my $pubconn = $pub->connstr;
 for my $db (qw(dh de))

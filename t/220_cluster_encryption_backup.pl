@@ -11,10 +11,8 @@
 # (values in the backup's pg_wal, none in its relation files).
 use strict;
 use warnings;
-use File::Basename;
 use IPC::Run;
 use PostgreSQL::Test::Cluster;
-use PostgreSQL::Test::RecursiveCopy;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use CmkTest;
@@ -86,25 +84,6 @@ sub all_pages_marked
 	return $pages;
 }
 
-# WAL pages (magic 0xD110) of the segments in a directory: how many carry
-# the marker (encrypted) and how many do not (plaintext).
-sub wal_pages
-{
-	my ($dir) = @_;
-	my ($enc, $clear) = (0, 0);
-	for my $f (grep { basename($_) =~ /^[0-9A-F]{24}$/ } glob("$dir/*"))
-	{
-		my $data = slurp_bytes($f);
-		for (my $off = 0; $off < length($data); $off += 8192)
-		{
-			my ($magic, $info) = unpack('vv', substr($data, $off, 4));
-			next unless $magic == 0xD110;
-			if ($info & 0x4000) { $enc++ } else { $clear++ }
-		}
-	}
-	return ($enc, $clear);
-}
-
 # --- base backups ----------------------------------------------------------
 # A value written right before the backups: it is in the WAL segment the
 # backups' start switches away from, so no backup carries its WAL record.
@@ -129,22 +108,14 @@ my @all = (@m, $ws);
 
 # What is in clear in each backup.  With -X fetch nothing: relation files
 # and WAL segments are copies of the stored (encrypted) ones.
-for my $name (qw(fetch standby))
-{
-	my @hits = files_containing($bk{$name}, @all);
-	is(scalar(@hits), 0, "-D -X fetch backup ($name): no value anywhere in it") or diag(join("\n", @hits));
-}
-my @hits = files_containing($bk{tar}, @all);
-is(scalar(@hits), 0, '-Ft -X fetch backup: no value in base.tar') or diag(join("\n", @hits));
+no_value_in($bk{$_}, \@all, "-D -X fetch backup ($_): no value anywhere in it") for qw(fetch standby);
+no_value_in($bk{tar}, \@all, '-Ft -X fetch backup: no value in base.tar');
 ok(-f "$bk{tar}/base.tar" && !-e "$bk{tar}/pg_wal.tar", '-Ft -X fetch: the WAL is inside base.tar');
-@hits = files_containing($bk{cmk}, @all);
-is(scalar(@hits), 0, '--target=cmk: backup: no value in it') or diag(join("\n", @hits));
+no_value_in($bk{cmk}, \@all, '--target=cmk: backup: no value in it');
 
 # -X stream: relation files as stored, and the streamed WAL as stored too
 # (the WAL sender streams stored pages to pg_basebackup).
-@hits = files_containing($bk{stream}, @all);
-is(scalar(@hits), 0, '-X stream backup: no value in it')
-  or diag(join("\n", @hits));
+no_value_in($bk{stream}, \@all, '-X stream backup: no value in it');
 my ($enc, $clear) = wal_pages("$bk{stream}/pg_wal");
 ok($enc > 0 && $clear == 0, "-X stream backup: its WAL pages are encrypted ($enc pages)");
 ($enc, $clear) = wal_pages("$bk{fetch}/pg_wal");
@@ -166,28 +137,6 @@ $primary->command_ok([ 'pg_verifybackup', '-n', $bk{fetch} ], 'pg_verifybackup -
 $primary->command_ok([ 'pg_verifybackup', '-n', $bk{stream} ], 'pg_verifybackup -n: -X stream backup matches its manifest');
 
 # --- every backup restores to the primary's rows ----------------------------
-sub node_from_dir
-{
-	my ($name, $fill) = @_;
-	my $node = PostgreSQL::Test::Cluster->new($name);
-	my $data = $node->data_dir;
-	$fill->($data);
-	chmod 0700, $data;
-	$node->append_conf('postgresql.conf', qq{
-port = @{[ $node->port ]}
-unix_socket_directories = '@{[ $node->host ]}'
-archive_mode = off
-cluster_name = '$name'
-});
-	return $node;
-}
-
-sub copy_backup
-{
-	my ($from) = @_;
-	return sub { PostgreSQL::Test::RecursiveCopy::copypath($from, $_[0]); };
-}
-
 my %restored = (
 	fetch => node_from_dir('r_fetch', copy_backup($bk{fetch})),
 	stream => node_from_dir('r_stream', copy_backup($bk{stream})),
@@ -201,9 +150,8 @@ my %restored = (
 			'--backup-directory', $bk{cmk}, '--target-directory', $_[0] ], '>', \$out, '2>', \$err)
 		  or die "cmk_restore failed: $err";
 	}));
-@hits = files_containing($restored{cmk}->data_dir, @all);
-is(scalar(@hits), 0, 'the data directory cmk_restore made from the cmk: backup: no value in it')
-  or diag(join("\n", @hits));
+no_value_in($restored{cmk}->data_dir, \@all,
+	'the data directory cmk_restore made from the cmk: backup: no value in it');
 ok(all_pages_marked($restored{cmk}->data_dir . "/$tpath") > 10, 'and its table pages carry the marker');
 
 for my $name (sort keys %restored)
@@ -240,8 +188,7 @@ CHECKPOINT;
 $primary->wait_for_catchup($standby, 'replay');
 is(digest_of($standby), digest_of($primary), 'the standby follows the primary');
 $standby->safe_psql('postgres', 'CHECKPOINT');    # a restartpoint writes the replayed pages
-@hits = files_containing($standby->data_dir, @all, @u, @a);
-is(scalar(@hits), 0, 'no value anywhere in the standby\'s data directory') or diag(join("\n", @hits));
+no_value_in($standby->data_dir, [ @all, @u, @a ], 'no value anywhere in the standby\'s data directory');
 ok(all_pages_marked($standby->data_dir . "/$tpath") > 10, 'the standby\'s table pages carry the marker');
 
 # A backup of the standby with -X stream.  It starts at the standby's last
@@ -255,8 +202,8 @@ $primary->wait_for_catchup($standby, 'replay');
 my $sbk = "$bdir/from_standby";
 $standby->command_ok([ 'pg_basebackup', '-D', $sbk, '-X', 'stream', '-c', 'fast', '--no-sync' ],
 	'pg_basebackup -X stream from the standby');
-@hits = map { files_containing("$sbk/$_", @all, @u, @a, $v) } qw(base global);
-is(scalar(@hits), 0, 'backup of the standby: no value in its relation files') or diag(join("\n", @hits));
+no_value_in([ map { "$sbk/$_" } qw(base global) ], [ @all, @u, @a, $v ],
+	'backup of the standby: no value in its relation files');
 ok(scalar(files_containing("$sbk/pg_wal", $v)) > 0,
 	'backup of the standby, -X stream: a value written after its start is in clear in its pg_wal (cascading: documented limit)');
 ($enc, $clear) = wal_pages("$sbk/pg_wal");
@@ -268,26 +215,17 @@ my $p = random_marker('PROMOTED');
 $standby->safe_psql('postgres', "INSERT INTO t VALUES (30000, '$p', NULL); CHECKPOINT");
 is($standby->safe_psql('postgres', "SELECT count(*) FROM t WHERE v LIKE '$a[0]%' OR v IN ('$p', '$v')"), '302',
 	'the promoted standby reads and writes');
-@hits = files_containing($standby->data_dir, @all, @u, @a, $v, $p);
-is(scalar(@hits), 0, 'no value anywhere in the promoted standby\'s data directory') or diag(join("\n", @hits));
+no_value_in($standby->data_dir, [ @all, @u, @a, $v, $p ],
+	'no value anywhere in the promoted standby\'s data directory');
 $standby->stop;
 
 # --- point-in-time recovery from a cp archive ----------------------------------
 my $last = archive_current_segment($primary);
-@hits = files_containing($arch, @all, @u, @a, $v);
-is(scalar(@hits), 0, 'the cp archive holds no value in clear') or diag(join("\n", @hits));
+no_value_in($arch, [ @all, @u, @a, $v ], 'the cp archive holds no value in clear');
 my $seg = slurp_bytes("$arch/$last");
 ok(unpack('v', substr($seg, 2, 2)) & 0x4000, "the archived segment $last is encrypted (WAL page marker)");
 
-my $pitr = node_from_dir('pitr', copy_backup($bk{fetch}));
-$pitr->append_conf('postgresql.conf', qq{
-restore_command = 'cp $arch/%f %p'
-recovery_target_name = 'cmk_target'
-recovery_target_action = 'promote'
-});
-spew_bytes($pitr->data_dir . '/recovery.signal', '');
-$pitr->start;
-$pitr->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()') or die 'recovery did not finish';
+my $pitr = pitr_node('pitr', $bk{fetch}, $arch, 'cmk_target');
 ok($pitr->log_contains(qr/recovery stopping at restore point "cmk_target"/), 'recovery stopped at the restore point');
 is(digest_of($pitr, 't', 'mv'), $at_target, 'point-in-time recovery from the cp archive: the rows as of the target');
 # a sequence's WAL record runs ahead of it (SEQ_LOG_VALS): recovery may skip values, never repeat one
@@ -295,8 +233,8 @@ ok($pitr->safe_psql('postgres', 'SELECT last_value FROM s') >= $seq_at_target, '
 is($pitr->safe_psql('postgres', "SELECT count(*) FROM t WHERE v LIKE '$a[0]%'"), '0',
 	'changes after the target are absent');
 $pitr->safe_psql('postgres', 'CHECKPOINT');
-@hits = map { files_containing($pitr->data_dir . "/$_", @all, @u, @a) } qw(base global);
-is(scalar(@hits), 0, 'no value in the recovered cluster\'s relation files') or diag(join("\n", @hits));
+no_value_in([ map { $pitr->data_dir . "/$_" } qw(base global) ], [ @all, @u, @a ],
+	'no value in the recovered cluster\'s relation files');
 $pitr->stop;
 
 # --- checksum verification reads the stored page ---------------------------

@@ -18,7 +18,6 @@ use warnings;
 use File::Basename;
 use IPC::Run;
 use PostgreSQL::Test::Cluster;
-use PostgreSQL::Test::RecursiveCopy;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
@@ -52,25 +51,6 @@ $primary->poll_query_until('postgres',
 	q{SELECT cluster_encryption = 'complete' FROM cmk_storage.status})
   or die 'the sweep did not complete';
 $primary->safe_psql('postgres', 'SELECT pg_switch_wal()');
-
-# WAL pages (magic 0xD110) of the segment files (complete or .partial) in a
-# directory: how many carry the marker, how many do not.
-sub wal_pages
-{
-	my ($dir) = @_;
-	my ($enc, $clear) = (0, 0);
-	for my $f (grep { basename($_) =~ /^[0-9A-F]{24}(\.partial)?$/ } glob("$dir/*"))
-	{
-		my $data = slurp_bytes($f);
-		for (my $off = 0; $off < length($data); $off += 8192)
-		{
-			my ($magic, $info) = unpack('vv', substr($data, $off, 4));
-			next unless $magic == 0xD110;
-			if ($info & 0x4000) { $enc++ } else { $clear++ }
-		}
-	}
-	return ($enc, $clear);
-}
 
 # Wait until a file matching the glob pattern exists.
 sub wait_for_file
@@ -133,39 +113,16 @@ stop_load($load);
 # --- what the backups hold ------------------------------------------------------
 my ($enc, $clear) = wal_pages("$bk{stream}/pg_wal");
 ok($enc > 0 && $clear == 0, "-X stream backup: every WAL page is stored encrypted ($enc pages, $clear in clear)");
-my @hits = files_containing($bk{stream}, $mk);
-is(scalar(@hits), 0, '-X stream backup: no value written during the load in any file') or diag(join("\n", @hits));
+no_value_in($bk{stream}, [$mk], '-X stream backup: no value written during the load in any file');
 
 ok(-f "$bk{tar}/pg_wal.tar", '-Ft -X stream: the streamed WAL is in pg_wal.tar');
-@hits = files_containing($bk{tar}, $mk);
-is(scalar(@hits), 0, '-Ft -X stream backup: no value in base.tar or pg_wal.tar') or diag(join("\n", @hits));
+no_value_in($bk{tar}, [$mk], '-Ft -X stream backup: no value in base.tar or pg_wal.tar');
 mkdir "$tmp/tarwal" or die;
 system_or_bail('tar', 'xf', "$bk{tar}/pg_wal.tar", '-C', "$tmp/tarwal");
 ($enc, $clear) = wal_pages("$tmp/tarwal");
 ok($enc > 0 && $clear == 0, "-Ft -X stream backup: every WAL page in pg_wal.tar is encrypted ($enc pages, $clear in clear)");
 
 # --- the backups restore ------------------------------------------------------------
-sub node_from_dir
-{
-	my ($name, $fill) = @_;
-	my $node = PostgreSQL::Test::Cluster->new($name);
-	my $data = $node->data_dir;
-	$fill->($data);
-	chmod 0700, $data;
-	$node->append_conf('postgresql.conf', qq{
-port = @{[ $node->port ]}
-unix_socket_directories = '@{[ $node->host ]}'
-cluster_name = '$name'
-});
-	return $node;
-}
-
-sub copy_backup
-{
-	my ($from) = @_;
-	return sub { PostgreSQL::Test::RecursiveCopy::copypath($from, $_[0]); };
-}
-
 # Every row committed before the backups is there, and rows written during
 # them (replayed from the streamed WAL).
 sub check_rows
@@ -205,8 +162,7 @@ $standby->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()') or die;
 $standby->safe_psql('postgres', "INSERT INTO d (v) VALUES ('$late-promoted'); CHECKPOINT");
 is($standby->safe_psql('postgres', "SELECT count(*) FROM d WHERE v LIKE '$late%'"), '501',
 	'the promoted standby reads and writes');
-@hits = files_containing($standby->data_dir, $mk, $late);
-is(scalar(@hits), 0, 'no value anywhere in the promoted standby\'s data directory') or diag(join("\n", @hits));
+no_value_in($standby->data_dir, [ $mk, $late ], 'no value anywhere in the promoted standby\'s data directory');
 $standby->stop;
 
 # --- the walreceiver refuses a stream of stored pages ------------------------------
@@ -299,8 +255,7 @@ $receiver->finish;
 
 ($enc, $clear) = wal_pages($recv);
 ok($enc > 0 && $clear == 0, "pg_receivewal archive: every WAL page is stored encrypted ($enc pages, $clear in clear)");
-@hits = files_containing($recv, $mk, $late, @t);
-is(scalar(@hits), 0, 'pg_receivewal archive: no value in it') or diag(join("\n", @hits));
+no_value_in($recv, [ $mk, $late, @t ], 'pg_receivewal archive: no value in it');
 my ($aout, $aerr) = ('', '');
 IPC::Run::run([ "$bindir/cmk_offline", '-D', $primary->data_dir, 'pg_waldump', '-p', $recv, '-r', 'XLOG', $first, $last ],
 	'>', \$aout, '2>', \$aerr);
@@ -309,15 +264,7 @@ like($aout, qr/desc: RESTORE_POINT rs_target/, 'cmk_offline pg_waldump decodes t
   or diag($aerr);
 note("NOOP records in the pg_receivewal archive (load and idle): $archived_noops");
 
-my $pitr = node_from_dir('pitr', copy_backup($bk{stream}));
-$pitr->append_conf('postgresql.conf', qq{
-restore_command = 'cp $recv/%f %p'
-recovery_target_name = 'rs_target'
-recovery_target_action = 'promote'
-});
-spew_bytes($pitr->data_dir . '/recovery.signal', '');
-$pitr->start;
-$pitr->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()') or die 'recovery did not finish';
+my $pitr = pitr_node('pitr', $bk{stream}, $recv, 'rs_target');
 ok($pitr->log_contains(qr/recovery stopping at restore point "rs_target"/), 'recovery stopped at the restore point');
 is($pitr->safe_psql('postgres', q{SELECT count(*), md5(string_agg(id || v, ',' ORDER BY id)) FROM d}), $at_target,
 	'point-in-time recovery from the pg_receivewal archive: the rows as of the target');

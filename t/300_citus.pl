@@ -376,34 +376,22 @@ my $cte_sql = qq{WITH c AS MATERIALIZED (SELECT id, v FROM %1\$s ORDER BY id LIM
 SELECT count(*), min(c.v), max(c.v) FROM %2\$s d JOIN c ON c.v = '$m{ev}' || d.id};
 my $rj_sql = q{SELECT count(*), md5(string_agg(a.v || '/' || b.v, ',' ORDER BY a.id, b.id))
 FROM %1$s a JOIN %2$s b ON a.k = b.k};
-my ($bin, $bout) = ('', '');
-my $bg = IPC::Run::start([ 'psql', '-X', '-A', '-t', '-q', '-h', $host, '-p', $coord->port, 'postgres' ],
-	'<', \$bin, '>', \$bout, '2>', \$bout, IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
-$bin .= "BEGIN;\nSET LOCAL citus.enable_repartition_joins TO on;\n"
-  . sprintf($cte_sql, 'events', 'details') . ";\n"
-  . sprintf($rj_sql, 'rj_a', 'rj_b') . ";\nSELECT 'ready';\n";
-$bg->pump until $bout =~ /^ready$/m || $bout =~ /ERROR/;
-my (@jc_files, @job_cache);
-for my $n ($coord, @workers)
-{
-	my $dir = $n->data_dir . '/base/pgsql_job_cache';
-	push @jc_files, grep { -f && -s } split /\0/, `find '$dir' -type f -print0 2>/dev/null`;
-	push @job_cache, files_containing($dir, values %m);
-}
-$bin .= "COMMIT;\n\\q\n";
-$bg->finish;
-my @held = grep { $_ ne 'ready' } split /\n/, $bout;
-is(scalar(@held), 2, 'intermediate results: the held transaction ran both queries') or diag($bout);
+my ($jc_files, $job_cache);
+my @held = held_transaction($coord, "SET LOCAL citus.enable_repartition_joins TO on;\n"
+	  . sprintf($cte_sql, 'events', 'details') . ";\n"
+	  . sprintf($rj_sql, 'rj_a', 'rj_b') . ';',
+	sub { ($jc_files, $job_cache) = job_cache_search([ $coord, @workers ], values %m) });
+is(scalar(@held), 2, 'intermediate results: the held transaction ran both queries') or diag(join("\n", @held));
 is($held[0], $q->(sprintf($cte_sql, 'events_l', 'details_l')),
 	'materialized CTE: the result equals the query on local tables');
 like($held[0], qr/^500\|/, '... 500 rows joined');
 is($held[1], $q->(sprintf($rj_sql, 'rj_a_l', 'rj_b_l')),
 	'repartition join: the result equals the join of local tables');
-cmp_ok(scalar(grep { m{/repartition_[^/]*\.data$} } @jc_files), '>', 0,
+cmp_ok(scalar(grep { m{/repartition_[^/]*\.data$} } @$jc_files), '>', 0,
 	'repartition join: partition files in the workers\' job caches while held');
-cmp_ok(scalar(@jc_files), '>', 1, 'intermediate result files in the job caches while held (' . scalar(@jc_files) . ')');
-is(scalar(@job_cache), 0, 'no workload value in base/pgsql_job_cache of any node during the transaction')
-  or diag("plaintext intermediate results: @job_cache");
+cmp_ok(scalar(@$jc_files), '>', 1, 'intermediate result files in the job caches while held (' . scalar(@$jc_files) . ')');
+is(scalar(@$job_cache), 0, 'no workload value in base/pgsql_job_cache of any node during the transaction')
+  or diag("plaintext intermediate results: @$job_cache");
 
 # --- no plaintext in any node's relation files or WAL ----------------------------------
 $_->safe_psql('postgres', 'CHECKPOINT') for ($coord, @workers);

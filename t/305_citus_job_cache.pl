@@ -15,8 +15,6 @@
 # Citus is not installed (scripts/citus.sh).
 use strict;
 use warnings;
-use File::Find;
-use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -83,42 +81,20 @@ FROM read_intermediate_result('jc_ir', 'binary') AS r(i int, v text)};
 my $ir_local = qq{SELECT count(*), md5(string_agg('$m{ir}' || i, ',' ORDER BY i))
 FROM generate_series(1, 20000) i};
 
-sub job_cache_files
-{
-	my ($n) = @_;
-	my @f;
-	my $dir = $n->data_dir . '/base/pgsql_job_cache';
-	find({ wanted => sub { push @f, $File::Find::name if -f $_ && -s $_ }, no_chdir => 1 }, $dir)
-	  if -d $dir;
-	return @f;
-}
-
 # Run the three in one transaction and hold it; return the results, the
 # files of every node's job cache and the workload values found in them.
 # (A repartition join fetches partitions over new node-to-node connections;
 # the test nodes allow 10 connections each: at most 2 tasks per node.)
 sub held_run
 {
-	my ($in, $out) = ('', '');
-	my $bg = IPC::Run::start([ 'psql', '-X', '-A', '-t', '-q', '-h', $host, '-p', $coord->port, 'postgres' ],
-		'<', \$in, '>', \$out, '2>', \$out, IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
-	$in .= qq{BEGIN;
-SET LOCAL citus.enable_repartition_joins TO on;
+	my ($files, $hits);
+	my @res = held_transaction($coord, qq{SET LOCAL citus.enable_repartition_joins TO on;
 SET LOCAL citus.max_adaptive_executor_pool_size TO 2;
 SELECT create_intermediate_result('jc_ir', \$\$SELECT i, '$m{ir}' || i FROM generate_series(1, 20000) i\$\$);
 $ir;
-} . sprintf($cte, 'rj_a', 'rj_b') . ";\n" . sprintf($rj, 'rj_a', 'rj_b') . ";\nSELECT 'ready';\n";
-	$bg->pump until $out =~ /^ready$/m || $out =~ /ERROR/;
-	my (@files, @hits);
-	for my $n (@nodes)
-	{
-		push @files, job_cache_files($n);
-		push @hits, files_containing($n->data_dir . '/base/pgsql_job_cache', values %m);
-	}
-	$in .= "COMMIT;\n\\q\n";
-	$bg->finish;
-	my @res = grep { $_ ne 'ready' } split /\n/, $out;
-	return (\@res, \@files, \@hits);
+} . sprintf($cte, 'rj_a', 'rj_b') . ";\n" . sprintf($rj, 'rj_a', 'rj_b') . ';',
+		sub { ($files, $hits) = job_cache_search(\@nodes, values %m) });
+	return (\@res, $files, $hits);
 }
 
 my ($res, $files, $hits) = held_run();

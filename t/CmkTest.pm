@@ -246,6 +246,158 @@ sub epochs_image
 	return $f . pack('N', crc32c($f));
 }
 
+# --- heap against cmk_heap in logical decoding (t/080, t/081) ----------------------
+
+push @EXPORT, qw(heap_and_cmk_heap_dbs with_big_values);
+
+# Databases dh (tables heap) and de (tables cmk_heap, its default access
+# method) on $node, the extension in both and in postgres; returns once the
+# key worker has settled.  The same workload run in each must give the same
+# changes.
+sub heap_and_cmk_heap_dbs
+{
+	my ($node) = @_;
+	$node->safe_psql('postgres', q{CREATE DATABASE dh; CREATE DATABASE de;});
+	$node->safe_psql($_, 'CREATE EXTENSION cmk_storage') for qw(postgres dh de);
+	$node->safe_psql('de', 'ALTER DATABASE de SET default_table_access_method = cmk_heap');
+	return wait_key_settled($node);
+}
+
+# $sql with each BIG('x') (x one letter or digit) replaced by a value of
+# TOAST size that pglz cannot shrink below the threshold, one for each x.
+sub with_big_values
+{
+	my ($sql) = @_;
+	my $big = q{(SELECT string_agg(md5(g::text || s), '') FROM generate_series(1, 150) g)};
+	return $sql =~ s/BIG\('(\w)'\)/my $s = $1; $big =~ s{ s\)}{ '$s')}r/ger;
+}
+
+# --- backups and copies of a cluster (t/220, t/225) --------------------------------
+
+use PostgreSQL::Test::RecursiveCopy;
+
+push @EXPORT, qw(no_value_in wal_pages node_from_dir copy_backup pitr_node);
+
+# Test that no regular file under $dirs (a directory or a list of them) holds
+# any of the values in @$needles; on failure the hits are listed.
+sub no_value_in
+{
+	my ($dirs, $needles, $name) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	my @hits = map { files_containing($_, @$needles) } ref $dirs ? @$dirs : ($dirs);
+	my $ok = is(scalar(@hits), 0, $name);
+	diag(join("\n", @hits)) unless $ok;
+	return $ok;
+}
+
+# WAL pages (magic 0xD110) of the segment files in $dir, complete or
+# .partial (pg_receivewal writes those; pg_basebackup never does): how many
+# carry the encryption marker (0x4000 in xlp_info) and how many do not.
+sub wal_pages
+{
+	my ($dir) = @_;
+	my ($enc, $clear) = (0, 0);
+	for my $f (grep { basename($_) =~ /^[0-9A-F]{24}(\.partial)?$/ } glob("$dir/*"))
+	{
+		my $data = slurp_bytes($f);
+		for (my $off = 0; $off < length($data); $off += 8192)
+		{
+			my ($magic, $info) = unpack('vv', substr($data, $off, 4));
+			next unless $magic == 0xD110;
+			if ($info & 0x4000) { $enc++ } else { $clear++ }
+		}
+	}
+	return ($enc, $clear);
+}
+
+# A node on a data directory that $fill->($data_dir) makes (a copy of a
+# backup, an extracted tar, a restore), with this node's own port, socket
+# directory and cluster_name.  archive_mode off: a copy must never archive
+# into the archive of the cluster it came from.
+sub node_from_dir
+{
+	my ($name, $fill) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	my $data = $node->data_dir;
+	$fill->($data);
+	chmod 0700, $data;
+	$node->append_conf('postgresql.conf', qq{
+port = @{[ $node->port ]}
+unix_socket_directories = '@{[ $node->host ]}'
+archive_mode = off
+cluster_name = '$name'
+});
+	return $node;
+}
+
+# The $fill of node_from_dir for a plain-format backup directory.
+sub copy_backup
+{
+	my ($from) = @_;
+	return sub { PostgreSQL::Test::RecursiveCopy::copypath($from, $_[0]); };
+}
+
+# A node made from the plain-format backup $backup that recovers with the
+# WAL of $archive (restore_command cp) up to the restore point $target and
+# is promoted there; returned running, out of recovery.
+sub pitr_node
+{
+	my ($name, $backup, $archive, $target) = @_;
+	my $node = node_from_dir($name, copy_backup($backup));
+	$node->append_conf('postgresql.conf', qq{
+restore_command = 'cp $archive/%f %p'
+recovery_target_name = '$target'
+recovery_target_action = 'promote'
+});
+	spew_bytes($node->data_dir . '/recovery.signal', '');
+	$node->start;
+	$node->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()') or die 'recovery did not finish';
+	return $node;
+}
+
+# --- Citus intermediate results (t/300, t/305) -------------------------------------
+
+use File::Find ();
+use IPC::Run;
+
+push @EXPORT, qw(held_transaction job_cache_search);
+
+# Run $sql (statements, each ended by a semicolon) on $node in a transaction
+# that psql holds open while $during->() runs, then commit.  Citus keeps the
+# intermediate results of a query in files only until its transaction ends:
+# $during searches them.  Returns psql's output lines (-A -t), errors too.
+sub held_transaction
+{
+	my ($node, $sql, $during) = @_;
+	my ($in, $out) = ('', '');
+	my $h = IPC::Run::start([ 'psql', '-X', '-A', '-t', '-q', '-h', $node->host, '-p', $node->port, 'postgres' ],
+		'<', \$in, '>', \$out, '2>', \$out, IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
+	$in .= "BEGIN;\n$sql\nSELECT 'ready';\n";
+	$h->pump until $out =~ /^ready$/m || $out =~ /ERROR/;
+	$during->();
+	$in .= "COMMIT;\n\\q\n";
+	$h->finish;
+	return grep { $_ ne 'ready' } split /\n/, $out;
+}
+
+# Search the Citus job cache (base/pgsql_job_cache) of every node in @$nodes:
+# returns its non-empty files and, as files_containing does, those that hold
+# one of @needles.
+sub job_cache_search
+{
+	my ($nodes, @needles) = @_;
+	my (@files, @hits);
+	for my $n (@$nodes)
+	{
+		my $dir = $n->data_dir . '/base/pgsql_job_cache';
+		next unless -d $dir;
+		File::Find::find({ wanted => sub { push @files, $File::Find::name if -f $_ && -s $_ }, no_chdir => 1 },
+			$dir);
+		push @hits, files_containing($dir, @needles);
+	}
+	return (\@files, \@hits);
+}
+
 # --- Azure Key Vault emulator (emulator/README.md) ---------------------------------
 
 use File::Spec;
