@@ -280,8 +280,8 @@ my ($dout, $derr) = ('', '');
 IPC::Run::run([ "$bindir/cmk_offline", '-D', $bk{idle}, 'pg_waldump', '-p', "$bk{idle}/pg_wal", '-r', 'XLOG', $startseg ],
 	'>', \$dout, '2>', \$derr);
 like($dout, qr/desc: BACKUP_END/, 'cmk_offline pg_waldump decodes the idle backup\'s WAL up to its end') or diag($derr);
-my $noops = () = $dout =~ /desc: NOOP/g;
-ok($noops <= 6, "the idle backup's WAL holds few NOOPs ($noops)");
+my $idle_noops = () = $dout =~ /desc: NOOP/g;
+ok($idle_noops <= 6, "the idle backup's WAL holds few NOOPs ($idle_noops)");
 ($enc, $clear) = wal_pages("$bk{idle}/pg_wal");
 ok($enc > 0 && $clear == 0, "idle -X stream backup: every WAL page is encrypted ($enc pages)");
 my $r_idle = node_from_dir('r_idle', copy_backup($bk{idle}));
