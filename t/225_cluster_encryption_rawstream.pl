@@ -91,7 +91,12 @@ sub start_load
 sub stop_load
 {
 	my ($h) = @_;
-	$h->signal('INT');
+
+	# TERM, not INT: pgbench has no SIGINT handler, and a test run started
+	# in the background by a shell without job control inherits SIGINT
+	# ignored (pgbench then ran its full -T while the primary recycled the
+	# WAL a standby needed).
+	$h->signal('TERM');
 	$h->finish;
 }
 
