@@ -78,10 +78,17 @@ chmod 600 "$MC/kek.pem"
 # jit = off: the JIT's code has no symbols, and loading LLVM trips a known
 # false positive in ld.so (strncmp over an rpath); cmk_heap slots are never
 # JIT-deformed anyway.  autovacuum = off: the workload vacuums where it means
-# to, and a run reports the same processes every time.
+# to, and a run reports the same processes every time.  Cluster encryption
+# on: every relation and WAL page, temporary file and read-ahead window of
+# the workload goes through the I/O layer below fd.c under memcheck too
+# (initdb's catalogs are swept by its background worker meanwhile), and
+# shared_buffers is small so that pages are read back from the files (and
+# sequential scans through read-ahead windows) all the time.
 cat >> "$DATA/postgresql.conf" <<CONF
 shared_preload_libraries = 'cmk_storage'
 cmk_storage.key_uri = 'file://$MC/kek.pem'
+cmk_storage.cluster_encryption = on
+shared_buffers = 2MB
 listen_addresses = ''
 unix_socket_directories = '$MC'
 port = $PORT
