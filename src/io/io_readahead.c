@@ -49,6 +49,7 @@
 
 #define P					CMK_IO_PAGE
 #define REGION_PAGES		16	/* a window never crosses a region */
+#define REGION_BYTES		((off_t) P * REGION_PAGES)
 #define WINDOWS				4	/* descriptors read ahead at once */
 #define TRIGGER				3	/* consecutive reads before the first fill */
 #define GEN_SLOTS			65536
@@ -96,7 +97,7 @@ cmk_readahead_create(void)
 static inline uint32
 gen_slot(const CmkFileId *id, off_t pos)
 {
-	uint64		region = (uint64) pos / (P * REGION_PAGES);
+	uint64		region = (uint64) (pos / REGION_BYTES);
 	uint64		h;
 
 	h = (uint64) id->db * UINT64CONST(0x9E3779B97F4A7C15);
@@ -117,11 +118,9 @@ gen_slot(const CmkFileId *id, off_t pos)
 void
 cmk_readahead_note_write(const CmkFileId *id, off_t off, size_t n)
 {
-	off_t		region_bytes = (off_t) P * REGION_PAGES;
-
 	if (gens == NULL || n == 0)
 		return;
-	for (off_t r = off - off % region_bytes; r < off + (off_t) n; r += region_bytes)
+	for (off_t r = off - off % REGION_BYTES; r < off + (off_t) n; r += REGION_BYTES)
 		pg_atomic_fetch_add_u64(&gens[gen_slot(id, r)], 1);
 }
 
@@ -169,6 +168,13 @@ window_for(int fd, const CmkFileId *id)
 	return victim;
 }
 
+/* The pages of w's window. */
+static inline uint8 *
+window_mem(const RaWindow *w)
+{
+	return window_pages + (w - windows) * REGION_PAGES * P;
+}
+
 /* Whether the page at off is in w's window and still current. */
 static inline bool
 window_holds(RaWindow *w, off_t off)
@@ -188,9 +194,7 @@ window_holds(RaWindow *w, off_t off)
 static bool
 window_fill(CmkRealPread real_pread, int fd, RaWindow *w, off_t off)
 {
-	off_t		region_bytes = (off_t) P * REGION_PAGES;
-	size_t		want = (size_t) (region_bytes - off % region_bytes);
-	uint8	   *mem = window_pages + (w - windows) * REGION_PAGES * P;
+	size_t		want = (size_t) (REGION_BYTES - off % REGION_BYTES);
 	ssize_t		r;
 
 	w->len = 0;
@@ -199,7 +203,7 @@ window_fill(CmkRealPread real_pread, int fd, RaWindow *w, off_t off)
 	w->slot = gen_slot(&w->id, off);
 	w->gen = pg_atomic_read_u64(&gens[w->slot]);
 	pg_read_barrier();
-	r = real_pread(fd, mem, want, off);
+	r = real_pread(fd, window_mem(w), want, off);
 	if (r < (ssize_t) P)
 		return false;			/* the plain path reads it and reports */
 	w->start = off;
@@ -217,7 +221,6 @@ cmk_readahead_pread(CmkRealPread real_pread, int fd, const CmkFileId *id,
 					uint8 *buf, off_t off, ssize_t *result)
 {
 	RaWindow   *w;
-	uint8	   *mem;
 
 	if (!cmk_cluster_encryption_read_ahead || gens == NULL)
 		return false;
@@ -231,9 +234,8 @@ cmk_readahead_pread(CmkRealPread real_pread, int fd, const CmkFileId *id,
 		if (w->run < TRIGGER || !window_fill(real_pread, fd, w, off))
 			return false;
 	}
-	mem = window_pages + (w - windows) * REGION_PAGES * P;
-	if (!cmk_relpage_decrypt_copy(id, (uint32) ((uint64) id->segno * RELSEG_SIZE + (uint64) off / P),
-								  mem + (off - w->start), buf))
+	if (!cmk_relpage_decrypt_copy(id, cmk_rel_blkno(id, off),
+								  window_mem(w) + (off - w->start), buf))
 	{
 		errno = EIO;
 		*result = -1;
